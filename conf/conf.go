@@ -1,0 +1,294 @@
+// Package conf is bmpproxy's configuration model: what to listen on, where to
+// forward, and how. It parses every address into netip types at load time and
+// knows nothing of the runtime.
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ProxyProtocol selects the header written to the target before any payload.
+type ProxyProtocol string
+
+// The PROXY protocol modes.
+const (
+	ProxyV2   ProxyProtocol = "v2"   // binary header, AF_INET for IPv4 clients, AF_INET6 for IPv6
+	ProxyV1   ProxyProtocol = "v1"   // text header
+	ProxyNone ProxyProtocol = "none" // no header, as docker-proxy
+)
+
+// ParseProxyProtocol parses "v2", "v1" or "none".
+func ParseProxyProtocol(s string) (ProxyProtocol, error) {
+	switch p := ProxyProtocol(s); p {
+	case ProxyV2, ProxyV1, ProxyNone:
+		return p, nil
+	}
+	return "", fmt.Errorf("unknown proxy protocol %q (want v2, v1 or none)", s)
+}
+
+// Defaults.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultDrainTimeout   = 5 * time.Second
+	DefaultLogLevel       = "info"
+	DefaultLogFormat      = "json"
+)
+
+// Target is where a listener forwards to. Host is an IP literal or a DNS
+// name; a name is resolved when a connection is dialed, never at load time,
+// so a collector that restarts with a new address is followed.
+type Target struct {
+	Host string
+	Port uint16
+}
+
+// ParseTarget parses "host:port" or "[v6]:port". The port must be 1-65535.
+func ParseTarget(s string) (Target, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return Target{}, fmt.Errorf("%s in %q", ae.Err, s)
+		}
+		return Target{}, err
+	}
+	if host == "" {
+		return Target{}, fmt.Errorf("missing host in %q", s)
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return Target{}, fmt.Errorf("%w in %q", err, s)
+	}
+	if p == 0 {
+		return Target{}, fmt.Errorf("port 0 in %q: a target needs a real port", s)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return Target{Host: a.Unmap().String(), Port: p}, nil
+	}
+	if !isHostname(host) {
+		return Target{}, fmt.Errorf("invalid host %q in %q", host, s)
+	}
+	return Target{Host: host, Port: p}, nil
+}
+
+// isHostname reports whether h is a plausible DNS name: labels of letters,
+// digits, '-' and '_' separated by dots.
+func isHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// String returns the target in host:port form, suitable for dialing.
+func (t Target) String() string {
+	return net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
+}
+
+// IsZero reports whether t is unset.
+func (t Target) IsZero() bool { return t == Target{} }
+
+// ParseListen parses a listen address. It must be an IP literal with a port:
+// "[::]:5000" (dual-stack: IPv4 and IPv6), "0.0.0.0:5000" (IPv4 only),
+// "198.51.100.1:5000" or "[2001:db8::1]:5000". A bare ":5000" means
+// "[::]:5000". IPv4-mapped IPv6 addresses are unmapped. Port 0 asks the
+// kernel for a free port.
+func ParseListen(s string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return netip.AddrPort{}, fmt.Errorf("%s in %q", ae.Err, s)
+		}
+		return netip.AddrPort{}, err
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%w in %q", err, s)
+	}
+	if host == "" {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), p), nil
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address in %q (listen on an address, not a name)", host, s)
+	}
+	if a.Zone() != "" && !a.Is6() {
+		return netip.AddrPort{}, fmt.Errorf("zone on non-IPv6 address in %q", s)
+	}
+	return netip.AddrPortFrom(a.Unmap(), p), nil
+}
+
+func parsePort(s string) (uint16, error) {
+	if s == "" {
+		return 0, errors.New("missing port")
+	}
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("invalid port %q", s)
+	}
+	return uint16(p), nil
+}
+
+// Listener is one port mapping: the addresses it accepts on and the target
+// it forwards to.
+type Listener struct {
+	// Name identifies the listener in logs. Empty means "default" after
+	// ApplyDefaults.
+	Name string
+	// Listen holds the addresses to accept on. See ParseListen.
+	Listen []netip.AddrPort
+	// Target is dialed once per accepted connection.
+	Target Target
+	// ProxyProtocol is the header sent to the target. Empty means v2.
+	ProxyProtocol ProxyProtocol
+	// ConnectTimeout bounds name resolution and connect. Zero means
+	// DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+}
+
+// Log selects log level and format.
+type Log struct {
+	// Level is a zerolog level name: trace, debug, info, warn, error.
+	// Empty means DefaultLogLevel.
+	Level string
+	// Format is "json" or "console". Empty means DefaultLogFormat.
+	Format string
+}
+
+// Splice tunes the zero-copy data path.
+type Splice struct {
+	// Disabled forces the userspace copy for every connection.
+	Disabled bool
+	// MaxPipes bounds the pipes that exist at once. Zero means the splice
+	// package's default.
+	MaxPipes int
+}
+
+// Config is a whole bmpproxy configuration.
+type Config struct {
+	Listeners []Listener
+	// DrainTimeout is how long open connections may run after a stop
+	// signal before they are closed. Zero means DefaultDrainTimeout; a
+	// negative value closes them at once.
+	DrainTimeout time.Duration
+	Log          Log
+	Splice       Splice
+}
+
+// ApplyDefaults fills every zero field that has a default.
+func (c *Config) ApplyDefaults() {
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = DefaultLogFormat
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.Name == "" {
+			if len(c.Listeners) == 1 {
+				l.Name = "default"
+			} else {
+				l.Name = "listener" + strconv.Itoa(i)
+			}
+		}
+		if l.ProxyProtocol == "" {
+			l.ProxyProtocol = ProxyV2
+		}
+		if l.ConnectTimeout == 0 {
+			l.ConnectTimeout = DefaultConnectTimeout
+		}
+	}
+}
+
+// Validate reports every problem at once, each prefixed with its path, for
+// example "listeners[0].target: missing".
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	if len(c.Listeners) == 0 {
+		add("listeners", "at least one listener is required")
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		add("log.format", "unknown format %q (want json or console)", c.Log.Format)
+	}
+	if _, err := parseLevel(c.Log.Level); err != nil {
+		add("log.level", "%v", err)
+	}
+	if c.Splice.MaxPipes < 0 {
+		add("splice.max_pipes", "must not be negative, got %d", c.Splice.MaxPipes)
+	}
+	names := map[string]int{}
+	seen := map[netip.AddrPort]string{}
+	for i, l := range c.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if j, dup := names[l.Name]; dup {
+			add(p+".name", "%q is already used by listeners[%d]", l.Name, j)
+		}
+		names[l.Name] = i
+		if len(l.Listen) == 0 {
+			add(p+".listen", "at least one address is required")
+		}
+		for k, a := range l.Listen {
+			lp := fmt.Sprintf("%s.listen[%d]", p, k)
+			if !a.IsValid() {
+				add(lp, "invalid address")
+				continue
+			}
+			if other, dup := seen[a]; dup && a.Port() != 0 {
+				add(lp, "%s is already used by %s", a, other)
+			}
+			seen[a] = lp
+		}
+		if l.Target.IsZero() {
+			add(p+".target", "missing")
+		}
+		if _, err := ParseProxyProtocol(string(l.ProxyProtocol)); err != nil {
+			add(p+".proxy_protocol", "%v", err)
+		}
+		if l.ConnectTimeout < 0 {
+			add(p+".connect_timeout", "must be positive, got %s", l.ConnectTimeout)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LevelNames lists the accepted log level names, in increasing severity.
+func LevelNames() []string {
+	return []string{"trace", "debug", "info", "warn", "error", "disabled"}
+}
+
+func parseLevel(s string) (int, error) {
+	names := LevelNames()
+	for i, n := range names {
+		if s == n {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown level %q (want one of %s)", s, strings.Join(names, ", "))
+}
