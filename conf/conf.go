@@ -54,7 +54,7 @@ func ParseTarget(s string) (Target, error) {
 	if err != nil {
 		var ae *net.AddrError
 		if errors.As(err, &ae) {
-			return Target{}, fmt.Errorf("%s in %q", ae.Err, s)
+			return Target{}, fmt.Errorf("%s in %q", strings.TrimSuffix(ae.Err, " in address"), s)
 		}
 		return Target{}, err
 	}
@@ -115,7 +115,7 @@ func ParseListen(s string) (netip.AddrPort, error) {
 	if err != nil {
 		var ae *net.AddrError
 		if errors.As(err, &ae) {
-			return netip.AddrPort{}, fmt.Errorf("%s in %q", ae.Err, s)
+			return netip.AddrPort{}, fmt.Errorf("%s in %q", strings.TrimSuffix(ae.Err, " in address"), s)
 		}
 		return netip.AddrPort{}, err
 	}

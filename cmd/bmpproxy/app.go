@@ -1,0 +1,294 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // a runtime failure: a port in use, a listener that cannot open
+	exitUsage = 2 // bad flags, bad values, bad environment variables
+)
+
+// usageError marks an error as the user's invocation being wrong.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// run executes the command line and returns the process exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return exitOK
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "bmpproxy: %s (see 'bmpproxy --help')\n", ue.msg)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "bmpproxy: %v\n", err)
+	return exitError
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:  "bmpproxy",
+		Usage: "dual-stack TCP proxy that tells BMP collectors the real router address",
+		UsageText: "bmpproxy --listen '[::]:5000' --target collector:5000 [options]\n" +
+			"bmpproxy inspect --listen ADDR",
+		Description: "bmpproxy accepts BMP sessions from routers over IPv4 and IPv6 on one socket and forwards\n" +
+			"each to the collector, prefixed with a PROXY protocol header (v2 by default) that carries\n" +
+			"the router's real address. Bytes move with splice(2). Every flag can also be set through\n" +
+			"the environment variable shown beside it.\n\n" +
+			"Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 on a runtime failure, 2 on bad usage.",
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideVersion:     true,
+		Flags:           serveFlags(),
+		Action:          serveAction(stdout, stderr),
+		Commands:        []*cli.Command{inspectCommand(stdout, stderr)},
+		OnUsageError:    onUsageError,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run maps errors to exit codes
+		CommandNotFound: nil,
+	}
+}
+
+func serveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{
+			Name:    "listen",
+			Aliases: []string{"l"},
+			Usage: "address to accept on; repeat for more. '[::]:P' (or ':P') is dual-stack and accepts IPv4 and IPv6, " +
+				"'0.0.0.0:P' is IPv4 only, any other address listens on itself only",
+			Value:   cli.NewStringSlice("[::]:5000"),
+			EnvVars: []string{"BMPPROXY_LISTEN"},
+		},
+		&cli.StringFlag{
+			Name:    "target",
+			Aliases: []string{"t"},
+			Usage:   "collector address as host:port; a name is resolved again for every connection (required)",
+			EnvVars: []string{"BMPPROXY_TARGET"},
+		},
+		&cli.StringFlag{
+			Name:    "proxy-protocol",
+			Usage:   "header sent to the target before any payload: v2, v1 or none",
+			Value:   string(conf.ProxyV2),
+			EnvVars: []string{"BMPPROXY_PROXY_PROTOCOL"},
+		},
+		&cli.DurationFlag{
+			Name:    "connect-timeout",
+			Usage:   "how long to wait for the target to answer before closing the client",
+			Value:   conf.DefaultConnectTimeout,
+			EnvVars: []string{"BMPPROXY_CONNECT_TIMEOUT"},
+		},
+		&cli.DurationFlag{
+			Name:    "drain-timeout",
+			Usage:   "after SIGINT or SIGTERM, how long open connections may continue before they are closed",
+			Value:   conf.DefaultDrainTimeout,
+			EnvVars: []string{"BMPPROXY_DRAIN_TIMEOUT"},
+		},
+		&cli.StringFlag{
+			Name:    "log-level",
+			Usage:   "one of " + strings.Join(conf.LevelNames(), ", "),
+			Value:   conf.DefaultLogLevel,
+			EnvVars: []string{"BMPPROXY_LOG_LEVEL"},
+		},
+		&cli.StringFlag{
+			Name:    "log-format",
+			Usage:   "json or console",
+			Value:   conf.DefaultLogFormat,
+			EnvVars: []string{"BMPPROXY_LOG_FORMAT"},
+		},
+		&cli.BoolFlag{
+			Name:    "splice",
+			Usage:   "move bytes with splice(2); --splice=false copies through user space",
+			Value:   true,
+			EnvVars: []string{"BMPPROXY_SPLICE"},
+		},
+		&cli.IntFlag{
+			Name:    "max-pipes",
+			Usage:   "bound on kernel pipes in use at once (2 fds each); directions beyond it copy through user space",
+			Value:   1024,
+			EnvVars: []string{"BMPPROXY_MAX_PIPES"},
+		},
+		&cli.BoolFlag{
+			Name:  "version",
+			Usage: "print the version and exit",
+		},
+	}
+}
+
+// configFromFlags builds and validates a configuration from the command line.
+// Errors name the flag.
+func configFromFlags(c *cli.Context) (*conf.Config, error) {
+	if c.NArg() > 0 {
+		return nil, usagef("unexpected argument %q", c.Args().First())
+	}
+	if !c.IsSet("target") {
+		return nil, usagef("--target is required, for example --target collector:5000")
+	}
+	target, err := conf.ParseTarget(c.String("target"))
+	if err != nil {
+		return nil, usagef("--target: %v", err)
+	}
+	var addrs = c.StringSlice("listen")
+	if len(addrs) == 0 {
+		return nil, usagef("--listen: at least one address is required")
+	}
+	l := conf.Listener{Target: target, ConnectTimeout: c.Duration("connect-timeout")}
+	for _, s := range addrs {
+		a, err := conf.ParseListen(s)
+		if err != nil {
+			return nil, usagef("--listen: %v", err)
+		}
+		l.Listen = append(l.Listen, a)
+	}
+	pp, err := conf.ParseProxyProtocol(c.String("proxy-protocol"))
+	if err != nil {
+		return nil, usagef("--proxy-protocol: %v", err)
+	}
+	l.ProxyProtocol = pp
+	if l.ConnectTimeout <= 0 {
+		return nil, usagef("--connect-timeout: must be positive, got %s", l.ConnectTimeout)
+	}
+	cfg := &conf.Config{
+		Listeners:    []conf.Listener{l},
+		DrainTimeout: c.Duration("drain-timeout"),
+		Log:          conf.Log{Level: c.String("log-level"), Format: c.String("log-format")},
+		Splice:       conf.Splice{Disabled: !c.Bool("splice"), MaxPipes: c.Int("max-pipes")},
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = -1 // an explicit 0 means "close at once"
+	}
+	if cfg.Splice.MaxPipes <= 0 {
+		return nil, usagef("--max-pipes: must be positive, got %d", cfg.Splice.MaxPipes)
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, usagef("%s", flagNames(err.Error()))
+	}
+	return cfg, nil
+}
+
+// flagNames rewrites configuration paths in validation errors into the
+// flags that set them.
+func flagNames(msg string) string {
+	return strings.NewReplacer(
+		"log.level:", "--log-level:",
+		"log.format:", "--log-format:",
+		"listeners[0].listen", "--listen",
+	).Replace(msg)
+}
+
+func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.Bool("version") {
+			fmt.Fprintln(stdout, versionString())
+			return nil
+		}
+		cfg, err := configFromFlags(c)
+		if err != nil {
+			return err
+		}
+		log, err := newLogger(cfg.Log, stderr)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		go func() {
+			// After the first signal, a second one ends the process at once.
+			<-ctx.Done()
+			stop()
+		}()
+		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Msg("starting")
+		srv := &proxy.Server{Config: cfg, Logger: log}
+		if err := srv.Run(ctx); err != nil {
+			log.Error().Err(err).Msg("cannot start")
+			return err
+		}
+		return nil
+	}
+}
+
+// newLogger builds the process logger from the configuration.
+func newLogger(l conf.Log, w io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(l.Level)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	switch l.Format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format: unknown format %q", l.Format)
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// onUsageError rewrites the flag package's messages, which name flags with
+// a single dash, into the double-dash form shown in --help.
+func onUsageError(_ *cli.Context, err error, _ bool) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: "); ok {
+		return usagef("unknown flag --%s", strings.TrimLeft(name, "-"))
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: "); ok {
+		return usagef("--%s needs a value", strings.TrimLeft(name, "-"))
+	}
+	// invalid value "abc" for flag -connect-timeout: parse error
+	// invalid boolean value "maybe" for -splice: parse error
+	if rest, ok := strings.CutPrefix(msg, "invalid "); ok {
+		rest = strings.TrimPrefix(strings.TrimPrefix(rest, "boolean "), "value ")
+		if value, flagPart, ok := strings.Cut(rest, " for "); ok {
+			flagPart = strings.TrimLeft(strings.TrimPrefix(flagPart, "flag "), "-")
+			name, why, _ := strings.Cut(flagPart, ": ")
+			return usagef("invalid value %s for --%s: %s", value, name, why)
+		}
+	}
+	// could not parse "abc" as duration value from environment variable
+	// "BMPPROXY_CONNECT_TIMEOUT" for flag connect-timeout: ...
+	if before, after, ok := strings.Cut(msg, " for flag "); ok {
+		name, why, _ := strings.Cut(after, ": ")
+		return usagef("%s for --%s: %s", before, name, why)
+	}
+	return usagef("%s", msg)
+}
+
+// versionString reports the module version, the VCS revision when the
+// binary was built from a checkout, and the Go version.
+func versionString() string {
+	version, commit := "(devel)", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				commit = s.Value
+			}
+		}
+	}
+	return fmt.Sprintf("bmpproxy %s commit %s %s %s/%s", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}

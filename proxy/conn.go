@@ -1,0 +1,267 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/splice"
+	"github.com/rs/zerolog"
+)
+
+// Sentinel reasons a connection ends for. They appear in the closing log
+// line's "error" field.
+var (
+	errShutdown    = errors.New("closed at drain timeout")
+	errNotStream   = errors.New("connection does not expose its socket")
+	errShortHeader = errors.New("short write of PROXY header")
+)
+
+// conn is one proxied connection. Its fields are plain data so that its
+// state can be described and handed over; the sockets are the only
+// resources it owns.
+type conn struct {
+	id       uint64
+	listener string
+	client   netip.AddrPort // unmapped
+	local    netip.AddrPort // unmapped; the address the client connected to
+	target   string         // dialed address, host:port as resolved
+	start    time.Time
+	up       splice.Counter // client → target payload bytes
+	down     splice.Counter // target → client payload bytes
+	log      zerolog.Logger
+
+	cc splice.Conn // client socket
+	// pending counts pump goroutines still running; the last one to end
+	// finishes the connection.
+	pending atomic.Int32
+
+	mu      sync.Mutex
+	tc      splice.Conn // target socket; nil until dialed
+	cause   error       // first reason to end, nil for a clean close
+	stage   string      // where cause happened: "dial", "client", "target", ...
+	aborted bool
+}
+
+// fail records err as the connection's reason to end unless one is
+// already recorded, and closes both sockets so every pump returns.
+func (c *conn) fail(stage string, err error) {
+	c.mu.Lock()
+	if c.cause == nil {
+		c.cause, c.stage = err, stage
+	}
+	c.aborted = true
+	tc := c.tc
+	c.mu.Unlock()
+	closeConn(c.cc)
+	if tc != nil {
+		closeConn(tc)
+	}
+}
+
+// abort ends the connection from outside (shutdown).
+func (c *conn) abort(err error) { c.fail("proxy", err) }
+
+// setTarget attaches the dialed socket; it returns false, and the caller
+// closes tc, if the connection was aborted meanwhile.
+func (c *conn) setTarget(tc splice.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return false
+	}
+	c.tc = tc
+	return true
+}
+
+func closeConn(c splice.Conn) {
+	if cl, ok := c.(interface{ Close() error }); ok {
+		cl.Close()
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// setup runs on its own goroutine: it builds the header, dials the target,
+// writes the header and starts the pumps. Pumps start on fresh goroutines
+// so the stack grown by dialing is not kept for the connection's life.
+func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
+	defer s.wg.Done()
+	c := &conn{
+		id:       s.nextID.Add(1),
+		listener: l.opts.Name,
+		client:   addrPort(nc.RemoteAddr()),
+		local:    addrPort(nc.LocalAddr()),
+		start:    time.Now(),
+	}
+	c.log = s.Logger.With().
+		Uint64("conn", c.id).
+		Str("listener", c.listener).
+		Stringer("client", c.client).
+		Stringer("local", c.local).
+		Logger()
+	s.track(c)
+	cc, ok := nc.(splice.Conn)
+	if !ok {
+		nc.Close()
+		s.stats.refused.Add(1)
+		c.fail("accept", errNotStream)
+		s.finish(c)
+		return
+	}
+	c.cc = cc
+	c.log.Debug().Msg("accepted")
+
+	hdr, err := proxyHeader(l.opts.ProxyProtocol, c.client, c.local)
+	if err != nil {
+		s.stats.refused.Add(1)
+		c.fail("header", err)
+		s.finish(c)
+		return
+	}
+
+	tc, err := s.dial(ctx, l)
+	if err != nil {
+		s.stats.dialFailed.Add(1)
+		c.fail("dial", err)
+		s.finish(c)
+		return
+	}
+	c.target = addrPort(tc.(net.Conn).RemoteAddr()).String()
+	if !c.setTarget(tc) {
+		closeConn(tc)
+		s.finish(c)
+		return
+	}
+	if len(hdr) > 0 {
+		// One write: the header must reach the target whole and before
+		// any payload.
+		n, err := tc.(net.Conn).Write(hdr)
+		if err == nil && n != len(hdr) {
+			err = errShortHeader
+		}
+		if err != nil {
+			c.fail("target", fmt.Errorf("write PROXY header: %w", err))
+			s.finish(c)
+			return
+		}
+	}
+	c.pending.Store(2)
+	s.wg.Add(2)
+	go s.pumpClientToTarget(c)
+	go s.pumpTargetToClient(c)
+}
+
+// dial connects to l's target within its connect timeout. A target name is
+// resolved on every dial.
+func (s *Server) dial(ctx context.Context, l *listener) (splice.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.opts.ConnectTimeout)
+	defer cancel()
+	dial := s.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	target := l.opts.Target.String()
+	nc, err := dial(ctx, "tcp", target)
+	if err != nil {
+		var ne net.Error
+		if ctx.Err() == context.DeadlineExceeded || errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("connect to %s: no answer within %s: %w", target, l.opts.ConnectTimeout, err)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", target, err)
+	}
+	tc, ok := nc.(splice.Conn)
+	if !ok {
+		nc.Close()
+		return nil, fmt.Errorf("connect to %s: %w", target, errNotStream)
+	}
+	return tc, nil
+}
+
+// pumpClientToTarget moves the client's bytes to the target and half-closes
+// the target when the client half-closes.
+func (s *Server) pumpClientToTarget(c *conn) {
+	defer s.wg.Done()
+	err := s.Pump.Copy(c.tc, c.cc, &c.up)
+	s.pumpDone(c, err, "client", "target")
+}
+
+// pumpTargetToClient moves the target's bytes to the client and
+// half-closes the client when the target half-closes.
+func (s *Server) pumpTargetToClient(c *conn) {
+	defer s.wg.Done()
+	err := s.Pump.Copy(c.cc, c.tc, &c.down)
+	s.pumpDone(c, err, "target", "client")
+}
+
+// pumpDone records a direction's end. An error from either side ends the
+// whole connection; a clean EOF leaves the other direction running. The
+// last direction to end finishes the connection.
+func (s *Server) pumpDone(c *conn, err error, src, dst string) {
+	if err != nil {
+		stage := src
+		var pe *splice.Error
+		if errors.As(err, &pe) && pe.Op == "write" {
+			stage = dst
+		}
+		c.fail(stage, err)
+	}
+	if c.pending.Add(-1) == 0 {
+		c.fail("", nil) // close both sockets
+		s.finish(c)
+	}
+}
+
+// finish writes the connection's single closing log line and untracks it.
+func (s *Server) finish(c *conn) {
+	s.untrack(c)
+	c.mu.Lock()
+	cause, stage := c.cause, c.stage
+	c.mu.Unlock()
+
+	reason := "closed"
+	level := zerolog.InfoLevel
+	switch {
+	case cause == nil:
+	case errors.Is(cause, errShutdown):
+		reason = "shutdown"
+	case errors.Is(cause, net.ErrClosed):
+		// A pump saw its socket closed by the other direction's failure,
+		// which recorded the real cause first; only reachable if that
+		// ordering is ever broken.
+		reason = "closed"
+	default:
+		reason = stage + " error"
+		level = zerolog.WarnLevel
+		switch stage {
+		case "dial":
+			reason = "dial failed"
+		case "header":
+			reason = "refused"
+		}
+	}
+	ev := c.log.WithLevel(level).
+		Str("target", c.target).
+		Int64("bytes_from_client", c.up.Total()).
+		Int64("bytes_to_client", c.down.Total()).
+		Int64("bytes_spliced", c.up.Spliced.Load()+c.down.Spliced.Load()).
+		Stringer("duration", time.Since(c.start)).
+		Str("reason", reason)
+	if cause != nil && reason != "shutdown" {
+		ev = ev.Err(cause)
+	}
+	ev.Msg("connection closed")
+}

@@ -1,0 +1,612 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/splice"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// logSink collects JSON log lines.
+type logSink struct {
+	mu    sync.Mutex
+	lines []map[string]any
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err != nil {
+		return 0, err
+	}
+	l.mu.Lock()
+	l.lines = append(l.lines, m)
+	l.mu.Unlock()
+	return len(p), nil
+}
+
+// closed returns the "connection closed" lines.
+func (l *logSink) closed() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, m := range l.lines {
+		if m["message"] == "connection closed" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (l *logSink) waitClosed(t *testing.T, n int) []map[string]any {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d closing log lines", n), func() bool { return len(l.closed()) >= n })
+	return l.closed()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// readHeader reads one PROXY header (v1 or v2) from r, or nothing when
+// mode is none, and returns its raw bytes.
+func readHeader(r *bufio.Reader, mode conf.ProxyProtocol) ([]byte, error) {
+	switch mode {
+	case conf.ProxyNone:
+		return nil, nil
+	case conf.ProxyV1:
+		line, err := r.ReadBytes('\n')
+		return line, err
+	}
+	fixed := make([]byte, 16)
+	if _, err := io.ReadFull(r, fixed); err != nil {
+		return nil, err
+	}
+	rest := make([]byte, binary.BigEndian.Uint16(fixed[14:16]))
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return nil, err
+	}
+	return append(fixed, rest...), nil
+}
+
+// sink is a target that reads the PROXY header and hands the rest of the
+// connection to handle.
+type sink struct {
+	ln      net.Listener
+	mu      sync.Mutex
+	headers [][]byte
+	wg      sync.WaitGroup
+}
+
+func newSink(t *testing.T, mode conf.ProxyProtocol, handle func(c *net.TCPConn, r *bufio.Reader)) *sink {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sink{ln: ln}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				r := bufio.NewReader(c)
+				h, err := readHeader(r, mode)
+				if err != nil {
+					return
+				}
+				s.mu.Lock()
+				s.headers = append(s.headers, h)
+				s.mu.Unlock()
+				handle(c.(*net.TCPConn), r)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); s.wg.Wait() })
+	return s
+}
+
+// echo copies everything back and half-closes after the client does.
+func echo(c *net.TCPConn, r *bufio.Reader) {
+	io.Copy(c, r)
+	c.CloseWrite()
+	io.Copy(io.Discard, r)
+}
+
+// testServer runs a Server on loopback and returns its listening
+// addresses. It is stopped, and checked to stop cleanly, at cleanup.
+type testServer struct {
+	*Server
+	addrs  []net.Addr
+	logs   *logSink
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startServer(t *testing.T, cfg *conf.Config, mutate func(*Server)) *testServer {
+	t.Helper()
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logSink{}
+	srv := &Server{Config: cfg, Logger: zerolog.New(logs).Level(zerolog.DebugLevel)}
+	if mutate != nil {
+		mutate(srv)
+	}
+	ready := make(chan []net.Addr, 1)
+	srv.Ready = func(a []net.Addr) { ready <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	ts := &testServer{Server: srv, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { ts.done <- srv.Run(ctx) }()
+	select {
+	case ts.addrs = <-ready:
+	case err := <-ts.done:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+// stop cancels the server and waits for Run to return.
+func (ts *testServer) stop(t *testing.T) {
+	t.Helper()
+	ts.cancel()
+	select {
+	case err, ok := <-ts.done:
+		if ok && err != nil {
+			t.Errorf("Run = %v", err)
+		}
+		if ok {
+			close(ts.done)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func oneListener(target string, listen ...string) *conf.Config {
+	tg, err := conf.ParseTarget(target)
+	if err != nil {
+		panic(err)
+	}
+	l := conf.Listener{Target: tg}
+	for _, a := range listen {
+		l.Listen = append(l.Listen, netip.MustParseAddrPort(a))
+	}
+	return &conf.Config{Listeners: []conf.Listener{l}}
+}
+
+func port(a net.Addr) int { return a.(*net.TCPAddr).Port }
+
+func dial(t *testing.T, network, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+func randomBytes(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestDualStackHeaders connects over IPv4 and IPv6 to one [::] socket and
+// checks the header the target receives for each.
+func TestDualStackHeaders(t *testing.T) {
+	sk := newSink(t, conf.ProxyV2, echo)
+	ts := startServer(t, oneListener(sk.ln.Addr().String(), "[::]:0"), nil)
+	p := port(ts.addrs[0])
+
+	for i, tc := range []struct{ network, host string }{{"tcp4", "127.0.0.1"}, {"tcp6", "::1"}} {
+		c := dial(t, tc.network, net.JoinHostPort(tc.host, fmt.Sprint(p)))
+		msg := []byte("hello " + tc.host)
+		c.Write(msg)
+		c.CloseWrite()
+		got, err := io.ReadAll(c)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("%s echo = %q, %v", tc.host, got, err)
+		}
+		ts.logs.waitClosed(t, i+1)
+		sk.mu.Lock()
+		h := sk.headers[i]
+		sk.mu.Unlock()
+		client := c.LocalAddr().(*net.TCPAddr)
+		want, err := proxyHeader(conf.ProxyV2, client.AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(h, want) {
+			t.Errorf("%s: header % x, want % x", tc.host, h, want)
+		}
+		wantFam := byte(0x11)
+		if tc.network == "tcp6" {
+			wantFam = 0x21
+		}
+		if h[13] != wantFam {
+			t.Errorf("%s: family 0x%02x, want 0x%02x", tc.host, h[13], wantFam)
+		}
+	}
+	lines := ts.logs.closed()
+	for _, l := range lines {
+		if l["reason"] != "closed" || l["bytes_from_client"] == 0.0 || l["bytes_to_client"] != l["bytes_from_client"] {
+			t.Errorf("closing line %v", l)
+		}
+	}
+	if got := lines[0]["client"].(string); !strings.HasPrefix(got, "127.0.0.1:") {
+		t.Errorf("IPv4 client logged as %q, want it unmapped", got)
+	}
+}
+
+// TestHalfClose moves data both ways and checks that each side's
+// half-close reaches the other while the opposite direction keeps flowing.
+func TestHalfClose(t *testing.T) {
+	payload := randomBytes(t, 4<<20)
+	reply := randomBytes(t, 3<<20)
+	tests := []struct {
+		name  string
+		first string // who half-closes first
+	}{{"client first", "client"}, {"server first", "server"}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sinkErr := make(chan error, 1)
+			sk := newSink(t, conf.ProxyV2, func(c *net.TCPConn, r *bufio.Reader) {
+				var err error
+				if tt.first == "server" {
+					c.Write(reply)
+					c.CloseWrite()
+					got, _ := io.ReadAll(r)
+					if !bytes.Equal(got, payload) {
+						err = fmt.Errorf("target got %d bytes, want %d", len(got), len(payload))
+					}
+				} else {
+					got, _ := io.ReadAll(r) // EOF means the client's FIN arrived
+					if !bytes.Equal(got, payload) {
+						err = fmt.Errorf("target got %d bytes, want %d", len(got), len(payload))
+					}
+					c.Write(reply)
+					c.CloseWrite()
+				}
+				sinkErr <- err
+			})
+			ts := startServer(t, oneListener(sk.ln.Addr().String(), "127.0.0.1:0"), nil)
+			c := dial(t, "tcp", ts.addrs[0].String())
+			if tt.first == "server" {
+				got, _ := io.ReadAll(c) // the target's FIN arrives while we have not sent
+				if !bytes.Equal(got, reply) {
+					t.Fatalf("client got %d bytes, want %d", len(got), len(reply))
+				}
+				c.Write(payload)
+				c.CloseWrite()
+			} else {
+				c.Write(payload)
+				c.CloseWrite()
+				got, _ := io.ReadAll(c)
+				if !bytes.Equal(got, reply) {
+					t.Fatalf("client got %d bytes, want %d", len(got), len(reply))
+				}
+			}
+			if err := <-sinkErr; err != nil {
+				t.Fatal(err)
+			}
+			l := ts.logs.waitClosed(t, 1)[0]
+			if l["reason"] != "closed" || l["bytes_from_client"] != float64(len(payload)) || l["bytes_to_client"] != float64(len(reply)) {
+				t.Errorf("closing line %v", l)
+			}
+		})
+	}
+}
+
+// TestIdleConnectionsHoldNoPipe pushes data through many connections, lets
+// them go idle, and checks that none holds a pipe.
+func TestIdleConnectionsHoldNoPipe(t *testing.T) {
+	sk := newSink(t, conf.ProxyV2, func(c *net.TCPConn, r *bufio.Reader) {
+		buf := make([]byte, 1024)
+		for {
+			n, err := r.Read(buf)
+			if err != nil {
+				return
+			}
+			c.Write(buf[:n])
+		}
+	})
+	ts := startServer(t, oneListener(sk.ln.Addr().String(), "127.0.0.1:0"), nil)
+	const n = 20
+	buf := make([]byte, 512)
+	for i := 0; i < n; i++ {
+		c := dial(t, "tcp", ts.addrs[0].String())
+		msg := randomBytes(t, 512)
+		c.Write(msg)
+		if _, err := io.ReadFull(c, buf); err != nil || !bytes.Equal(buf, msg) {
+			t.Fatalf("conn %d: echo mismatch: %v", i, err)
+		}
+	}
+	waitFor(t, "pipes to return", func() bool { return ts.Stats().Splice.PipesInUse == 0 })
+	st := ts.Stats()
+	if st.Active != n || st.Splice.BytesSpliced != 2*n*512 || st.Splice.PipesIdle > splice.DefaultMaxIdle {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestUnreachableTarget checks that a refused or silent target closes the
+// client within the connect timeout, is logged and counted, and that the
+// server keeps serving.
+func TestUnreachableTarget(t *testing.T) {
+	tests := []struct {
+		name    string
+		target  func(t *testing.T) string
+		wantErr string
+	}{
+		{"refused", refusingAddr, "connection refused"},
+		{"silent", silentAddr, "no answer within 300ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := oneListener(tt.target(t), "127.0.0.1:0")
+			cfg.Listeners[0].ConnectTimeout = 300 * time.Millisecond
+			ts := startServer(t, cfg, nil)
+			c := dial(t, "tcp", ts.addrs[0].String())
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			start := time.Now()
+			if n, err := c.Read(make([]byte, 1)); n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
+				t.Fatalf("client read = %d, %v; want the connection closed", n, err)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Fatalf("client closed after %s", d)
+			}
+			l := ts.logs.waitClosed(t, 1)[0]
+			if l["reason"] != "dial failed" || !strings.Contains(l["error"].(string), tt.wantErr) || l["level"] != "warn" {
+				t.Errorf("closing line %v", l)
+			}
+			if st := ts.Stats(); st.DialFailures != 1 || st.Active != 0 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+// refusingAddr returns a loopback address nobody listens on.
+func refusingAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// silentAddr returns a loopback address whose accept queue is full, so
+// further SYNs are dropped and a connect hangs until its timeout.
+func silentAddr(t *testing.T) string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	// With a backlog of 0 the queue holds one connection; fill it.
+	filler := dial(t, "tcp", addr)
+	_ = filler
+	return addr
+}
+
+// TestShutdownDrains stops the server with connections open: one that
+// finishes during the drain period ends normally, one that stays idle is
+// closed at the drain timeout, and Run returns with no goroutine left.
+func TestShutdownDrains(t *testing.T) {
+	sk := newSink(t, conf.ProxyV2, echo)
+	cfg := oneListener(sk.ln.Addr().String(), "127.0.0.1:0")
+	cfg.DrainTimeout = 500 * time.Millisecond
+	ts := startServer(t, cfg, nil)
+	finishing := dial(t, "tcp", ts.addrs[0].String())
+	idle := dial(t, "tcp", ts.addrs[0].String())
+	waitFor(t, "two connections", func() bool { return ts.Stats().Active == 2 })
+
+	ts.cancel()
+	// The listener closes at once.
+	waitFor(t, "the listener to close", func() bool {
+		c, err := net.Dial("tcp", ts.addrs[0].String())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	// A connection may still finish its work while draining.
+	finishing.Write([]byte("last words"))
+	finishing.CloseWrite()
+	if got, _ := io.ReadAll(finishing); string(got) != "last words" {
+		t.Fatalf("draining connection got %q", got)
+	}
+	start := time.Now()
+	if _, err := io.ReadAll(idle); err != nil {
+		t.Fatalf("idle read: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("idle connection closed after %s", d)
+	}
+	ts.stop(t)
+	reasons := map[string]int{}
+	for _, l := range ts.logs.closed() {
+		reasons[l["reason"].(string)]++
+	}
+	if reasons["closed"] != 1 || reasons["shutdown"] != 1 {
+		t.Fatalf("reasons %v, want one closed and one shutdown", reasons)
+	}
+}
+
+// flakyListener fails Accept with EMFILE a number of times before passing
+// calls through.
+type flakyListener struct {
+	net.Listener
+	mu    sync.Mutex
+	fails int
+	calls []time.Time
+}
+
+func (f *flakyListener) Accept() (net.Conn, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, time.Now())
+	fail := f.fails > 0
+	f.fails--
+	f.mu.Unlock()
+	if fail {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	return f.Listener.Accept()
+}
+
+// TestAcceptBackoff checks that EMFILE from accept backs off instead of
+// spinning or ending the loop.
+func TestAcceptBackoff(t *testing.T) {
+	sk := newSink(t, conf.ProxyV2, echo)
+	fl := &flakyListener{fails: 6}
+	ts := startServer(t, oneListener(sk.ln.Addr().String(), "127.0.0.1:0"), func(s *Server) {
+		s.Listen = func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
+			ln, err := Listen(ctx, a)
+			fl.Listener = ln
+			return fl, err
+		}
+	})
+	c := dial(t, "tcp", ts.addrs[0].String())
+	c.Write([]byte("x"))
+	c.CloseWrite()
+	if got, _ := io.ReadAll(c); string(got) != "x" {
+		t.Fatalf("echo %q after accept errors", got)
+	}
+	fl.mu.Lock()
+	calls := append([]time.Time(nil), fl.calls...)
+	fl.mu.Unlock()
+	// 6 failures, then the successful accept: 7 calls, separated by 5, 10,
+	// 20, 40, 80 and 160 ms.
+	if len(calls) < 7 {
+		t.Fatalf("%d accept calls", len(calls))
+	}
+	if gap := calls[6].Sub(calls[0]); gap < 315*time.Millisecond {
+		t.Fatalf("6 failed accepts retried within %s; want exponential back-off", gap)
+	}
+	if st := ts.Stats(); st.AcceptErrors != 6 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestListenErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	busy := ln.Addr().(*net.TCPAddr).AddrPort()
+	_, err = Listen(context.Background(), busy)
+	want := fmt.Sprintf("listen on %s: bind: address already in use", busy)
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	cfg := oneListener("127.0.0.1:1", busy.String())
+	cfg.ApplyDefaults()
+	srv := &Server{Config: cfg}
+	err = srv.Run(context.Background())
+	if want := `listener "default": ` + want; err == nil || err.Error() != want {
+		t.Fatalf("Run = %v, want %q", err, want)
+	}
+}
+
+// TestListenV6Only checks IPV6_V6ONLY on each kind of address.
+func TestListenV6Only(t *testing.T) {
+	tests := []struct {
+		addr   string
+		family int
+		v6only int // -1: not an IPv6 socket
+	}{
+		{"[::]:0", unix.AF_INET6, 0},
+		{"[::1]:0", unix.AF_INET6, 1},
+		{"127.0.0.1:0", unix.AF_INET, -1},
+		{"0.0.0.0:0", unix.AF_INET, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.addr, func(t *testing.T) {
+			ln, err := Listen(context.Background(), netip.MustParseAddrPort(tt.addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			rc, _ := ln.(*net.TCPListener).SyscallConn()
+			var family, v6only int
+			var gerr error
+			rc.Control(func(fd uintptr) {
+				family, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+				if gerr == nil && family == unix.AF_INET6 {
+					v6only, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+				} else {
+					v6only = -1
+				}
+			})
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			if family != tt.family || v6only != tt.v6only {
+				t.Fatalf("family %d v6only %d, want %d %d", family, v6only, tt.family, tt.v6only)
+			}
+			// An IPv4 client reaches a dual-stack socket, and only that.
+			c, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port(ln.Addr())), time.Second)
+			reachable := err == nil
+			if reachable {
+				c.Close()
+			}
+			wantReachable := tt.v6only == 0 || tt.family == unix.AF_INET
+			if reachable != wantReachable {
+				t.Fatalf("IPv4 client reachable = %v, want %v", reachable, wantReachable)
+			}
+		})
+	}
+}
