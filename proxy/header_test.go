@@ -62,19 +62,19 @@ func TestProxyHeader(t *testing.T) {
 			name:   "v1 IPv4",
 			mode:   conf.ProxyV1,
 			client: ap("[::ffff:198.51.100.7]:40000"), local: ap("[::ffff:203.0.113.1]:5000"),
-			want:   []byte("PROXY TCP4 198.51.100.7 203.0.113.1 40000 5000\r\n"),
+			want: []byte("PROXY TCP4 198.51.100.7 203.0.113.1 40000 5000\r\n"),
 		},
 		{
 			name:   "v1 IPv6",
 			mode:   conf.ProxyV1,
 			client: ap("[2001:db8::1]:179"), local: ap("[2001:db8::2]:5000"),
-			want:   []byte("PROXY TCP6 2001:db8::1 2001:db8::2 179 5000\r\n"),
+			want: []byte("PROXY TCP6 2001:db8::1 2001:db8::2 179 5000\r\n"),
 		},
 		{
 			name:   "none",
 			mode:   conf.ProxyNone,
 			client: ap("198.51.100.7:1"), local: ap("203.0.113.1:2"),
-			want:   nil,
+			want: nil,
 		},
 		{
 			name:   "mixed families are refused, not sent as LOCAL",

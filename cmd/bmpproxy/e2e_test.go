@@ -1,0 +1,471 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestHeaderBytes checks the exact header the collector receives from an
+// IPv4 and an IPv6 client of one dual-stack [::] socket. The expected bytes
+// are spelled out from the PROXY protocol spec (section 2.2).
+func TestHeaderBytes(t *testing.T) {
+	tg := newTarget(t, headerV2, echoHandler)
+	p := start(t, 1, "--listen", "[::]:0", "--target", tg.addr())
+	port := p.port(0)
+	if !strings.HasPrefix(p.addr(0), "[::]:") {
+		t.Fatalf("listening on %s, want [::]", p.addr(0))
+	}
+	sig := []byte{0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A}
+	be16 := func(v int) []byte { return []byte{byte(v >> 8), byte(v)} }
+
+	tests := []struct {
+		name, network, host string
+		want                func(clientPort int) []byte
+	}{
+		{
+			name: "IPv4 client", network: "tcp4", host: "127.0.0.1",
+			want: func(cp int) []byte {
+				b := append([]byte{}, sig...)
+				b = append(b, 0x21)       // version 2, command PROXY
+				b = append(b, 0x11)       // AF_INET, STREAM
+				b = append(b, 0x00, 0x0C) // 12 address bytes
+				b = append(b, 127, 0, 0, 1)
+				b = append(b, 127, 0, 0, 1)
+				b = append(b, be16(cp)...)
+				return append(b, be16(port)...)
+			},
+		},
+		{
+			name: "IPv6 client", network: "tcp6", host: "::1",
+			want: func(cp int) []byte {
+				loop6 := []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}
+				b := append([]byte{}, sig...)
+				b = append(b, 0x21)       // version 2, command PROXY
+				b = append(b, 0x21)       // AF_INET6, STREAM
+				b = append(b, 0x00, 0x24) // 36 address bytes
+				b = append(b, loop6...)
+				b = append(b, loop6...)
+				b = append(b, be16(cp)...)
+				return append(b, be16(port)...)
+			},
+		},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialT(t, tt.network, net.JoinHostPort(tt.host, fmt.Sprint(port)))
+			c.Write([]byte("ping"))
+			c.CloseWrite()
+			if got, _ := io.ReadAll(c); string(got) != "ping" {
+				t.Fatalf("echo %q", got)
+			}
+			want := tt.want(c.LocalAddr().(*net.TCPAddr).Port)
+			waitUntil(t, "the header", func() bool { return tg.header(i) != nil })
+			got := tg.header(i)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("header (%d bytes)\n got % x\nwant % x", len(got), got, want)
+			}
+			if len(want) != map[string]int{"tcp4": 28, "tcp6": 52}[tt.network] {
+				t.Fatalf("expected header is %d bytes", len(want))
+			}
+		})
+	}
+}
+
+// randomPayload returns n pseudo-random bytes from a seeded generator.
+func randomPayload(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	r.Read(b)
+	return b
+}
+
+// TestBulkHalfClose sends 64 MiB each way through the binary, with each
+// side half-closing first, on the splice path and on the copy fallback.
+func TestBulkHalfClose(t *testing.T) {
+	const size = 64 << 20
+	up := randomPayload(size, 1)
+	down := randomPayload(size, 2)
+	upSum, downSum := sha256.Sum256(up), sha256.Sum256(down)
+
+	for _, mode := range []struct {
+		name   string
+		flags  []string
+		splice bool
+	}{{"splice", nil, true}, {"copy fallback", []string{"--splice=false"}, false}} {
+		for _, first := range []string{"client", "server"} {
+			t.Run(mode.name+"/"+first+" half-closes first", func(t *testing.T) {
+				targetErr := make(chan error, 1)
+				tg := newTarget(t, headerV2, func(c *net.TCPConn, r *bufio.Reader) {
+					readAll := func() error {
+						h := sha256.New()
+						n, err := io.Copy(h, r)
+						if err != nil {
+							return err
+						}
+						if !bytes.Equal(h.Sum(nil), upSum[:]) {
+							return fmt.Errorf("target received %d bytes that do not match", n)
+						}
+						return nil
+					}
+					var err error
+					if first == "server" {
+						c.Write(down)
+						c.CloseWrite()
+						err = readAll()
+					} else {
+						err = readAll()
+						c.Write(down)
+						c.CloseWrite()
+					}
+					targetErr <- err
+				})
+				p := start(t, 1, append([]string{"--listen", "[::]:0", "--target", tg.addr()}, mode.flags...)...)
+				c := dialT(t, "tcp", fmt.Sprintf("127.0.0.1:%d", p.port(0)))
+				readDown := func() {
+					h := sha256.New()
+					n, err := io.Copy(h, c)
+					if err != nil || !bytes.Equal(h.Sum(nil), downSum[:]) {
+						t.Fatalf("client received %d bytes (%v) that do not match", n, err)
+					}
+				}
+				if first == "server" {
+					readDown() // EOF: the target's FIN came through while we had sent nothing
+					c.Write(up)
+					c.CloseWrite()
+				} else {
+					c.Write(up)
+					c.CloseWrite()
+					readDown()
+				}
+				if err := <-targetErr; err != nil {
+					t.Fatal(err)
+				}
+				l := p.waitLog(t, "connection closed", 1)[0]
+				spliced := float64(0)
+				if mode.splice {
+					spliced = 2 * size
+				}
+				if l["reason"] != "closed" || l["bytes_from_client"] != float64(size) ||
+					l["bytes_to_client"] != float64(size) || l["bytes_spliced"] != spliced {
+					t.Fatalf("closing line %v", l)
+				}
+			})
+		}
+	}
+}
+
+// TestConcurrentConnections runs 200 connections at once, each echoing a
+// random amount, and checks every byte count in the closing log lines.
+func TestConcurrentConnections(t *testing.T) {
+	const conns = 200
+	tg := newTarget(t, headerV2, echoHandler)
+	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.addr())
+	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
+
+	sizes := map[int]int{} // client port → bytes
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := 0; i < conns; i++ {
+		size := rng.IntN(1 << 20)
+		payload := randomPayload(size, uint64(i))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			mu.Lock()
+			sizes[c.LocalAddr().(*net.TCPAddr).Port] = size
+			mu.Unlock()
+			go func() {
+				c.Write(payload)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, payload) {
+				errs <- fmt.Errorf("conn of %d bytes: got %d back (%v)", size, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	lines := p.waitLog(t, "connection closed", conns)
+	if len(lines) != conns {
+		t.Fatalf("%d closing lines, want %d", len(lines), conns)
+	}
+	for _, l := range lines {
+		_, ps, _ := net.SplitHostPort(l["client"].(string))
+		var port int
+		fmt.Sscan(ps, &port)
+		want, ok := sizes[port]
+		if !ok {
+			t.Errorf("closing line for unknown client %v", l["client"])
+			continue
+		}
+		if l["bytes_from_client"] != float64(want) || l["bytes_to_client"] != float64(want) || l["reason"] != "closed" {
+			t.Errorf("client sent %d; closing line %v", want, l)
+		}
+	}
+}
+
+// TestIdleConnectionsFDs checks that an idle proxied connection costs two
+// sockets and no pipe: the process's pipe fds stay bounded by the pool's
+// idle cap however many connections are open.
+func TestIdleConnectionsFDs(t *testing.T) {
+	const conns = 100
+	tg := newTarget(t, headerV2, func(c *net.TCPConn, r *bufio.Reader) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			if err != nil {
+				return
+			}
+			c.Write(buf[:n])
+		}
+	})
+	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.addr())
+	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
+	baseSockets, basePipes := p.fds(t) // stderr is a pipe to this test
+
+	buf := make([]byte, 4096)
+	for i := 0; i < conns; i++ {
+		c := dialT(t, "tcp", addr)
+		msg := randomPayload(4096, uint64(i))
+		c.Write(msg)
+		if _, err := io.ReadFull(c, buf); err != nil || !bytes.Equal(buf, msg) {
+			t.Fatalf("conn %d: echo failed: %v", i, err)
+		}
+	}
+	// Every connection has moved data both ways and is now idle.
+	var sockets, pipes int
+	waitUntil(t, "2 sockets per connection", func() bool {
+		sockets, pipes = p.fds(t)
+		pipes -= basePipes
+		return sockets-baseSockets == 2*conns
+	})
+	// Pipes in the pool, never per connection: io.Copy in both
+	// directions would hold 4 pipe fds per connection.
+	const maxIdlePipeFDs = 2 * 16
+	if pipes > maxIdlePipeFDs {
+		t.Fatalf("%d pipe fds open with %d idle connections; want at most %d", pipes, conns, maxIdlePipeFDs)
+	}
+	t.Logf("%d idle connections: %d sockets above baseline, %d pipe fds", conns, sockets-baseSockets, pipes)
+}
+
+// silentTarget returns a loopback address whose accept queue is full, so
+// a connect to it hangs until the connect timeout.
+func silentTarget(t *testing.T) string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	dialT(t, "tcp", addr) // fills the backlog of one
+	return addr
+}
+
+// TestUnreachableTarget checks that a refused or silent target closes the
+// client within the connect timeout, and the proxy keeps serving.
+func TestUnreachableTarget(t *testing.T) {
+	refused := func(t *testing.T) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	for _, tt := range []struct {
+		name    string
+		target  func(*testing.T) string
+		wantErr string
+	}{
+		{"refused", refused, "connection refused"},
+		{"silent", silentTarget, "no answer within 500ms"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tt.target(t), "--connect-timeout", "500ms")
+			for i := 1; i <= 2; i++ { // the second connection shows the proxy is still serving
+				c := dialT(t, "tcp", fmt.Sprintf("127.0.0.1:%d", p.port(0)))
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				begin := time.Now()
+				n, err := c.Read(make([]byte, 1))
+				if n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
+					t.Fatalf("read = %d, %v; want the client closed", n, err)
+				}
+				if d := time.Since(begin); d > 2*time.Second {
+					t.Fatalf("client closed after %s with a 500ms connect timeout", d)
+				}
+				l := p.waitLog(t, "connection closed", i)[i-1]
+				if l["reason"] != "dial failed" || !strings.Contains(l["error"].(string), tt.wantErr) {
+					t.Fatalf("closing line %v", l)
+				}
+			}
+		})
+	}
+}
+
+// TestPortInUse checks the error for a listen address that is taken.
+func TestPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var stderr bytes.Buffer
+	cmd := exec.Command(binPath(), "--listen", ln.Addr().String(), "--target", "127.0.0.1:9")
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit = %v, want status 1", err)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	want := fmt.Sprintf(`bmpproxy: listener "default": listen on %s: bind: address already in use`, ln.Addr())
+	if last := lines[len(lines)-1]; last != want {
+		t.Fatalf("last stderr line %q, want %q", last, want)
+	}
+}
+
+// TestSigtermDrains stops the proxy with two connections open: one
+// finishes its exchange during the drain period, the other is idle and is
+// closed at the drain timeout. The process exits 0.
+func TestSigtermDrains(t *testing.T) {
+	tg := newTarget(t, headerV2, echoHandler)
+	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.addr(), "--drain-timeout", "1s")
+	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
+	busy := dialT(t, "tcp", addr)
+	idle := dialT(t, "tcp", addr)
+	busy.Write([]byte("before"))
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(busy, buf); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "both connections proxied", func() bool {
+		tg.mu.Lock()
+		defer tg.mu.Unlock()
+		return len(tg.headers) == 2
+	})
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitLog(t, "stopped accepting; draining", 1)
+	busy.Write([]byte(" and after"))
+	busy.CloseWrite()
+	if got, _ := io.ReadAll(busy); string(got) != " and after" {
+		t.Fatalf("draining connection got %q", got)
+	}
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(idle); err != nil {
+		t.Fatalf("idle connection: %v", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("bmpproxy did not exit after draining")
+	}
+	if code := p.state.ExitCode(); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
+	}
+	reasons := map[string]int{}
+	for _, l := range p.logs.match("connection closed") {
+		reasons[l["reason"].(string)]++
+	}
+	if reasons["closed"] != 1 || reasons["shutdown"] != 1 {
+		t.Fatalf("reasons %v, want one closed and one shutdown", reasons)
+	}
+	p.waitLog(t, "stopped", 1)
+}
+
+// TestFDExhaustion runs the proxy under a small fd limit and opens more
+// connections than it can hold: it must back off, refuse or delay what it
+// cannot serve, keep running, and serve again once fds are free.
+func TestFDExhaustion(t *testing.T) {
+	const limit, conns = 32, 40
+	tg := newTarget(t, headerV2, echoHandler)
+	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, limit),
+		binPath(), "--listen", "127.0.0.1:0", "--target", tg.addr(), "--drain-timeout", "0s")
+	p := startCmd(t, 1, cmd)
+	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
+
+	var open []net.Conn
+	for i := 0; i < conns; i++ {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		open = append(open, c)
+	}
+	waitUntil(t, "fd exhaustion to show in the log", func() bool {
+		for _, l := range p.logs.match("accept failed") {
+			if l["fd_exhausted"] == true {
+				return true
+			}
+		}
+		for _, l := range p.logs.match("connection closed") {
+			if e, _ := l["error"].(string); strings.Contains(e, "too many open files") {
+				return true
+			}
+		}
+		return false
+	})
+	for _, c := range open {
+		c.Close()
+	}
+	// Once fds are free, a fresh connection goes through.
+	waitUntil(t, "a connection to succeed again", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.Write([]byte("alive"))
+		c.(*net.TCPConn).CloseWrite()
+		got, _ := io.ReadAll(c)
+		return string(got) == "alive"
+	})
+	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
+		t.Fatalf("exit status %d", st.ExitCode())
+	}
+}
+
+// TestVersion checks that --version prints the version line.
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(binPath(), "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(out), "bmpproxy ") || !strings.Contains(string(out), "go1.") {
+		t.Fatalf("--version printed %q", out)
+	}
+}

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+	"go.uber.org/goleak"
+)
+
+// binPath is the bmpproxy binary built once for the end-to-end tests. It is
+// set by TestMain before any test runs and only read afterwards.
+func binPath() string { return os.Getenv("BMPPROXY_TEST_BINARY") }
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "bmpproxy-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin := filepath.Join(dir, "bmpproxy")
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building bmpproxy:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	os.Setenv("BMPPROXY_TEST_BINARY", bin)
+	code := 0
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				code = 1
+				fmt.Fprintln(os.Stderr, r)
+			}
+		}()
+		// goleak.VerifyTestMain calls os.Exit; run it last.
+		code = m.Run()
+		if code == 0 {
+			if err := goleak.Find(); err != nil {
+				fmt.Fprintln(os.Stderr, "goleak:", err)
+				code = 1
+			}
+		}
+	}()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// TestScripts runs the CLI behaviour scripts in testdata/script against
+// the real binary.
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("PATH", filepath.Dir(binPath())+string(os.PathListSeparator)+env.Getenv("PATH"))
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			// exitcode N cmd args... runs cmd and checks its exit status.
+			"exitcode": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) < 2 {
+					ts.Fatalf("usage: exitcode N command [args...]")
+				}
+				var want int
+				fmt.Sscan(args[0], &want)
+				err := ts.Exec(args[1], args[2:]...)
+				got := 0
+				if ee, ok := err.(*exec.ExitError); ok {
+					got = ee.ExitCode()
+				} else if err != nil {
+					ts.Fatalf("%v", err)
+				}
+				if got != want {
+					ts.Fatalf("exit status %d, want %d", got, want)
+				}
+			},
+		},
+	})
+}
+
+// proc is a running bmpproxy process.
+type proc struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	logs  *logLines
+	done  chan struct{}
+	state *os.ProcessState
+}
+
+// logLines collects the JSON log lines a process writes to stderr.
+type logLines struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	raw   bytes.Buffer
+}
+
+func (l *logLines) add(line []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.raw.Write(line)
+	l.raw.WriteByte('\n')
+	var m map[string]any
+	if json.Unmarshal(line, &m) == nil {
+		l.lines = append(l.lines, m)
+	}
+}
+
+// match returns the lines whose message is msg.
+func (l *logLines) match(msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, m := range l.lines {
+		if m["message"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.raw.String()
+}
+
+// start runs the binary with args and waits until it has logged n
+// "listening" lines. The process is killed at cleanup if still running.
+func start(t *testing.T, n int, args ...string) *proc {
+	t.Helper()
+	return startCmd(t, n, exec.Command(binPath(), args...))
+}
+
+func startCmd(t *testing.T, n int, cmd *exec.Cmd) *proc {
+	t.Helper()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, logs: &logLines{}, done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.logs.add(sc.Bytes())
+		}
+		cmd.Wait()
+		p.state = cmd.ProcessState
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("bmpproxy log:\n%s", p.logs)
+		}
+	})
+	p.waitLog(t, "listening", n)
+	return p
+}
+
+// waitLog waits until at least n lines with message msg have been logged.
+func (p *proc) waitLog(t *testing.T, msg string, n int) []map[string]any {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		if got := p.logs.match(msg); len(got) >= n {
+			return got
+		}
+		select {
+		case <-p.done:
+			if got := p.logs.match(msg); len(got) >= n {
+				return got
+			}
+			t.Fatalf("bmpproxy exited (%v) before logging %d %q lines:\n%s", p.state, n, msg, p.logs)
+		case <-deadline:
+			t.Fatalf("timed out waiting for %d %q lines:\n%s", n, msg, p.logs)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// addr returns the address of the i-th listener as logged.
+func (p *proc) addr(i int) string {
+	return p.logs.match("listening")[i]["addr"].(string)
+}
+
+// port returns the port of the i-th listener.
+func (p *proc) port(i int) int {
+	_, ps, _ := net.SplitHostPort(p.addr(i))
+	var n int
+	fmt.Sscan(ps, &n)
+	return n
+}
+
+// signal sends sig and waits up to timeout for the process to exit.
+func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) *os.ProcessState {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+		return p.state
+	case <-time.After(timeout):
+		t.Fatalf("bmpproxy still running %s after %v", timeout, sig)
+		return nil
+	}
+}
+
+// fds counts the process's open sockets and pipe ends.
+func (p *proc) fds(t *testing.T) (sockets, pipes int) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		switch {
+		case strings.HasPrefix(link, "socket:"):
+			sockets++
+		case strings.HasPrefix(link, "pipe:"):
+			pipes++
+		}
+	}
+	return sockets, pipes
+}
+
+// target is a test collector on loopback: it reads the PROXY header and
+// passes the connection on.
+type target struct {
+	ln      net.Listener
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	headers [][]byte
+}
+
+// headerReader reads a v2 header, a v1 line, or nothing.
+type headerMode int
+
+const (
+	headerV2 headerMode = iota
+	headerV1
+	headerNone
+)
+
+func readHeader(r *bufio.Reader, mode headerMode) ([]byte, error) {
+	switch mode {
+	case headerNone:
+		return nil, nil
+	case headerV1:
+		return r.ReadBytes('\n')
+	}
+	fixed := make([]byte, 16)
+	if _, err := io.ReadFull(r, fixed); err != nil {
+		return nil, err
+	}
+	rest := make([]byte, binary.BigEndian.Uint16(fixed[14:]))
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return nil, err
+	}
+	return append(fixed, rest...), nil
+}
+
+func newTarget(t *testing.T, mode headerMode, handle func(c *net.TCPConn, r *bufio.Reader)) *target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &target{ln: ln}
+	tg.wg.Add(1)
+	go func() {
+		defer tg.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tg.wg.Add(1)
+			go func() {
+				defer tg.wg.Done()
+				defer c.Close()
+				r := bufio.NewReaderSize(c, 64<<10)
+				h, err := readHeader(r, mode)
+				if err != nil {
+					return
+				}
+				tg.mu.Lock()
+				tg.headers = append(tg.headers, h)
+				tg.mu.Unlock()
+				handle(c.(*net.TCPConn), r)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); tg.wg.Wait() })
+	return tg
+}
+
+func (tg *target) addr() string { return tg.ln.Addr().String() }
+
+func (tg *target) header(i int) []byte {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	if i >= len(tg.headers) {
+		return nil
+	}
+	return tg.headers[i]
+}
+
+// echoHandler sends everything back and half-closes after the client does.
+func echoHandler(c *net.TCPConn, r *bufio.Reader) {
+	io.Copy(c, r)
+	c.CloseWrite()
+}
+
+func dialT(t *testing.T, network, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
