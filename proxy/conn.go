@@ -30,7 +30,8 @@ type conn struct {
 	listener string
 	client   netip.AddrPort // unmapped
 	local    netip.AddrPort // unmapped; the address the client connected to
-	target   string         // dialed address, host:port as resolved
+	target   string         // configured target, host:port
+	upstream string         // the address dialed, as resolved; empty until connected
 	start    time.Time
 	up       splice.Counter // client → target payload bytes
 	down     splice.Counter // target → client payload bytes
@@ -104,6 +105,7 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		listener: l.opts.Name,
 		client:   addrPort(nc.RemoteAddr()),
 		local:    addrPort(nc.LocalAddr()),
+		target:   l.opts.Target.String(),
 		start:    time.Now(),
 	}
 	c.log = s.Logger.With().
@@ -112,16 +114,17 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		Stringer("client", c.client).
 		Stringer("local", c.local).
 		Logger()
-	s.track(c)
 	cc, ok := nc.(splice.Conn)
 	if !ok {
 		nc.Close()
+		s.track(c)
 		s.stats.refused.Add(1)
 		c.fail("accept", errNotStream)
 		s.finish(c)
 		return
 	}
 	c.cc = cc
+	s.track(c)
 	c.log.Debug().Msg("accepted")
 
 	hdr, err := proxyHeader(l.opts.ProxyProtocol, c.client, c.local)
@@ -139,7 +142,7 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		s.finish(c)
 		return
 	}
-	c.target = addrPort(tc.(net.Conn).RemoteAddr()).String()
+	c.upstream = addrPort(tc.(net.Conn).RemoteAddr()).String()
 	if !c.setTarget(tc) {
 		closeConn(tc)
 		s.finish(c)
@@ -255,6 +258,7 @@ func (s *Server) finish(c *conn) {
 	}
 	ev := c.log.WithLevel(level).
 		Str("target", c.target).
+		Str("upstream", c.upstream).
 		Int64("bytes_from_client", c.up.Total()).
 		Int64("bytes_to_client", c.down.Total()).
 		Int64("bytes_spliced", c.up.Spliced.Load()+c.down.Spliced.Load()).

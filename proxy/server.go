@@ -53,9 +53,10 @@ type Server struct {
 	nextID atomic.Uint64
 	stats  counters
 
-	mu    sync.Mutex
-	conns map[*conn]struct{}
-	wg    sync.WaitGroup // setup and pump goroutines
+	mu      sync.Mutex
+	conns   map[*conn]struct{}
+	closing bool           // the drain timeout has passed; new conns are aborted
+	wg      sync.WaitGroup // setup and pump goroutines
 }
 
 // counters are the server-wide totals.
@@ -194,19 +195,22 @@ func (s *Server) drain(abort context.CancelFunc) {
 	if timeout < 0 {
 		timeout = 0
 	}
-	s.Logger.Info().Int64("connections", n).Dur("drain_timeout", timeout).Msg("stopped accepting; draining")
+	s.Logger.Info().Int64("connections", n).Stringer("drain_timeout", timeout).Msg("stopped accepting; draining")
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case <-done:
 	case <-timer.C:
 		s.mu.Lock()
+		s.closing = true // connections still in setup are aborted by track
 		open := make([]*conn, 0, len(s.conns))
 		for c := range s.conns {
 			open = append(open, c)
 		}
 		s.mu.Unlock()
-		s.Logger.Warn().Int("connections", len(open)).Msg("drain timeout; closing open connections")
+		if len(open) > 0 {
+			s.Logger.Warn().Int("connections", len(open)).Msg("drain timeout; closing open connections")
+		}
 		abort()
 		for _, c := range open {
 			c.abort(errShutdown)
@@ -251,11 +255,16 @@ func isFDExhaustion(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
+// track registers c; after the drain timeout it aborts c at once.
 func (s *Server) track(c *conn) {
 	s.stats.active.Add(1)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
+	closing := s.closing
 	s.mu.Unlock()
+	if closing {
+		c.abort(errShutdown)
+	}
 }
 
 func (s *Server) untrack(c *conn) {

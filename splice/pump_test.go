@@ -78,8 +78,9 @@ func randomBytes(t testing.TB, n int) []byte {
 }
 
 // transfer writes payload into the rig's client, half-closes it, and
-// returns what the sink read up to EOF along with Copy's result.
-func transfer(t *testing.T, p *Pump, r rig, payload []byte) ([]byte, error, *Counter) {
+// returns what the sink read up to EOF, the direction's counter and Copy's
+// result.
+func transfer(t *testing.T, p *Pump, r rig, payload []byte) ([]byte, *Counter, error) {
 	t.Helper()
 	var c Counter
 	copyErr := make(chan error, 1)
@@ -92,7 +93,7 @@ func transfer(t *testing.T, p *Pump, r rig, payload []byte) ([]byte, error, *Cou
 	if err != nil {
 		t.Fatalf("sink read: %v", err)
 	}
-	return got, <-copyErr, &c
+	return got, &c, <-copyErr
 }
 
 type traceRec struct {
@@ -131,7 +132,7 @@ func TestCopySplices(t *testing.T) {
 	r := newRig(t)
 	payload := randomBytes(t, 8<<20)
 
-	got, err, c := transfer(t, p, r, payload)
+	got, c, err := transfer(t, p, r, payload)
 	if err != nil {
 		t.Fatalf("Copy: %v", err)
 	}
@@ -198,7 +199,7 @@ func TestCopyFallback(t *testing.T) {
 			}
 			r := newRig(t)
 			payload := randomBytes(t, 4<<20+17)
-			got, err, c := transfer(t, p, r, payload)
+			got, c, err := transfer(t, p, r, payload)
 			if err != nil {
 				t.Fatalf("Copy: %v", err)
 			}
