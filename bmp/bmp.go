@@ -74,9 +74,9 @@ func (t Type) String() string {
 // Known reports whether t is one of the types defined by RFC 7854.
 func (t Type) Known() bool { return t <= TypeRouteMirroring }
 
-// Sentinel errors. Every error returned by this package wraps exactly one of
-// them (read errors from an underlying io.Reader excepted), and its message
-// names the offending value.
+// Sentinel errors. Every parse error returned by this package wraps exactly
+// one of them, and its message names the offending value. Reader.Next's
+// end-of-stream and read errors are the only other errors.
 var (
 	ErrShort       = errors.New("bmp: short input")
 	ErrVersion     = errors.New("bmp: unsupported version")
