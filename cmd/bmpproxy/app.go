@@ -16,6 +16,7 @@ import (
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 )
 
 // Exit codes.
@@ -240,7 +241,7 @@ func newLogger(l conf.Log, w io.Writer) (zerolog.Logger, error) {
 	switch l.Format {
 	case "json":
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
 	default:
 		return zerolog.Logger{}, fmt.Errorf("--log-format: unknown format %q", l.Format)
 	}
@@ -291,4 +292,15 @@ func versionString() string {
 		}
 	}
 	return fmt.Sprintf("bmpproxy %s commit %s %s %s/%s", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// isTerminal reports whether w is a terminal, so console logs are coloured
+// only for a person watching them.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

@@ -101,7 +101,8 @@ func TestScripts(t *testing.T) {
 type proc struct {
 	t     *testing.T
 	cmd   *exec.Cmd
-	logs  *logLines
+	logs  *logLines // stderr
+	out   *logLines // stdout
 	done  chan struct{}
 	state *os.ProcessState
 }
@@ -122,6 +123,13 @@ func (l *logLines) add(line []byte) {
 	if json.Unmarshal(line, &m) == nil {
 		l.lines = append(l.lines, m)
 	}
+}
+
+// all returns every JSON line.
+func (l *logLines) all() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]map[string]any(nil), l.lines...)
 }
 
 // match returns the lines whose message is msg.
@@ -156,16 +164,29 @@ func startCmd(t *testing.T, n int, cmd *exec.Cmd) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, cmd: cmd, logs: &logLines{}, done: make(chan struct{})}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, logs: &logLines{}, out: &logLines{}, done: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
+	scan := func(r io.Reader, into *logLines) {
+		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			p.logs.add(sc.Bytes())
+			into.add(sc.Bytes())
 		}
+	}
+	go func() {
+		outDone := make(chan struct{})
+		go func() {
+			scan(stdout, p.out)
+			close(outDone)
+		}()
+		scan(stderr, p.logs)
+		<-outDone
 		cmd.Wait()
 		p.state = cmd.ProcessState
 		close(p.done)
@@ -178,7 +199,7 @@ func startCmd(t *testing.T, n int, cmd *exec.Cmd) *proc {
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("bmpproxy log:\n%s", p.logs)
+			t.Logf("bmpproxy stderr:\n%s\nstdout:\n%s", p.logs, p.out)
 		}
 	})
 	p.waitLog(t, "listening", n)
