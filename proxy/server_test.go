@@ -455,13 +455,20 @@ func TestShutdownDrains(t *testing.T) {
 
 	ts.cancel()
 	// The listener closes at once.
-	waitFor(t, "the listener to close", func() bool {
-		c, err := net.Dial("tcp", ts.addrs[0].String())
-		if err == nil {
-			c.Close()
+	waitFor(t, "draining to start", func() bool {
+		ts.logs.mu.Lock()
+		defer ts.logs.mu.Unlock()
+		for _, l := range ts.logs.lines {
+			if l["message"] == "stopped accepting; draining" {
+				return true
+			}
 		}
-		return err != nil
+		return false
 	})
+	if c, err := net.Dial("tcp", ts.addrs[0].String()); err == nil {
+		c.Close()
+		t.Fatal("listener still accepting while draining")
+	}
 	// A connection may still finish its work while draining.
 	finishing.Write([]byte("last words"))
 	finishing.CloseWrite()
