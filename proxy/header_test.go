@@ -10,9 +10,10 @@ import (
 )
 
 // sigV2 is the PROXY v2 signature from the HAProxy spec, section 2.2.
-var sigV2 = []byte{0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A}
+const sigV2 = "\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A"
 
-func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+// cat joins the signature and the given parts.
+func cat(parts ...[]byte) []byte { return append([]byte(sigV2), bytes.Join(parts, nil)...) }
 
 func TestProxyHeader(t *testing.T) {
 	ap := netip.MustParseAddrPort
@@ -29,14 +30,14 @@ func TestProxyHeader(t *testing.T) {
 			client: ap("198.51.100.7:40000"), local: ap("203.0.113.1:5000"),
 			// ver/cmd 0x21 (v2, PROXY), fam 0x11 (TCP over IPv4), len 12,
 			// src addr, dst addr, src port, dst port.
-			want: cat(sigV2, []byte{0x21, 0x11, 0x00, 0x0C,
+			want: cat([]byte{0x21, 0x11, 0x00, 0x0C,
 				198, 51, 100, 7, 203, 0, 113, 1, 0x9C, 0x40, 0x13, 0x88}),
 		},
 		{
 			name:   "v2 IPv4 arriving as IPv4-mapped IPv6 on a dual-stack socket",
 			mode:   conf.ProxyV2,
 			client: ap("[::ffff:198.51.100.7]:40000"), local: ap("[::ffff:203.0.113.1]:5000"),
-			want: cat(sigV2, []byte{0x21, 0x11, 0x00, 0x0C,
+			want: cat([]byte{0x21, 0x11, 0x00, 0x0C,
 				198, 51, 100, 7, 203, 0, 113, 1, 0x9C, 0x40, 0x13, 0x88}),
 		},
 		{
@@ -44,7 +45,7 @@ func TestProxyHeader(t *testing.T) {
 			mode:   conf.ProxyV2,
 			client: ap("[2001:db8::1]:179"), local: ap("[2001:db8::2]:5000"),
 			// fam 0x21 (TCP over IPv6), len 36.
-			want: cat(sigV2, []byte{0x21, 0x21, 0x00, 0x24},
+			want: cat([]byte{0x21, 0x21, 0x00, 0x24},
 				[]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
 				[]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2},
 				[]byte{0x00, 0xB3, 0x13, 0x88}),
@@ -53,7 +54,7 @@ func TestProxyHeader(t *testing.T) {
 			name:   "v2 IPv6 link-local zone is dropped",
 			mode:   conf.ProxyV2,
 			client: ap("[fe80::1%eth0]:1"), local: ap("[fe80::2%eth0]:2"),
-			want: cat(sigV2, []byte{0x21, 0x21, 0x00, 0x24},
+			want: cat([]byte{0x21, 0x21, 0x00, 0x24},
 				[]byte{0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
 				[]byte{0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2},
 				[]byte{0x00, 0x01, 0x00, 0x02}),

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
@@ -72,78 +72,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// readHeader reads one PROXY header (v1 or v2) from r, or nothing when
-// mode is none, and returns its raw bytes.
-func readHeader(r *bufio.Reader, mode conf.ProxyProtocol) ([]byte, error) {
-	switch mode {
-	case conf.ProxyNone:
-		return nil, nil
-	case conf.ProxyV1:
-		line, err := r.ReadBytes('\n')
-		return line, err
-	}
-	fixed := make([]byte, 16)
-	if _, err := io.ReadFull(r, fixed); err != nil {
-		return nil, err
-	}
-	rest := make([]byte, binary.BigEndian.Uint16(fixed[14:16]))
-	if _, err := io.ReadFull(r, rest); err != nil {
-		return nil, err
-	}
-	return append(fixed, rest...), nil
-}
-
-// sink is a target that reads the PROXY header and hands the rest of the
-// connection to handle.
-type sink struct {
-	ln      net.Listener
-	mu      sync.Mutex
-	headers [][]byte
-	wg      sync.WaitGroup
-}
-
-func newSink(t *testing.T, mode conf.ProxyProtocol, handle func(c *net.TCPConn, r *bufio.Reader)) *sink {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sink{ln: ln}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				r := bufio.NewReader(c)
-				h, err := readHeader(r, mode)
-				if err != nil {
-					return
-				}
-				s.mu.Lock()
-				s.headers = append(s.headers, h)
-				s.mu.Unlock()
-				handle(c.(*net.TCPConn), r)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); s.wg.Wait() })
-	return s
-}
-
-// echo copies everything back and half-closes after the client does.
-func echo(c *net.TCPConn, r *bufio.Reader) {
-	io.Copy(c, r)
-	c.CloseWrite()
-	io.Copy(io.Discard, r)
 }
 
 // testServer runs a Server on loopback and returns its listening
@@ -234,8 +162,8 @@ func randomBytes(t testing.TB, n int) []byte {
 // TestDualStackHeaders connects over IPv4 and IPv6 to one [::] socket and
 // checks the header the target receives for each.
 func TestDualStackHeaders(t *testing.T) {
-	sk := newSink(t, conf.ProxyV2, echo)
-	ts := startServer(t, oneListener(sk.ln.Addr().String(), "[::]:0"), nil)
+	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	ts := startServer(t, oneListener(sk.Addr(), "[::]:0"), nil)
 	p := port(ts.addrs[0])
 
 	for i, tc := range []struct{ network, host string }{{"tcp4", "127.0.0.1"}, {"tcp6", "::1"}} {
@@ -248,9 +176,7 @@ func TestDualStackHeaders(t *testing.T) {
 			t.Fatalf("%s echo = %q, %v", tc.host, got, err)
 		}
 		ts.logs.waitClosed(t, i+1)
-		sk.mu.Lock()
-		h := sk.headers[i]
-		sk.mu.Unlock()
+		h := sk.Headers()[i]
 		client := c.LocalAddr().(*net.TCPAddr)
 		want, err := proxyHeader(conf.ProxyV2, client.AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
 		if err != nil {
@@ -290,7 +216,7 @@ func TestHalfClose(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sinkErr := make(chan error, 1)
-			sk := newSink(t, conf.ProxyV2, func(c *net.TCPConn, r *bufio.Reader) {
+			sk := testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
 				var err error
 				if tt.first == "server" {
 					c.Write(reply)
@@ -309,7 +235,7 @@ func TestHalfClose(t *testing.T) {
 				}
 				sinkErr <- err
 			})
-			ts := startServer(t, oneListener(sk.ln.Addr().String(), "127.0.0.1:0"), nil)
+			ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), nil)
 			c := dial(t, "tcp", ts.addrs[0].String())
 			if tt.first == "server" {
 				got, _ := io.ReadAll(c) // the target's FIN arrives while we have not sent
@@ -340,7 +266,7 @@ func TestHalfClose(t *testing.T) {
 // TestIdleConnectionsHoldNoPipe pushes data through many connections, lets
 // them go idle, and checks that none holds a pipe.
 func TestIdleConnectionsHoldNoPipe(t *testing.T) {
-	sk := newSink(t, conf.ProxyV2, func(c *net.TCPConn, r *bufio.Reader) {
+	sk := testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
 		buf := make([]byte, 1024)
 		for {
 			n, err := r.Read(buf)
@@ -350,7 +276,7 @@ func TestIdleConnectionsHoldNoPipe(t *testing.T) {
 			c.Write(buf[:n])
 		}
 	})
-	ts := startServer(t, oneListener(sk.ln.Addr().String(), "127.0.0.1:0"), nil)
+	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), nil)
 	const n = 20
 	buf := make([]byte, 512)
 	for i := 0; i < n; i++ {
@@ -374,11 +300,11 @@ func TestIdleConnectionsHoldNoPipe(t *testing.T) {
 func TestUnreachableTarget(t *testing.T) {
 	tests := []struct {
 		name    string
-		target  func(t *testing.T) string
+		target  func(testing.TB) string
 		wantErr string
 	}{
-		{"refused", refusingAddr, "connection refused"},
-		{"silent", silentAddr, "no answer within 300ms"},
+		{"refused", testtarget.Refusing, "connection refused"},
+		{"silent", testtarget.Silent, "no answer within 300ms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -405,48 +331,12 @@ func TestUnreachableTarget(t *testing.T) {
 	}
 }
 
-// refusingAddr returns a loopback address nobody listens on.
-func refusingAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-// silentAddr returns a loopback address whose accept queue is full, so
-// further SYNs are dropped and a connect hangs until its timeout.
-func silentAddr(t *testing.T) string {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	// With a backlog of 0 the queue holds one connection; fill it.
-	filler := dial(t, "tcp", addr)
-	_ = filler
-	return addr
-}
-
 // TestShutdownDrains stops the server with connections open: one that
 // finishes during the drain period ends normally, one that stays idle is
 // closed at the drain timeout, and Run returns with no goroutine left.
 func TestShutdownDrains(t *testing.T) {
-	sk := newSink(t, conf.ProxyV2, echo)
-	cfg := oneListener(sk.ln.Addr().String(), "127.0.0.1:0")
+	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	cfg := oneListener(sk.Addr(), "127.0.0.1:0")
 	cfg.DrainTimeout = 500 * time.Millisecond
 	ts := startServer(t, cfg, nil)
 	finishing := dial(t, "tcp", ts.addrs[0].String())
@@ -516,9 +406,9 @@ func (f *flakyListener) Accept() (net.Conn, error) {
 // TestAcceptBackoff checks that EMFILE from accept backs off instead of
 // spinning or ending the loop.
 func TestAcceptBackoff(t *testing.T) {
-	sk := newSink(t, conf.ProxyV2, echo)
+	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
 	fl := &flakyListener{fails: 6}
-	ts := startServer(t, oneListener(sk.ln.Addr().String(), "127.0.0.1:0"), func(s *Server) {
+	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Server) {
 		s.Listen = func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 			ln, err := Listen(ctx, a)
 			fl.Listener = ln

@@ -16,15 +16,15 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 )
 
 // TestHeaderBytes checks the exact header the collector receives from an
 // IPv4 and an IPv6 client of one dual-stack [::] socket. The expected bytes
 // are spelled out from the PROXY protocol spec (section 2.2).
 func TestHeaderBytes(t *testing.T) {
-	tg := newTarget(t, headerV2, echoHandler)
-	p := start(t, 1, "--listen", "[::]:0", "--target", tg.addr())
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	p := start(t, 1, "--listen", "[::]:0", "--target", tg.Addr())
 	port := p.port(0)
 	if !strings.HasPrefix(p.addr(0), "[::]:") {
 		t.Fatalf("listening on %s, want [::]", p.addr(0))
@@ -73,8 +73,8 @@ func TestHeaderBytes(t *testing.T) {
 				t.Fatalf("echo %q", got)
 			}
 			want := tt.want(c.LocalAddr().(*net.TCPAddr).Port)
-			waitUntil(t, "the header", func() bool { return tg.header(i) != nil })
-			got := tg.header(i)
+			waitUntil(t, "the header", func() bool { return len(tg.Headers()) > i })
+			got := tg.Headers()[i]
 			if !bytes.Equal(got, want) {
 				t.Fatalf("header (%d bytes)\n got % x\nwant % x", len(got), got, want)
 			}
@@ -109,7 +109,7 @@ func TestBulkHalfClose(t *testing.T) {
 		for _, first := range []string{"client", "server"} {
 			t.Run(mode.name+"/"+first+" half-closes first", func(t *testing.T) {
 				targetErr := make(chan error, 1)
-				tg := newTarget(t, headerV2, func(c *net.TCPConn, r *bufio.Reader) {
+				tg := testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
 					readAll := func() error {
 						h := sha256.New()
 						n, err := io.Copy(h, r)
@@ -133,7 +133,7 @@ func TestBulkHalfClose(t *testing.T) {
 					}
 					targetErr <- err
 				})
-				p := start(t, 1, append([]string{"--listen", "[::]:0", "--target", tg.addr()}, mode.flags...)...)
+				p := start(t, 1, append([]string{"--listen", "[::]:0", "--target", tg.Addr()}, mode.flags...)...)
 				c := dialT(t, "tcp", fmt.Sprintf("127.0.0.1:%d", p.port(0)))
 				readDown := func() {
 					h := sha256.New()
@@ -172,8 +172,8 @@ func TestBulkHalfClose(t *testing.T) {
 // random amount, and checks every byte count in the closing log lines.
 func TestConcurrentConnections(t *testing.T) {
 	const conns = 200
-	tg := newTarget(t, headerV2, echoHandler)
-	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.addr())
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.Addr())
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
 
 	sizes := map[int]int{} // client port → bytes
@@ -235,7 +235,7 @@ func TestConcurrentConnections(t *testing.T) {
 // idle cap however many connections are open.
 func TestIdleConnectionsFDs(t *testing.T) {
 	const conns = 100
-	tg := newTarget(t, headerV2, func(c *net.TCPConn, r *bufio.Reader) {
+	tg := testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
 		buf := make([]byte, 4096)
 		for {
 			n, err := r.Read(buf)
@@ -245,7 +245,7 @@ func TestIdleConnectionsFDs(t *testing.T) {
 			c.Write(buf[:n])
 		}
 	})
-	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.addr())
+	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.Addr())
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
 	baseSockets, basePipes := p.fds(t) // stderr is a pipe to this test
 
@@ -274,44 +274,16 @@ func TestIdleConnectionsFDs(t *testing.T) {
 	t.Logf("%d idle connections: %d sockets above baseline, %d pipe fds", conns, sockets-baseSockets, pipes)
 }
 
-// silentTarget returns a loopback address whose accept queue is full, so
-// a connect to it hangs until the connect timeout.
-func silentTarget(t *testing.T) string {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	dialT(t, "tcp", addr) // fills the backlog of one
-	return addr
-}
-
 // TestUnreachableTarget checks that a refused or silent target closes the
 // client within the connect timeout, and the proxy keeps serving.
 func TestUnreachableTarget(t *testing.T) {
-	refused := func(t *testing.T) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
 	for _, tt := range []struct {
 		name    string
-		target  func(*testing.T) string
+		target  func(testing.TB) string
 		wantErr string
 	}{
-		{"refused", refused, "connection refused"},
-		{"silent", silentTarget, "no answer within 500ms"},
+		{"refused", testtarget.Refusing, "connection refused"},
+		{"silent", testtarget.Silent, "no answer within 500ms"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tt.target(t), "--connect-timeout", "500ms")
@@ -361,8 +333,8 @@ func TestPortInUse(t *testing.T) {
 // finishes its exchange during the drain period, the other is idle and is
 // closed at the drain timeout. The process exits 0.
 func TestSigtermDrains(t *testing.T) {
-	tg := newTarget(t, headerV2, echoHandler)
-	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.addr(), "--drain-timeout", "1s")
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	p := start(t, 1, "--listen", "127.0.0.1:0", "--target", tg.Addr(), "--drain-timeout", "1s")
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
 	busy := dialT(t, "tcp", addr)
 	idle := dialT(t, "tcp", addr)
@@ -372,9 +344,7 @@ func TestSigtermDrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, "both connections proxied", func() bool {
-		tg.mu.Lock()
-		defer tg.mu.Unlock()
-		return len(tg.headers) == 2
+		return len(tg.Headers()) == 2
 	})
 
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -411,9 +381,9 @@ func TestSigtermDrains(t *testing.T) {
 // cannot serve, keep running, and serve again once fds are free.
 func TestFDExhaustion(t *testing.T) {
 	const limit, conns = 32, 40
-	tg := newTarget(t, headerV2, echoHandler)
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
 	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, limit),
-		binPath(), "--listen", "127.0.0.1:0", "--target", tg.addr(), "--drain-timeout", "0s")
+		binPath(), "--listen", "127.0.0.1:0", "--target", tg.Addr(), "--drain-timeout", "0s")
 	p := startCmd(t, 1, cmd)
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
 

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -274,94 +273,6 @@ func (p *proc) fds(t *testing.T) (sockets, pipes int) {
 		}
 	}
 	return sockets, pipes
-}
-
-// target is a test collector on loopback: it reads the PROXY header and
-// passes the connection on.
-type target struct {
-	ln      net.Listener
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	headers [][]byte
-}
-
-// headerReader reads a v2 header, a v1 line, or nothing.
-type headerMode int
-
-const (
-	headerV2 headerMode = iota
-	headerV1
-	headerNone
-)
-
-func readHeader(r *bufio.Reader, mode headerMode) ([]byte, error) {
-	switch mode {
-	case headerNone:
-		return nil, nil
-	case headerV1:
-		return r.ReadBytes('\n')
-	}
-	fixed := make([]byte, 16)
-	if _, err := io.ReadFull(r, fixed); err != nil {
-		return nil, err
-	}
-	rest := make([]byte, binary.BigEndian.Uint16(fixed[14:]))
-	if _, err := io.ReadFull(r, rest); err != nil {
-		return nil, err
-	}
-	return append(fixed, rest...), nil
-}
-
-func newTarget(t *testing.T, mode headerMode, handle func(c *net.TCPConn, r *bufio.Reader)) *target {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tg := &target{ln: ln}
-	tg.wg.Add(1)
-	go func() {
-		defer tg.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			tg.wg.Add(1)
-			go func() {
-				defer tg.wg.Done()
-				defer c.Close()
-				r := bufio.NewReaderSize(c, 64<<10)
-				h, err := readHeader(r, mode)
-				if err != nil {
-					return
-				}
-				tg.mu.Lock()
-				tg.headers = append(tg.headers, h)
-				tg.mu.Unlock()
-				handle(c.(*net.TCPConn), r)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); tg.wg.Wait() })
-	return tg
-}
-
-func (tg *target) addr() string { return tg.ln.Addr().String() }
-
-func (tg *target) header(i int) []byte {
-	tg.mu.Lock()
-	defer tg.mu.Unlock()
-	if i >= len(tg.headers) {
-		return nil
-	}
-	return tg.headers[i]
-}
-
-// echoHandler sends everything back and half-closes after the client does.
-func echoHandler(c *net.TCPConn, r *bufio.Reader) {
-	io.Copy(c, r)
-	c.CloseWrite()
 }
 
 func dialT(t *testing.T, network, addr string) *net.TCPConn {

@@ -1,0 +1,151 @@
+// Package testtarget provides collectors for tests, on loopback only: one
+// that reads the PROXY header and hands the connection on, one that refuses
+// connections, and one that never answers.
+package testtarget
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Header says which PROXY header a Target expects.
+type Header int
+
+// The header modes.
+const (
+	V2 Header = iota
+	V1
+	None
+)
+
+// ReadHeader reads one header from r, framed by the spec: a v2 header is
+// 16 bytes plus the length in bytes 14-15, a v1 header is one CRLF line.
+// None reads nothing.
+func ReadHeader(r *bufio.Reader, mode Header) ([]byte, error) {
+	switch mode {
+	case None:
+		return nil, nil
+	case V1:
+		return r.ReadBytes('\n')
+	}
+	fixed := make([]byte, 16)
+	if _, err := io.ReadFull(r, fixed); err != nil {
+		return nil, err
+	}
+	rest := make([]byte, binary.BigEndian.Uint16(fixed[14:]))
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return nil, err
+	}
+	return append(fixed, rest...), nil
+}
+
+// Target is a collector on 127.0.0.1. Each connection's header is read and
+// recorded, then handle gets the connection and a reader holding whatever
+// followed the header. Cleanup closes the listener and waits for every
+// handler.
+type Target struct {
+	ln      net.Listener
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	headers [][]byte
+}
+
+// New starts a Target.
+func New(t testing.TB, mode Header, handle func(c *net.TCPConn, r *bufio.Reader)) *Target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &Target{ln: ln}
+	tg.wg.Add(1)
+	go func() {
+		defer tg.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tg.wg.Add(1)
+			go func() {
+				defer tg.wg.Done()
+				defer c.Close()
+				r := bufio.NewReaderSize(c, 64<<10)
+				h, err := ReadHeader(r, mode)
+				if err != nil {
+					return
+				}
+				tg.mu.Lock()
+				tg.headers = append(tg.headers, h)
+				tg.mu.Unlock()
+				handle(c.(*net.TCPConn), r)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); tg.wg.Wait() })
+	return tg
+}
+
+// Addr returns the address to dial.
+func (tg *Target) Addr() string { return tg.ln.Addr().String() }
+
+// Headers returns the headers received so far, in arrival order.
+func (tg *Target) Headers() [][]byte {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return append([][]byte(nil), tg.headers...)
+}
+
+// Echo sends everything back and half-closes once the client has.
+func Echo(c *net.TCPConn, r *bufio.Reader) {
+	io.Copy(c, r)
+	c.CloseWrite()
+}
+
+// Refusing returns a loopback address nobody listens on: a connect is
+// refused at once.
+func Refusing(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Silent returns a loopback address whose accept queue is full, so SYNs to
+// it are dropped and a connect hangs until its timeout.
+func Silent(t testing.TB) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	// A backlog of 0 still queues one connection: fill it.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return addr
+}
