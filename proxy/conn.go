@@ -22,6 +22,12 @@ var (
 	errShortHeader = errors.New("short write of PROXY header")
 )
 
+// stream is a connected TCP socket that the pump can splice.
+type stream interface {
+	net.Conn
+	splice.Conn
+}
+
 // conn is one proxied connection. Its fields are plain data so that its
 // state can be described and handed over; the sockets are the only
 // resources it owns.
@@ -37,13 +43,13 @@ type conn struct {
 	down     splice.Counter // target → client payload bytes
 	log      zerolog.Logger
 
-	cc splice.Conn // client socket
+	cc stream // client socket
 	// pending counts pump goroutines still running; the last one to end
 	// finishes the connection.
 	pending atomic.Int32
 
 	mu      sync.Mutex
-	tc      splice.Conn // target socket; nil until dialed
+	tc      stream // target socket; nil until dialed
 	cause   error       // first reason to end, nil for a clean close
 	stage   string      // where cause happened: "dial", "client", "target", ...
 	aborted bool
@@ -59,9 +65,11 @@ func (c *conn) fail(stage string, err error) {
 	c.aborted = true
 	tc := c.tc
 	c.mu.Unlock()
-	closeConn(c.cc)
+	if c.cc != nil {
+		c.cc.Close()
+	}
 	if tc != nil {
-		closeConn(tc)
+		tc.Close()
 	}
 }
 
@@ -70,7 +78,7 @@ func (c *conn) abort(err error) { c.fail("proxy", err) }
 
 // setTarget attaches the dialed socket; it returns false, and the caller
 // closes tc, if the connection was aborted meanwhile.
-func (c *conn) setTarget(tc splice.Conn) bool {
+func (c *conn) setTarget(tc stream) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
@@ -78,12 +86,6 @@ func (c *conn) setTarget(tc splice.Conn) bool {
 	}
 	c.tc = tc
 	return true
-}
-
-func closeConn(c splice.Conn) {
-	if cl, ok := c.(interface{ Close() error }); ok {
-		cl.Close()
-	}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -114,7 +116,7 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		Stringer("client", c.client).
 		Stringer("local", c.local).
 		Logger()
-	cc, ok := nc.(splice.Conn)
+	cc, ok := nc.(stream)
 	if !ok {
 		nc.Close()
 		s.track(c)
@@ -142,16 +144,16 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		s.finish(c)
 		return
 	}
-	c.upstream = addrPort(tc.(net.Conn).RemoteAddr()).String()
+	c.upstream = addrPort(tc.RemoteAddr()).String()
 	if !c.setTarget(tc) {
-		closeConn(tc)
+		tc.Close()
 		s.finish(c)
 		return
 	}
 	if len(hdr) > 0 {
 		// One write: the header must reach the target whole and before
 		// any payload.
-		n, err := tc.(net.Conn).Write(hdr)
+		n, err := tc.Write(hdr)
 		if err == nil && n != len(hdr) {
 			err = errShortHeader
 		}
@@ -169,7 +171,7 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 
 // dial connects to l's target within its connect timeout. A target name is
 // resolved on every dial.
-func (s *Server) dial(ctx context.Context, l *listener) (splice.Conn, error) {
+func (s *Server) dial(ctx context.Context, l *listener) (stream, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.opts.ConnectTimeout)
 	defer cancel()
 	dial := s.Dial
@@ -186,7 +188,7 @@ func (s *Server) dial(ctx context.Context, l *listener) (splice.Conn, error) {
 		}
 		return nil, fmt.Errorf("connect to %s: %w", target, err)
 	}
-	tc, ok := nc.(splice.Conn)
+	tc, ok := nc.(stream)
 	if !ok {
 		nc.Close()
 		return nil, fmt.Errorf("connect to %s: %w", target, errNotStream)

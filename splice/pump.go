@@ -141,6 +141,10 @@ func (e *Error) Unwrap() error { return e.Err }
 // ErrPoolExhausted reports that MaxPipes pipes are already in use.
 var ErrPoolExhausted = errors.New("pipe pool exhausted")
 
+// errCreateBackoff reports that pipe creation failed recently and is not
+// retried yet.
+var errCreateBackoff = errors.New("pipe creation backing off after a failure")
+
 // Pump moves bytes between connections. It is safe for concurrent use; one
 // Pump serves every connection of a process.
 type Pump struct {
@@ -150,6 +154,7 @@ type Pump struct {
 	mu          sync.Mutex
 	idle        []*pipe // empty pipes; len(idle) <= cfg.MaxIdle
 	open        int     // pipes that exist: in use + idle; open <= cfg.MaxPipes
+	closed      bool    // Close was called: returned pipes are closed, not pooled
 	createAfter time.Time
 
 	spliced   atomic.Uint64
@@ -206,12 +211,14 @@ func (p *Pump) Stats() Stats {
 	}
 }
 
-// Close closes the idle pipes. Pipes in use are closed by their directions
-// when they end; Close does not wait for them.
+// Close closes the idle pipes. Pipes in use are closed when their
+// directions return them; Close does not wait for that. The Pump keeps
+// working after Close, without pooling.
 func (p *Pump) Close() error {
 	p.mu.Lock()
 	idle := p.idle
 	p.idle = nil
+	p.closed = true
 	p.open -= len(idle)
 	p.mu.Unlock()
 	for _, pp := range idle {
@@ -237,7 +244,7 @@ func (p *Pump) getPipe() (*pipe, error) {
 	}
 	if now := time.Now(); now.Before(p.createAfter) {
 		p.mu.Unlock()
-		return nil, errors.New("pipe creation backing off after a failure")
+		return nil, errCreateBackoff
 	}
 	p.open++
 	p.mu.Unlock()
@@ -266,7 +273,7 @@ func (p *Pump) putPipe(pp *pipe) {
 		return
 	}
 	p.mu.Lock()
-	if len(p.idle) < p.cfg.MaxIdle {
+	if !p.closed && len(p.idle) < p.cfg.MaxIdle {
 		p.idle = append(p.idle, pp)
 		p.mu.Unlock()
 		return
