@@ -50,8 +50,8 @@ type conn struct {
 
 	mu      sync.Mutex
 	tc      stream // target socket; nil until dialed
-	cause   error       // first reason to end, nil for a clean close
-	stage   string      // where cause happened: "dial", "client", "target", ...
+	cause   error  // first reason to end, nil for a clean close
+	stage   string // where cause happened: "dial", "client", "target", ...
 	aborted bool
 }
 
