@@ -32,6 +32,7 @@ type options struct {
 	out         string
 	runs        int
 	only        string
+	peers       string
 	bulkSize    int64
 	manyStreams int
 	manySize    int64
@@ -53,11 +54,44 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "load" {
+		// One workload against an address, for profiling a proxy by hand:
+		// bench load -addr 127.0.0.1:5000 -workload short -header 2
+		fs := flag.NewFlagSet("load", flag.ExitOnError)
+		addr := fs.String("addr", "", "proxy address")
+		wl := fs.String("workload", "short", "bulk1, bulk8, many, rr, short, idle or capacity")
+		header := fs.Int("header", 2, "PROXY header the sink should see: 0 none, 1 v1, 2 v2")
+		pid := fs.Int("pid", 0, "proxy pid, for CPU and memory figures")
+		var o options
+		fs.Int64Var(&o.bulkSize, "bulk", gib, "bulk bytes")
+		fs.IntVar(&o.manyStreams, "many", 100, "streams")
+		fs.Int64Var(&o.manySize, "many-size", 64<<20, "bytes per stream")
+		fs.IntVar(&o.rrCount, "rr", 20000, "round trips")
+		fs.IntVar(&o.shortCount, "short", 20000, "connections")
+		fs.IntVar(&o.shortConc, "short-conc", 32, "concurrency")
+		fs.IntVar(&o.idleConns, "idle", 3000, "idle connections")
+		fs.IntVar(&o.capacity, "capacity", 10000, "capacity connections")
+		fs.Parse(os.Args[2:])
+		for _, w := range workloads(&o) {
+			if w.key == *wl {
+				m, err := w.run(target{addr: *addr, pid: *pid, header: byte(*header)}, &o)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "load:", err)
+					os.Exit(1)
+				}
+				fmt.Println(m)
+				return
+			}
+		}
+		fmt.Fprintln(os.Stderr, "load: unknown workload", *wl)
+		os.Exit(2)
+	}
 	var o options
 	flag.BoolVar(&o.smoke, "smoke", false, "every peer and workload with small sizes and one run (for CI)")
 	flag.StringVar(&o.out, "out", "bench/RESULTS.md", "results file")
 	flag.IntVar(&o.runs, "runs", 3, "runs per row; each row reports the median, min and max")
 	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity); empty: all")
+	flag.StringVar(&o.peers, "peers", "", "comma-separated substrings; only peers whose name contains one run (for iterating)")
 	flag.Int64Var(&o.bulkSize, "bulk", 4*gib, "bytes in the single-stream bulk test (the 8-stream test splits the same total)")
 	flag.IntVar(&o.manyStreams, "many", 100, "concurrent streams in the unprivileged test")
 	flag.Int64Var(&o.manySize, "many-size", 64<<20, "bytes per stream in the unprivileged test")
@@ -182,6 +216,9 @@ func run(o *options) error {
 	res := &results{opts: o, started: time.Now(), pinned: pinned, fdLimit: lim.Cur}
 	wls := workloads(o)
 	for _, p := range peers() {
+		if !selectedPeer(o.peers, p.name) {
+			continue
+		}
 		var todo []workload
 		for _, w := range wls {
 			if selected(o.only, w.key) && w.applies(p) {
@@ -196,25 +233,24 @@ func run(o *options) error {
 				res.skip(w.key, p.name, reason)
 				continue
 			}
-			// A fresh process per workload: one workload's leftovers
-			// (heap, pooled pipes) do not colour the next.
-			r, err := p.start(e)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p.name, err)
-			}
-			res.command(p.name, r.command)
 			for i := 0; i < o.runs; i++ {
-				fmt.Printf("%-34s %-6s run %d/%d ... ", p.name, w.key, i+1, o.runs)
-				m, err := w.run(target{addr: r.addr, pid: r.pid, header: p.header}, o)
+				// A fresh process for every run: one run's leftovers (heap,
+				// pooled pipes, kept connections) do not colour the next.
+				r, err := p.start(e)
 				if err != nil {
-					r.stop()
+					return fmt.Errorf("%s: %w", p.name, err)
+				}
+				res.command(p.name, r.command)
+				fmt.Printf("%-34s %-8s run %d/%d ... ", p.name, w.key, i+1, o.runs)
+				m, err := w.run(target{addr: r.addr, pid: r.pid, header: p.header}, o)
+				r.stop()
+				if err != nil {
 					out, _ := os.ReadFile(r.log)
 					return fmt.Errorf("%s, %s: %w\npeer output:\n%s", p.name, w.key, err, tail(out, 2000))
 				}
 				fmt.Println(m)
 				res.add(w.key, p.name, m)
 			}
-			r.stop()
 		}
 	}
 	res.finished = time.Now()
@@ -245,6 +281,18 @@ func selected(only, key string) bool {
 	}
 	for _, k := range strings.Split(only, ",") {
 		if strings.TrimSpace(k) == key {
+			return true
+		}
+	}
+	return false
+}
+
+func selectedPeer(filter, name string) bool {
+	if filter == "" {
+		return true
+	}
+	for _, f := range strings.Split(filter, ",") {
+		if f != "" && strings.Contains(name, f) {
 			return true
 		}
 	}

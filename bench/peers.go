@@ -125,6 +125,13 @@ func peers() []*peer {
 			},
 		},
 		{
+			name: "bmpproxy --splice=false", header: headerV2,
+			start: func(e *env) (*running, error) {
+				return launch(e, "bmpproxy-copy", nil, false, e.bmpproxy,
+					"--listen", "127.0.0.1:%PORT%", "--target", e.sinkAddr, "--log-level", "warn", "--splice=false")
+			},
+		},
+		{
 			name: "io.Copy reference (nobody)", header: headerV2, unpriv: true,
 			start: func(e *env) (*running, error) {
 				return launch(e, "refproxy-nobody", nil, true, e.refproxy, "-listen", "127.0.0.1:%PORT%", "-target", e.sinkAddr)
@@ -148,17 +155,19 @@ func peers() []*peer {
 }
 
 func startHAProxy(e *env, splice bool) (*running, error) {
-	opts := ""
+	// HAProxy refuses to start if maxconn, and with splicing maxpipes,
+	// need more fds than RLIMIT_NOFILE (2 per connection, 2 per pipe).
+	opts, global := "", "    maxconn 9900\n"
 	name := "haproxy-nosplice"
 	if splice {
 		opts = "    option splice-request\n    option splice-response\n"
+		global = "    maxconn 9500\n    maxpipes 256\n"
 		name = "haproxy-splice"
 	}
 	cfg := filepath.Join(e.dir, name+".cfg")
 	conf := `global
     nbthread 1
-    maxconn 7900
-defaults
+` + global + `defaults
     mode tcp
     timeout connect 5s
     timeout client 1h
@@ -181,7 +190,7 @@ worker_processes 1;
 worker_rlimit_nofile 20000;
 pid ` + filepath.Join(e.dir, "nginx.pid") + `;
 error_log ` + filepath.Join(e.dir, "nginx-error.log") + ` warn;
-events { worker_connections 9000; }
+events { worker_connections 19900; }
 stream {
     server {
         listen 127.0.0.1:%PORT% backlog=4096;

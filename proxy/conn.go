@@ -41,7 +41,6 @@ type conn struct {
 	start    time.Time
 	up       splice.Counter // client → target payload bytes
 	down     splice.Counter // target → client payload bytes
-	log      zerolog.Logger
 
 	cc stream // client socket
 	// pending counts pump goroutines still running; the last one to end
@@ -97,6 +96,18 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
+// logger returns the connection's child logger. It is built when a line is
+// about to be written, not kept: an idle connection holds no log buffer.
+func (c *conn) logger(base *zerolog.Logger) *zerolog.Logger {
+	l := base.With().
+		Uint64("conn", c.id).
+		Str("listener", c.listener).
+		Stringer("client", c.client).
+		Stringer("local", c.local).
+		Logger()
+	return &l
+}
+
 // setup runs on its own goroutine: it builds the header, dials the target,
 // writes the header and starts the pumps. Pumps start on fresh goroutines
 // so the stack grown by dialing is not kept for the connection's life.
@@ -110,12 +121,6 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		target:   l.opts.Target.String(),
 		start:    time.Now(),
 	}
-	c.log = s.Logger.With().
-		Uint64("conn", c.id).
-		Str("listener", c.listener).
-		Stringer("client", c.client).
-		Stringer("local", c.local).
-		Logger()
 	cc, ok := nc.(stream)
 	if !ok {
 		nc.Close()
@@ -127,7 +132,9 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 	}
 	c.cc = cc
 	s.track(c)
-	c.log.Debug().Msg("accepted")
+	if s.Logger.GetLevel() <= zerolog.DebugLevel {
+		c.logger(&s.Logger).Debug().Msg("accepted")
+	}
 
 	hdr, err := proxyHeader(l.opts.ProxyProtocol, c.client, c.local)
 	if err != nil {
@@ -258,7 +265,10 @@ func (s *Server) finish(c *conn) {
 			reason = "refused"
 		}
 	}
-	ev := c.log.WithLevel(level).
+	if s.Logger.GetLevel() > level {
+		return
+	}
+	ev := c.logger(&s.Logger).WithLevel(level).
 		Str("target", c.target).
 		Str("upstream", c.upstream).
 		Int64("bytes_from_client", c.up.Total()).

@@ -328,7 +328,10 @@ func (p *Pump) Copy(dst, src Conn, c *Counter) error {
 	if err != nil {
 		return &Error{Op: "write", Err: err}
 	}
-	d := direction{pump: p, src: sr, dst: dr, count: c}
+	d := &direction{pump: p, src: sr, dst: dr, count: c}
+	// The poller callbacks are bound once: a parked direction holds one
+	// closure, and moving a message allocates nothing.
+	d.fillFn, d.drainFn = d.fillFD, d.drainFD
 	defer d.release()
 	for {
 		n, err := d.fill()
@@ -356,9 +359,14 @@ type direction struct {
 	dst   syscall.RawConn
 	count *Counter
 
+	fillFn, drainFn func(fd uintptr) bool
+
 	pipe     *pipe
 	buf      *[]byte
 	off, end int // (*buf)[off:end] is read and not yet written
+
+	n     int   // result of the last fillFD
+	opErr error // error of the last fillFD or drainFD
 }
 
 // acquire takes a pipe, or a buffer when no pipe can be had.
@@ -391,46 +399,14 @@ func (d *direction) release() {
 // entry. It parks in the poller, holding nothing, while src has no data.
 // It returns 0 at EOF.
 func (d *direction) fill() (int, error) {
-	var n int
-	var opErr error
-	err := d.src.Read(func(fd uintptr) bool {
-		if d.pipe == nil && d.buf == nil {
-			d.acquire()
-		}
-		for {
-			var err error
-			if d.pipe != nil {
-				var m int64
-				m, err = unix.Splice(int(fd), nil, d.pipe.w, nil, d.pipe.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-				n = int(m)
-			} else {
-				n, err = unix.Read(int(fd), *d.buf)
-			}
-			switch err {
-			case nil:
-				if n < 0 { // not expected from the kernel; never trust it
-					n, opErr = 0, io.ErrNoProgress
-				}
-				return true
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				// Idle: give everything back before parking.
-				d.release()
-				return false
-			default:
-				n, opErr = 0, err
-				return true
-			}
-		}
-	})
-	if err != nil {
+	d.n, d.opErr = 0, nil
+	if err := d.src.Read(d.fillFn); err != nil {
 		return 0, err
 	}
-	if opErr != nil {
-		return 0, opErr
+	if d.opErr != nil {
+		return 0, d.opErr
 	}
-	if n > 0 {
+	if n := d.n; n > 0 {
 		rfd := d.fd(d.src)
 		if d.pipe != nil {
 			d.pipe.data = n
@@ -440,62 +416,99 @@ func (d *direction) fill() (int, error) {
 			d.pump.trace(OpRead, rfd, -1, n)
 		}
 	}
-	return n, nil
+	return d.n, nil
+}
+
+// fillFD is fill's poller callback: false means "park until readable".
+func (d *direction) fillFD(fd uintptr) bool {
+	if d.pipe == nil && d.buf == nil {
+		d.acquire()
+	}
+	for {
+		var n int
+		var err error
+		if d.pipe != nil {
+			var m int64
+			m, err = unix.Splice(int(fd), nil, d.pipe.w, nil, d.pipe.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n = int(m)
+		} else {
+			n, err = unix.Read(int(fd), *d.buf)
+		}
+		switch err {
+		case nil:
+			if n < 0 { // not expected from the kernel; never trust it
+				n, err = 0, io.ErrNoProgress
+			}
+			d.n, d.opErr = n, err
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			// Idle: give everything back before parking.
+			d.release()
+			return false
+		default:
+			d.opErr = err
+			return true
+		}
+	}
 }
 
 // drain writes everything the direction holds to dst, parking in the
 // poller while dst is not writable. Bytes in the pipe are never dropped on
 // EAGAIN.
 func (d *direction) drain() error {
-	var opErr error
-	err := d.dst.Write(func(fd uintptr) bool {
-		for {
-			var n int
-			var err error
-			if d.pipe != nil {
-				if d.pipe.data == 0 {
-					return true
-				}
-				var m int64
-				m, err = unix.Splice(d.pipe.r, nil, int(fd), nil, d.pipe.data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-				n = int(m)
-			} else {
-				if d.off == d.end {
-					return true
-				}
-				n, err = unix.Write(int(fd), (*d.buf)[d.off:d.end])
-			}
-			switch err {
-			case nil:
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				opErr = err
-				return true
-			}
-			if n <= 0 {
-				opErr = io.ErrNoProgress
-				return true
-			}
-			if d.pipe != nil {
-				d.pump.trace(OpSpliceOut, d.pipe.r, int(fd), n)
-				d.pipe.data -= n
-				d.pump.spliced.Add(uint64(n))
-				d.count.Spliced.Add(int64(n))
-			} else {
-				d.pump.trace(OpWrite, -1, int(fd), n)
-				d.off += n
-				d.pump.copied.Add(uint64(n))
-				d.count.Copied.Add(int64(n))
-			}
-		}
-	})
-	if err != nil {
+	d.opErr = nil
+	if err := d.dst.Write(d.drainFn); err != nil {
 		return err
 	}
-	return opErr
+	return d.opErr
+}
+
+// drainFD is drain's poller callback: false means "park until writable".
+func (d *direction) drainFD(fd uintptr) bool {
+	for {
+		var n int
+		var err error
+		if d.pipe != nil {
+			if d.pipe.data == 0 {
+				return true
+			}
+			var m int64
+			m, err = unix.Splice(d.pipe.r, nil, int(fd), nil, d.pipe.data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n = int(m)
+		} else {
+			if d.off == d.end {
+				return true
+			}
+			n, err = unix.Write(int(fd), (*d.buf)[d.off:d.end])
+		}
+		switch err {
+		case nil:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			d.opErr = err
+			return true
+		}
+		if n <= 0 {
+			d.opErr = io.ErrNoProgress
+			return true
+		}
+		if d.pipe != nil {
+			d.pump.trace(OpSpliceOut, d.pipe.r, int(fd), n)
+			d.pipe.data -= n
+			d.pump.spliced.Add(uint64(n))
+			d.count.Spliced.Add(int64(n))
+		} else {
+			d.pump.trace(OpWrite, -1, int(fd), n)
+			d.off += n
+			d.pump.copied.Add(uint64(n))
+			d.count.Copied.Add(int64(n))
+		}
+	}
 }
 
 // fd returns the descriptor behind rc, for tracing only.

@@ -17,7 +17,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
+func tcpPair(t testing.TB) (dialed, accepted *net.TCPConn) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -50,7 +50,7 @@ type rig struct {
 	client, in, out, sink *net.TCPConn
 }
 
-func newRig(t *testing.T) rig {
+func newRig(t testing.TB) rig {
 	client, in := tcpPair(t)
 	out, sink := tcpPair(t)
 	return rig{client: client, in: in, out: out, sink: sink}
