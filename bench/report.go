@@ -18,7 +18,7 @@ type results struct {
 	started, finished time.Time
 	pinned            bool
 	fdLimit           uint64
-	order             []string                       // peer names, first seen first
+	order             []string                        // peer names, first seen first
 	runs              map[string]map[string][]metrics // workload → peer → runs
 	skipped           map[string]map[string]string    // workload → peer → reason
 	commands          map[string]string               // peer → command line
