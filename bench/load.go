@@ -361,7 +361,7 @@ func idle(t target, n int) (metrics, error) {
 	if err := <-errs; err != nil {
 		return nil, err
 	}
-	time.Sleep(time.Second) // let the proxy settle into its idle state
+	time.Sleep(5 * time.Second) // idle for 5 s: long enough for proxies that park idle connections
 	rss1, err := rssKiB(t.pid)
 	if err != nil {
 		return nil, err

@@ -52,6 +52,8 @@ type conn struct {
 	cause   error  // first reason to end, nil for a clean close
 	stage   string // where cause happened: "dial", "client", "target", ...
 	aborted bool
+	idle    [2]idleState    // per direction (up, down); see idle.go
+	watcher *splice.Watcher // set when the pumps start; nil: no parking
 }
 
 // fail records err as the connection's reason to end unless one is
@@ -63,7 +65,13 @@ func (c *conn) fail(stage string, err error) {
 	}
 	c.aborted = true
 	tc := c.tc
+	parked := c.unparkLocked()
 	c.mu.Unlock()
+	// Parked directions resume before the sockets close, so their fds are
+	// still theirs when they leave the watcher; they then see the close.
+	for _, resume := range parked {
+		resume()
+	}
 	if c.cc != nil {
 		c.cc.Close()
 	}
@@ -172,6 +180,9 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 	}
 	c.pending.Store(2)
 	s.wg.Add(2)
+	c.mu.Lock()
+	c.watcher = s.watcher
+	c.mu.Unlock()
 	go s.pumpClientToTarget(c)
 	go s.pumpTargetToClient(c)
 }
@@ -205,25 +216,44 @@ func (s *Server) dial(ctx context.Context, l *listener) (stream, error) {
 
 // pumpClientToTarget moves the client's bytes to the target and half-closes
 // the target when the client half-closes.
-func (s *Server) pumpClientToTarget(c *conn) {
-	defer s.wg.Done()
-	err := s.Pump.Copy(c.tc, c.cc, &c.up)
-	s.pumpDone(c, err, "client", "target")
-}
+func (s *Server) pumpClientToTarget(c *conn) { s.pump(c, up) }
 
 // pumpTargetToClient moves the target's bytes to the client and
 // half-closes the client when the target half-closes.
-func (s *Server) pumpTargetToClient(c *conn) {
-	defer s.wg.Done()
-	err := s.Pump.Copy(c.cc, c.tc, &c.down)
-	s.pumpDone(c, err, "target", "client")
+func (s *Server) pumpTargetToClient(c *conn) { s.pump(c, down) }
+
+// pump runs direction d until it ends, or until it has been quiet long
+// enough to be parked in the watcher, which then holds the goroutine's
+// WaitGroup count and resumes it on a fresh goroutine.
+func (s *Server) pump(c *conn, d dir) {
+	src, dst, count := c.ends(d)
+	for {
+		src.SetReadDeadline(time.Time{}) // clear a nudge from the sweeper
+		err := s.Pump.Copy(dst, src, count)
+		if isNudge(err) {
+			if s.park(c, d) {
+				return
+			}
+			continue
+		}
+		s.pumpDone(c, err, d)
+		s.wg.Done()
+		return
+	}
 }
 
 // pumpDone records a direction's end. An error from either side ends the
 // whole connection; a clean EOF leaves the other direction running. The
 // last direction to end finishes the connection.
-func (s *Server) pumpDone(c *conn, err error, src, dst string) {
+func (s *Server) pumpDone(c *conn, err error, d dir) {
+	c.mu.Lock()
+	c.idle[d].ended = true
+	c.mu.Unlock()
 	if err != nil {
+		src, dst := "client", "target"
+		if d == down {
+			src, dst = dst, src
+		}
 		stage := src
 		var pe *splice.Error
 		if errors.As(err, &pe) && pe.Op == "write" {

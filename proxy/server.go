@@ -49,6 +49,12 @@ type Server struct {
 	// Ready, if set, is called once with the bound addresses after every
 	// listener is open and before the first Accept.
 	Ready func(addrs []net.Addr)
+	// IdleAfter is the sweep interval for idle parking (see idle.go): a
+	// direction quiet for a whole interval leaves its goroutine. Zero
+	// means DefaultIdleAfter; negative disables parking.
+	IdleAfter time.Duration
+
+	watcher *splice.Watcher // nil when parking is disabled
 
 	nextID atomic.Uint64
 	stats  counters
@@ -75,6 +81,7 @@ type Stats struct {
 	Refused      uint64 // connections closed before dialing
 	DialFailures uint64 // connections closed because the target could not be reached
 	AcceptErrors uint64 // failed accept calls (EMFILE and the like)
+	Parked       int    // directions parked in the idle watcher, without a goroutine
 	Splice       splice.Stats
 }
 
@@ -89,6 +96,9 @@ func (s *Server) Stats() Stats {
 	}
 	if s.Pump != nil {
 		st.Splice = s.Pump.Stats()
+	}
+	if s.watcher != nil {
+		st.Parked = s.watcher.Parked()
 	}
 	return st
 }
@@ -124,6 +134,32 @@ func (s *Server) Run(ctx context.Context) error {
 	lns, err := s.openListeners(ctx)
 	if err != nil {
 		return err
+	}
+	var sweeping sync.WaitGroup
+	if s.IdleAfter >= 0 {
+		w, err := splice.NewWatcher()
+		if err != nil {
+			for _, l := range lns {
+				l.ln.Close()
+			}
+			return fmt.Errorf("idle watcher: %w", err)
+		}
+		s.watcher = w
+		every := s.IdleAfter
+		if every == 0 {
+			every = DefaultIdleAfter
+		}
+		sweepCtx, stopSweep := context.WithCancel(context.Background())
+		sweeping.Add(1)
+		go func() {
+			defer sweeping.Done()
+			s.sweepIdle(sweepCtx, every)
+		}()
+		defer func() {
+			stopSweep()
+			sweeping.Wait()
+			w.Close()
+		}()
 	}
 	addrs := make([]net.Addr, len(lns))
 	for i, l := range lns {

@@ -507,3 +507,64 @@ func TestListenV6Only(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleParking checks that quiet directions leave their goroutines for
+// the watcher, that data, half-close and shutdown each bring them back, and
+// that no byte is lost on the way.
+func TestIdleParking(t *testing.T) {
+	sk := testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
+		buf := make([]byte, 1024)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				c.Write(buf[:n])
+			}
+			if err != nil {
+				c.CloseWrite()
+				return
+			}
+		}
+	})
+	cfg := oneListener(sk.Addr(), "127.0.0.1:0")
+	cfg.DrainTimeout = 200 * time.Millisecond
+	ts := startServer(t, cfg, func(s *Server) { s.IdleAfter = 20 * time.Millisecond })
+	const n = 10
+	conns := make([]*net.TCPConn, n)
+	buf := make([]byte, 64)
+	roundTrip := func(i int, msg string) {
+		t.Helper()
+		conns[i].Write([]byte(msg))
+		if _, err := io.ReadFull(conns[i], buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+			t.Fatalf("conn %d: echo %q, %v", i, buf[:len(msg)], err)
+		}
+	}
+	for i := range conns {
+		conns[i] = dial(t, "tcp", ts.addrs[0].String())
+		roundTrip(i, "hello")
+	}
+	waitFor(t, "every direction parked", func() bool { return ts.Stats().Parked == 2*n })
+	// Data wakes a parked direction; the reply wakes the other.
+	for i := range conns {
+		roundTrip(i, fmt.Sprintf("again %d", i))
+	}
+	waitFor(t, "parked again", func() bool { return ts.Stats().Parked == 2*n })
+	// A half-close wakes the client's direction, which passes it on.
+	conns[0].CloseWrite()
+	if rest, err := io.ReadAll(conns[0]); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close: %q, %v", rest, err)
+	}
+	l := ts.logs.waitClosed(t, 1)[0]
+	if l["reason"] != "closed" || l["bytes_from_client"] != float64(len("hello")+len("again 0")) {
+		t.Fatalf("closing line %v", l)
+	}
+	// Shutdown wakes and closes the rest.
+	ts.stop(t)
+	if got := len(ts.logs.closed()); got != n {
+		t.Fatalf("%d closing lines, want %d", got, n)
+	}
+	for _, l := range ts.logs.closed()[1:] {
+		if l["reason"] != "shutdown" {
+			t.Errorf("closing line %v", l)
+		}
+	}
+}
