@@ -87,7 +87,7 @@ func workloads(o *options) []workload {
 			run:     func(t target, o *options) (metrics, error) { return capacity(t, o.capacity) },
 		},
 		{
-			key: "idle", title: fmt.Sprintf("%d idle connections", o.idleConns), peers: privileged,
+			key: "idle", title: fmt.Sprintf("%d idle connections, measured after 5 s idle", o.idleConns), peers: privileged,
 			columns: []column{{"rss_kib_per_conn", "proxy RSS KiB/conn", "%.2f"}, {"fds_per_conn", "proxy fds/conn", "%.2f"}},
 			run:     func(t target, o *options) (metrics, error) { return idle(t, o.idleConns) },
 		},

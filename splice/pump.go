@@ -38,7 +38,7 @@ import (
 const (
 	DefaultMaxPipes    = 1024
 	DefaultMaxIdle     = 16
-	DefaultPipeSize    = 1 << 20
+	DefaultPipeSize    = 256 << 10
 	DefaultMinPipeSize = 64 << 10
 	DefaultBufferSize  = 64 << 10
 
