@@ -255,10 +255,12 @@ func run(o *options) error {
 	}
 	res.finished = time.Now()
 	report := res.markdown(wls)
-	if err := os.WriteFile(filepath.Join(root, o.out), []byte(report), 0o644); err != nil {
-		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
-			return err
-		}
+	out := o.out
+	if !filepath.IsAbs(out) {
+		out = filepath.Join(root, out)
+	}
+	if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+		return err
 	}
 	fmt.Println()
 	fmt.Print(report)
