@@ -47,13 +47,14 @@ type conn struct {
 	// finishes the connection.
 	pending atomic.Int32
 
-	mu      sync.Mutex
-	tc      stream // target socket; nil until dialed
-	cause   error  // first reason to end, nil for a clean close
-	stage   string // where cause happened: "dial", "client", "target", ...
-	aborted bool
-	idle    [2]idleState    // per direction (up, down); see idle.go
-	watcher *splice.Watcher // set when the pumps start; nil: no parking
+	mu        sync.Mutex
+	tc        stream // target socket; nil until dialed
+	cause     error  // first reason to end, nil for a clean close
+	stage     string // where cause happened: "dial", "client", "target", ...
+	aborted   bool
+	idle      [2]idleState    // per direction (up, down); see idle.go
+	keepAlive bool            // keepalive set on tc (by the sweeper)
+	watcher   *splice.Watcher // set when the pumps start; nil: no parking
 }
 
 // fail records err as the connection's reason to end unless one is
@@ -116,7 +117,7 @@ func (c *conn) logger(base *zerolog.Logger) *zerolog.Logger {
 	return &l
 }
 
-// setup runs on its own goroutine: it builds the header, dials the target,
+// setup runs on a setup worker: it builds the header, dials the target,
 // writes the header and starts the pumps. Pumps start on fresh goroutines
 // so the stack grown by dialing is not kept for the connection's life.
 func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
@@ -194,7 +195,13 @@ func (s *Server) dial(ctx context.Context, l *listener) (stream, error) {
 	defer cancel()
 	dial := s.Dial
 	if dial == nil {
+		// With parking on, keepalive on the target side is set by the idle
+		// sweeper once the connection has lived a sweep: short
+		// connections skip the calls.
 		var d net.Dialer
+		if s.watcher != nil {
+			d.KeepAlive = -1
+		}
 		dial = d.DialContext
 	}
 	target := l.opts.Target.String()

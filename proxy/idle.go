@@ -160,6 +160,14 @@ func (c *conn) sweep() {
 	if c.aborted || c.tc == nil || c.watcher == nil {
 		return
 	}
+	if !c.keepAlive {
+		// The target socket was dialed without keepalive; a connection
+		// that outlives a sweep gets it now.
+		c.keepAlive = true
+		if rc, err := c.tc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { setKeepAlive(int(fd)) })
+		}
+	}
 	for d := range c.idle {
 		st := &c.idle[d]
 		if st.ended || st.parked != 0 {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,9 @@ import (
 //   - Any other IPv6 address sets IPV6_V6ONLY and accepts only itself.
 //   - An IPv4 address, including 0.0.0.0, opens an AF_INET socket.
 //
+// TCP keepalive is on, with KeepAliveIdle, KeepAliveInterval and
+// KeepAliveCount, so a router that vanishes is detected.
+//
 // Errors name the address, for example
 // "listen on [::]:5000: bind: address already in use".
 func Listen(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
@@ -30,20 +34,24 @@ func Listen(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
 		}
 	}
 	lc := net.ListenConfig{
+		// Keepalive is set once on the listening socket, and accepted
+		// sockets inherit it from there instead of paying four
+		// setsockopt calls each.
+		KeepAlive: -1,
 		Control: func(_, _ string, c syscall.RawConn) error {
-			if v6only < 0 {
-				return nil
-			}
 			var serr error
 			if err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only)
+				if v6only >= 0 {
+					if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); serr != nil {
+						serr = fmt.Errorf("setsockopt IPV6_V6ONLY=%d: %w", v6only, serr)
+						return
+					}
+				}
+				serr = setKeepAlive(int(fd))
 			}); err != nil {
 				return err
 			}
-			if serr != nil {
-				return fmt.Errorf("setsockopt IPV6_V6ONLY=%d: %w", v6only, serr)
-			}
-			return nil
+			return serr
 		},
 	}
 	ln, err := lc.Listen(ctx, network, addr.String())
@@ -56,4 +64,30 @@ func Listen(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return ln, nil
+}
+
+// TCP keepalive settings for every proxied socket: a peer that vanishes is
+// detected after KeepAliveIdle + KeepAliveCount*KeepAliveInterval.
+const (
+	KeepAliveIdle     = 15 * time.Second
+	KeepAliveInterval = 15 * time.Second
+	KeepAliveCount    = 9
+)
+
+// setKeepAlive turns on TCP keepalive on fd with the settings above.
+func setKeepAlive(fd int) error {
+	for _, o := range []struct {
+		level, opt, v int
+		name          string
+	}{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(KeepAliveIdle / time.Second), "TCP_KEEPIDLE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAliveInterval / time.Second), "TCP_KEEPINTVL"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAliveCount, "TCP_KEEPCNT"},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return fmt.Errorf("setsockopt %s: %w", o.name, err)
+		}
+	}
+	return nil
 }

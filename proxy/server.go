@@ -2,10 +2,13 @@
 // header and runs the splice pump until both directions have ended.
 //
 // Ownership: Run owns every goroutine it starts. Each listener has one
-// accept loop; each connection has one setup goroutine that ends after the
-// dial, and then two pump goroutines, pumpClientToTarget and
-// pumpTargetToClient. The last pump to end writes the connection's single
-// closing log line. Run returns only after all of them have ended.
+// accept loop. Each connection is set up (header, dial) on a setup worker,
+// a goroutine kept for a while to serve later setups (workers.go), and
+// then runs two pump goroutines, pumpClientToTarget and pumpTargetToClient.
+// A quiet pump may leave its goroutine for the idle watcher and come back
+// on a new one (idle.go). The last pump to end writes the connection's
+// single closing log line. Run returns only after all of them, the
+// workers, the watcher and the sweeper have ended.
 package proxy
 
 import (
@@ -55,6 +58,7 @@ type Server struct {
 	IdleAfter time.Duration
 
 	watcher *splice.Watcher // nil when parking is disabled
+	workers *setupWorkers
 
 	nextID atomic.Uint64
 	stats  counters
@@ -130,6 +134,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.conns = make(map[*conn]struct{})
 	s.mu.Unlock()
+	s.workers = newSetupWorkers()
+	defer s.workers.close()
 
 	lns, err := s.openListeners(ctx)
 	if err != nil {
@@ -283,7 +289,7 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 		delay = 0
 		s.stats.accepted.Add(1)
 		s.wg.Add(1)
-		go s.setup(connCtx, l, c)
+		s.workers.run(s, setupJob{ctx: connCtx, l: l, c: c})
 	}
 }
 

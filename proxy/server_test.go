@@ -568,3 +568,35 @@ func TestIdleParking(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepAlive checks that accepted sockets inherit keepalive from the
+// listener and that the target socket gets it once the connection has
+// lived through a sweep.
+func TestKeepAlive(t *testing.T) {
+	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Server) { s.IdleAfter = 20 * time.Millisecond })
+	c := dial(t, "tcp", ts.addrs[0].String())
+	c.Write([]byte("x"))
+	io.ReadFull(c, make([]byte, 1))
+	waitFor(t, "both directions parked", func() bool { return ts.Stats().Parked == 2 })
+	ts.mu.Lock()
+	var pc *conn
+	for k := range ts.conns {
+		pc = k
+	}
+	ts.mu.Unlock()
+	for name, s := range map[string]stream{"client": pc.cc, "target": pc.tc} {
+		rc, _ := s.SyscallConn()
+		var on, idle int
+		var err error
+		rc.Control(func(fd uintptr) {
+			on, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+			if err == nil {
+				idle, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+			}
+		})
+		if err != nil || on != 1 || idle != int(KeepAliveIdle/time.Second) {
+			t.Errorf("%s socket: SO_KEEPALIVE=%d TCP_KEEPIDLE=%d (%v)", name, on, idle, err)
+		}
+	}
+}

@@ -37,7 +37,7 @@ import (
 // Defaults for Config.
 const (
 	DefaultMaxPipes    = 1024
-	DefaultMaxIdle     = 16
+	DefaultMaxIdle     = 64
 	DefaultPipeSize    = 256 << 10
 	DefaultMinPipeSize = 64 << 10
 	DefaultBufferSize  = 64 << 10

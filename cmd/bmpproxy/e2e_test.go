@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/splice"
 )
 
 // TestHeaderBytes checks the exact header the collector receives from an
@@ -267,7 +268,7 @@ func TestIdleConnectionsFDs(t *testing.T) {
 	})
 	// Pipes in the pool, never per connection: io.Copy in both
 	// directions would hold 4 pipe fds per connection.
-	const maxIdlePipeFDs = 2 * 16
+	const maxIdlePipeFDs = 2 * splice.DefaultMaxIdle
 	if pipes > maxIdlePipeFDs {
 		t.Fatalf("%d pipe fds open with %d idle connections; want at most %d", pipes, conns, maxIdlePipeFDs)
 	}
