@@ -215,25 +215,21 @@ func run(o *options) error {
 
 	res := &results{opts: o, started: time.Now(), pinned: pinned, fdLimit: lim.Cur}
 	wls := workloads(o)
-	for _, p := range peers() {
-		if !selectedPeer(o.peers, p.name) {
-			continue
-		}
-		var todo []workload
-		for _, w := range wls {
-			if selected(o.only, w.key) && w.applies(p) {
-				todo = append(todo, w)
-			}
-		}
-		if len(todo) == 0 {
-			continue
-		}
-		for _, w := range todo {
-			if reason, skip := p.skip[w.key]; skip {
-				res.skip(w.key, p.name, reason)
+	// Runs are interleaved: every peer's run 1, then every peer's run 2, so
+	// drift in the machine's noise spreads over all peers alike.
+	for i := 0; i < o.runs; i++ {
+		for _, p := range peers() {
+			if !selectedPeer(o.peers, p.name) {
 				continue
 			}
-			for i := 0; i < o.runs; i++ {
+			for _, w := range wls {
+				if !selected(o.only, w.key) || !w.applies(p) {
+					continue
+				}
+				if reason, skip := p.skip[w.key]; skip {
+					res.skip(w.key, p.name, reason)
+					continue
+				}
 				// A fresh process for every run: one run's leftovers (heap,
 				// pooled pipes, kept connections) do not colour the next.
 				r, err := p.start(e)

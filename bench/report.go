@@ -144,7 +144,7 @@ func (r *results) markdown(wls []workload) string {
 		fmt.Fprintf(&b, "- Pinning: none (fewer than 2 CPUs).\n")
 	}
 	fmt.Fprintf(&b, "- RLIMIT_NOFILE for every process: %d (the hard limit here; raising it needs CAP_SYS_RESOURCE).\n", r.fdLimit)
-	fmt.Fprintf(&b, "- Each cell is the median of %d run(s), with min–max. Every peer starts fresh for each workload.\n", o.runs)
+	fmt.Fprintf(&b, "- Each cell is the median of %d run(s), with min–max. Runs are interleaved across peers, and every run starts a fresh peer process.\n", o.runs)
 	fmt.Fprintf(&b, "- The sink checks every byte count and that each PROXY header carries the client's real address; a mismatch aborts the run.\n")
 	fmt.Fprintf(&b, "- CPU is the proxy's utime+stime (+ reaped children) from /proc/PID/stat, 10 ms resolution. RSS is VmRSS.\n\n")
 

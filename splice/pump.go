@@ -36,11 +36,15 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultMaxPipes    = 1024
-	DefaultMaxIdle     = 64
-	DefaultPipeSize    = 256 << 10
-	DefaultMinPipeSize = 64 << 10
-	DefaultBufferSize  = 64 << 10
+	DefaultMaxPipes = 1024
+	DefaultMaxIdle  = 64
+	// DefaultPipeSize is the pipe capacity for a process exempt from
+	// pipe-user-pages-soft (16,384 pages per user); others use
+	// DefaultPipeSizeBudget, so that four times as many pipes fit.
+	DefaultPipeSize       = 1 << 20
+	DefaultPipeSizeBudget = 256 << 10
+	DefaultMinPipeSize    = 64 << 10
+	DefaultBufferSize     = 64 << 10
 
 	// createBackoff is how long the pump stops trying to create pipes
 	// after a creation failure (EMFILE, a pipe below MinPipeSize). Idle
@@ -92,7 +96,8 @@ type Config struct {
 	// DefaultMaxIdle; a negative value keeps none.
 	MaxIdle int
 	// PipeSize is the capacity requested with F_SETPIPE_SZ. Zero means
-	// DefaultPipeSize.
+	// DefaultPipeSize with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, and
+	// DefaultPipeSizeBudget without.
 	PipeSize int
 	// MinPipeSize is the smallest capacity worth splicing through. Zero
 	// means DefaultMinPipeSize.
@@ -179,7 +184,10 @@ func New(cfg Config) *Pump {
 		cfg.MaxIdle = 0
 	}
 	if cfg.PipeSize == 0 {
-		cfg.PipeSize = DefaultPipeSize
+		cfg.PipeSize = DefaultPipeSizeBudget
+		if pipeBudgetExempt() {
+			cfg.PipeSize = DefaultPipeSize
+		}
 	}
 	if cfg.MinPipeSize == 0 {
 		cfg.MinPipeSize = DefaultMinPipeSize

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -382,6 +385,21 @@ func TestNewPipeSize(t *testing.T) {
 	defer pp.close()
 	if pp.size < 64<<10 {
 		t.Fatalf("size %d", pp.size)
+	}
+	// Above pipe-max-size F_SETPIPE_SZ fails with EPERM (without
+	// CAP_SYS_RESOURCE); newPipe asks for less until it succeeds.
+	b, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		t.Fatal(err)
+	}
+	max, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	big, err := newPipe(4*max, 64<<10)
+	if err != nil {
+		t.Fatalf("newPipe above pipe-max-size: %v", err)
+	}
+	big.close()
+	if big.size < 64<<10 || big.size > 4*max {
+		t.Fatalf("size %d", big.size)
 	}
 	if _, err := newPipe(64<<10, 1<<30); !errors.Is(err, ErrPipeTooSmall) {
 		t.Fatalf("newPipe with an impossible minimum = %v, want ErrPipeTooSmall", err)
