@@ -104,14 +104,14 @@ func size(n int64) string {
 	return fmt.Sprintf("%d KiB", n>>10)
 }
 
-// payload is the bytes every bulk writer sends, repeated.
-var payload = func() []byte {
-	b := make([]byte, 1<<20)
+// pattern returns n bytes of a fixed, non-uniform pattern for payloads.
+func pattern(n int) []byte {
+	b := make([]byte, n)
 	for i := range b {
 		b[i] = byte(i*7 + i>>8)
 	}
 	return b
-}()
+}
 
 func dial(t target) (*net.TCPConn, error) {
 	c, err := net.DialTimeout("tcp", t.addr, 10*time.Second)
@@ -121,8 +121,9 @@ func dial(t target) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
-// bulkStream sends n bytes and checks the sink's count.
-func bulkStream(t target, n int64) error {
+// bulkStream sends n bytes, written from buf over and over, and checks the
+// sink's count.
+func bulkStream(t target, n int64, buf []byte) error {
 	c, err := dial(t)
 	if err != nil {
 		return err
@@ -133,8 +134,8 @@ func bulkStream(t target, n int64) error {
 		return err
 	}
 	for left := n; left > 0; {
-		m := min(int64(len(payload)), left)
-		if _, err := c.Write(payload[:m]); err != nil {
+		m := min(int64(len(buf)), left)
+		if _, err := c.Write(buf[:m]); err != nil {
 			return err
 		}
 		left -= m
@@ -179,6 +180,7 @@ func bulk(t target, streams int, each int64) (metrics, error) {
 	if err != nil {
 		return nil, err
 	}
+	buf := pattern(1 << 20) // read-only, shared by the streams
 	start := time.Now()
 	errs := make(chan error, streams)
 	var wg sync.WaitGroup
@@ -186,7 +188,7 @@ func bulk(t target, streams int, each int64) (metrics, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- bulkStream(t, each)
+			errs <- bulkStream(t, each, buf)
 		}()
 	}
 	wg.Wait()
@@ -219,7 +221,7 @@ func requestResponse(t target, count int) (metrics, error) {
 	if _, err := c.Write(preamble(modeEcho, t.header, c.LocalAddr().String())); err != nil {
 		return nil, err
 	}
-	msg := payload[:64]
+	msg := pattern(64)
 	buf := make([]byte, 64)
 	const warmup = 100
 	lat := make([]time.Duration, 0, count)
@@ -244,6 +246,7 @@ func shortConns(t target, count, conc int) (metrics, error) {
 		return nil, err
 	}
 	var next atomic.Int64
+	echo := pattern(64)
 	lats := make([][]time.Duration, conc)
 	errs := make(chan error, conc)
 	start := time.Now()
@@ -261,7 +264,7 @@ func shortConns(t target, count, conc int) (metrics, error) {
 					return
 				}
 				c.SetDeadline(time.Now().Add(30 * time.Second))
-				msg := append(preamble(modeEcho, t.header, c.LocalAddr().String()), payload[:64]...)
+				msg := append(preamble(modeEcho, t.header, c.LocalAddr().String()), echo...)
 				_, err = c.Write(msg)
 				if err == nil {
 					_, err = io.ReadFull(c, buf)
