@@ -213,7 +213,7 @@ func run(o *options) error {
 	defer sink2.stop()
 	e.sink2Addr = addr2
 
-	res := &results{opts: o, started: time.Now(), pinned: pinned, fdLimit: lim.Cur}
+	res := &results{opts: o, started: time.Now(), pinned: pinned, fdLimit: lim.Cur, root: root}
 	wls := workloads(o)
 	// Runs are interleaved: every peer's run 1, then every peer's run 2, so
 	// drift in the machine's noise spreads over all peers alike.

@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ type results struct {
 	started, finished time.Time
 	pinned            bool
 	fdLimit           uint64
+	root              string // module root, for bench/findings.md
 	order             []string                        // peer names, first seen first
 	runs              map[string]map[string][]metrics // workload → peer → runs
 	skipped           map[string]map[string]string    // workload → peer → reason
@@ -203,6 +205,11 @@ func (r *results) markdown(wls []workload) string {
 			}
 			b.WriteString("\n")
 		}
+		b.WriteString("\n")
+	}
+
+	if f, err := os.ReadFile(filepath.Join(r.root, "bench", "findings.md")); err == nil {
+		b.Write(f)
 		b.WriteString("\n")
 	}
 
