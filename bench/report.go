@@ -19,7 +19,7 @@ type results struct {
 	started, finished time.Time
 	pinned            bool
 	fdLimit           uint64
-	root              string // module root, for bench/findings.md
+	root              string                          // module root, for bench/findings.md
 	order             []string                        // peer names, first seen first
 	runs              map[string]map[string][]metrics // workload → peer → runs
 	skipped           map[string]map[string]string    // workload → peer → reason
