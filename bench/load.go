@@ -311,11 +311,7 @@ func idle(t target, n int) (metrics, error) {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 	time.Sleep(200 * time.Millisecond)
-	rss0, err := rssKiB(t.pid)
-	if err != nil {
-		return nil, err
-	}
-	fds0, err := fdCount(t.pid)
+	rss0, fds0, err := footprint(t.pid)
 	if err != nil {
 		return nil, err
 	}
@@ -365,11 +361,7 @@ func idle(t target, n int) (metrics, error) {
 		return nil, err
 	}
 	time.Sleep(5 * time.Second) // idle for 5 s: long enough for proxies that park idle connections
-	rss1, err := rssKiB(t.pid)
-	if err != nil {
-		return nil, err
-	}
-	fds1, err := fdCount(t.pid)
+	rss1, fds1, err := footprint(t.pid)
 	if err != nil {
 		return nil, err
 	}

@@ -63,14 +63,7 @@ func main() {
 		header := fs.Int("header", 2, "PROXY header the sink should see: 0 none, 1 v1, 2 v2")
 		pid := fs.Int("pid", 0, "proxy pid, for CPU and memory figures")
 		var o options
-		fs.Int64Var(&o.bulkSize, "bulk", gib, "bulk bytes")
-		fs.IntVar(&o.manyStreams, "many", 100, "streams")
-		fs.Int64Var(&o.manySize, "many-size", 64<<20, "bytes per stream")
-		fs.IntVar(&o.rrCount, "rr", 20000, "round trips")
-		fs.IntVar(&o.shortCount, "short", 20000, "connections")
-		fs.IntVar(&o.shortConc, "short-conc", 32, "concurrency")
-		fs.IntVar(&o.idleConns, "idle", 3000, "idle connections")
-		fs.IntVar(&o.capacity, "capacity", 10000, "capacity connections")
+		o.sizeFlags(fs)
 		fs.Parse(os.Args[2:])
 		for _, w := range workloads(&o) {
 			if w.key == *wl {
@@ -92,14 +85,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 3, "runs per row; each row reports the median, min and max")
 	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity); empty: all")
 	flag.StringVar(&o.peers, "peers", "", "comma-separated substrings; only peers whose name contains one run (for iterating)")
-	flag.Int64Var(&o.bulkSize, "bulk", 4*gib, "bytes in the single-stream bulk test (the 8-stream test splits the same total)")
-	flag.IntVar(&o.manyStreams, "many", 100, "concurrent streams in the unprivileged test")
-	flag.Int64Var(&o.manySize, "many-size", 64<<20, "bytes per stream in the unprivileged test")
-	flag.IntVar(&o.rrCount, "rr", 20000, "round trips in the request/response test")
-	flag.IntVar(&o.shortCount, "short", 20000, "connections in the short-connection test")
-	flag.IntVar(&o.shortConc, "short-conc", 32, "concurrency of the short-connection test")
-	flag.IntVar(&o.idleConns, "idle", 3000, "connections in the idle test (each peer must fit them in its fd limit)")
-	flag.IntVar(&o.capacity, "capacity", 10000, "connections the capacity test tries to hold open")
+	o.sizeFlags(flag.CommandLine)
 	flag.Parse()
 	if o.smoke {
 		o.runs, o.bulkSize, o.manyStreams, o.manySize = 1, 64<<20, 8, 8<<20
@@ -109,6 +95,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// sizeFlags registers the workload sizes on fs.
+func (o *options) sizeFlags(fs *flag.FlagSet) {
+	fs.Int64Var(&o.bulkSize, "bulk", 4*gib, "bytes in the single-stream bulk test (the 8-stream test splits the same total)")
+	fs.IntVar(&o.manyStreams, "many", 100, "concurrent streams in the unprivileged test")
+	fs.Int64Var(&o.manySize, "many-size", 64<<20, "bytes per stream in the unprivileged test")
+	fs.IntVar(&o.rrCount, "rr", 20000, "round trips in the request/response test")
+	fs.IntVar(&o.shortCount, "short", 20000, "connections in the short-connection test")
+	fs.IntVar(&o.shortConc, "short-conc", 32, "concurrency of the short-connection test")
+	fs.IntVar(&o.idleConns, "idle", 3000, "connections in the idle test (each peer must fit them in its fd limit)")
+	fs.IntVar(&o.capacity, "capacity", 10000, "connections the capacity test tries to hold open")
 }
 
 const (

@@ -44,6 +44,15 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / clockTick, nil
 }
 
+// footprint returns the RSS (KiB) and open fds of pid and its children.
+func footprint(pid int) (rss int64, fds int, err error) {
+	if rss, err = rssKiB(pid); err != nil {
+		return 0, 0, err
+	}
+	fds, err = fdCount(pid)
+	return rss, fds, err
+}
+
 // rssKiB returns the resident set size of pid and its live children, in
 // KiB, from /proc/PID/status.
 func rssKiB(pid int) (int64, error) {
