@@ -26,11 +26,12 @@ type Watcher struct {
 	epfd int
 	wake int // eventfd that ends the loop
 
-	mu      sync.Mutex
-	waiting map[uint64]*watch
-	next    uint64
-	closed  bool
-	done    chan struct{}
+	mu        sync.Mutex
+	waiting   map[uint64]*watch
+	next      uint64
+	closed    bool // no new watches: Close was called or the loop failed
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 type watch struct {
@@ -138,29 +139,27 @@ func (w *Watcher) Parked() int {
 }
 
 // Close stops the watcher's goroutine and waits for it. Watches still
-// waiting are fired, so their owners see their sockets as they are.
+// waiting are fired, so their owners see their sockets as they are. Close
+// is idempotent.
 func (w *Watcher) Close() error {
-	w.mu.Lock()
-	if w.closed {
+	w.closeOnce.Do(func() {
+		w.mu.Lock()
+		w.closed = true
 		w.mu.Unlock()
+		var one [8]byte
+		one[0] = 1
+		unix.Write(w.wake, one[:]) // little-endian 1; an eventfd write never blocks here
 		<-w.done
-		return nil
-	}
-	w.closed = true
-	w.mu.Unlock()
-	var one [8]byte
-	one[0] = 1
-	unix.Write(w.wake, one[:]) // little-endian 1; an eventfd write never blocks here
-	<-w.done
-	w.mu.Lock()
-	rest := w.waiting
-	w.waiting = map[uint64]*watch{}
-	w.mu.Unlock()
-	for _, wt := range rest {
-		w.fire(wt)
-	}
-	unix.Close(w.epfd)
-	unix.Close(w.wake)
+		w.mu.Lock()
+		rest := w.waiting
+		w.waiting = map[uint64]*watch{}
+		w.mu.Unlock()
+		for _, wt := range rest {
+			w.fire(wt)
+		}
+		unix.Close(w.epfd)
+		unix.Close(w.wake)
+	})
 	return nil
 }
 
@@ -175,6 +174,17 @@ func (w *Watcher) loop() {
 			continue
 		}
 		if err != nil {
+			// Not expected (EBADF, EINVAL). Nothing may stay parked with
+			// no one watching: hand every waiting direction back now,
+			// and refuse new watches.
+			w.mu.Lock()
+			w.closed = true
+			rest := w.waiting
+			w.waiting = map[uint64]*watch{}
+			w.mu.Unlock()
+			for _, wt := range rest {
+				w.fire(wt)
+			}
 			return
 		}
 		for i := 0; i < n; i++ {
