@@ -262,6 +262,9 @@ func run(o *options) error {
 }
 
 func (w workload) applies(p *peer) bool {
+	if p.baseline {
+		return true
+	}
 	switch w.peers {
 	case privileged:
 		return !p.unpriv

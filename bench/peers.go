@@ -31,6 +31,9 @@ type peer struct {
 	// unpriv marks peers run as an unprivileged user; they take part in
 	// the unprivileged workloads only.
 	unpriv bool
+	// baseline marks the no-proxy references, which take part in every
+	// workload they can run: they show the load core's ceiling.
+	baseline bool
 	// skip names workloads this peer cannot run, with the reason.
 	skip map[string]string
 	// start launches the peer in front of e's sink and returns it once it
@@ -58,14 +61,14 @@ func (r *running) stop() {
 func peers() []*peer {
 	return []*peer{
 		{
-			name: "direct", header: headerNone,
+			name: "direct", header: headerNone, baseline: true,
 			skip: map[string]string{"idle": "no proxy process", "capacity": "no proxy process"},
 			start: func(e *env) (*running, error) {
 				return &running{addr: e.sinkAddr, command: "(client → sink, both on the load core)"}, nil
 			},
 		},
 		{
-			name: "direct, sink on proxy core", header: headerNone,
+			name: "direct, sink on proxy core", header: headerNone, baseline: true,
 			skip: map[string]string{"idle": "no proxy process", "capacity": "no proxy process"},
 			start: func(e *env) (*running, error) {
 				return &running{addr: e.sink2Addr, command: "(client → sink, sink pinned to the proxy core)"}, nil
