@@ -82,7 +82,7 @@ func main() {
 	var o options
 	flag.BoolVar(&o.smoke, "smoke", false, "every peer and workload with small sizes and one run (for CI)")
 	flag.StringVar(&o.out, "out", "bench/RESULTS.md", "results file")
-	flag.IntVar(&o.runs, "runs", 3, "runs per row; each row reports the median, min and max")
+	flag.IntVar(&o.runs, "runs", 5, "runs per row; each row reports the median, min and max")
 	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity); empty: all")
 	flag.StringVar(&o.peers, "peers", "", "comma-separated substrings; only peers whose name contains one run (for iterating)")
 	o.sizeFlags(flag.CommandLine)

@@ -153,7 +153,7 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		return
 	}
 
-	tc, err := s.dial(ctx, l)
+	tc, err := s.dial(ctx, c.target, l.opts.ConnectTimeout)
 	if err != nil {
 		s.stats.dialFailed.Add(1)
 		c.fail("dial", err)
@@ -188,10 +188,10 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 	go s.pumpTargetToClient(c)
 }
 
-// dial connects to l's target within its connect timeout. A target name is
-// resolved on every dial.
-func (s *Server) dial(ctx context.Context, l *listener) (stream, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.opts.ConnectTimeout)
+// dial connects to target (host:port) within timeout. A name is resolved
+// on every dial.
+func (s *Server) dial(ctx context.Context, target string, timeout time.Duration) (stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	dial := s.Dial
 	if dial == nil {
@@ -204,12 +204,11 @@ func (s *Server) dial(ctx context.Context, l *listener) (stream, error) {
 		}
 		dial = d.DialContext
 	}
-	target := l.opts.Target.String()
 	nc, err := dial(ctx, "tcp", target)
 	if err != nil {
 		var ne net.Error
 		if ctx.Err() == context.DeadlineExceeded || errors.As(err, &ne) && ne.Timeout() {
-			return nil, fmt.Errorf("connect to %s: no answer within %s: %w", target, l.opts.ConnectTimeout, err)
+			return nil, fmt.Errorf("connect to %s: no answer within %s: %w", target, timeout, err)
 		}
 		return nil, fmt.Errorf("connect to %s: %w", target, err)
 	}

@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/splice"
@@ -50,6 +52,36 @@ type idleState struct {
 	quiet  bool   // no byte moved since the sweep before that
 	parked uint64 // watcher key while parked, 0 otherwise
 	ended  bool
+}
+
+// startParking starts the idle watcher and its sweeper, unless IdleAfter
+// is negative. The returned function stops both; call it only once every
+// connection has ended.
+func (s *Server) startParking() (stop func(), err error) {
+	if s.IdleAfter < 0 {
+		return func() {}, nil
+	}
+	w, err := splice.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("idle watcher: %w", err)
+	}
+	s.watcher = w
+	every := s.IdleAfter
+	if every == 0 {
+		every = DefaultIdleAfter
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sweepIdle(ctx, every)
+	}()
+	return func() {
+		cancel()
+		wg.Wait()
+		w.Close()
+	}, nil
 }
 
 // ends returns direction d's source, destination and counter.

@@ -141,32 +141,14 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var sweeping sync.WaitGroup
-	if s.IdleAfter >= 0 {
-		w, err := splice.NewWatcher()
-		if err != nil {
-			for _, l := range lns {
-				l.ln.Close()
-			}
-			return fmt.Errorf("idle watcher: %w", err)
+	stopParking, err := s.startParking()
+	if err != nil {
+		for _, l := range lns {
+			l.ln.Close()
 		}
-		s.watcher = w
-		every := s.IdleAfter
-		if every == 0 {
-			every = DefaultIdleAfter
-		}
-		sweepCtx, stopSweep := context.WithCancel(context.Background())
-		sweeping.Add(1)
-		go func() {
-			defer sweeping.Done()
-			s.sweepIdle(sweepCtx, every)
-		}()
-		defer func() {
-			stopSweep()
-			sweeping.Wait()
-			w.Close()
-		}()
+		return err
 	}
+	defer stopParking()
 	addrs := make([]net.Addr, len(lns))
 	for i, l := range lns {
 		addrs[i] = l.ln.Addr()
