@@ -330,28 +330,17 @@ func idle(t target, n int) (metrics, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 1)
 			for {
 				i := next.Add(1) - 1
 				if i >= int64(n) {
 					return
 				}
-				c, err := dial(t)
+				c, err := openConfirmed(t, 30*time.Second)
 				if err != nil {
-					errs <- err
-					return
-				}
-				conns[i] = c
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := c.Write(append(preamble(modeEcho, t.header, c.LocalAddr().String()), 'x')); err != nil {
-					errs <- err
-					return
-				}
-				if _, err := io.ReadFull(c, buf); err != nil {
 					errs <- fmt.Errorf("idle connection %d: %w", i, err)
 					return
 				}
-				c.SetDeadline(time.Time{})
+				conns[i] = c
 			}
 		}()
 	}
@@ -383,6 +372,27 @@ func percentile(d []time.Duration, p int) time.Duration {
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
+// openConfirmed dials t and confirms the connection end to end with a
+// 1-byte echo, all within timeout. The connection is left without deadline.
+func openConfirmed(t target, timeout time.Duration) (*net.TCPConn, error) {
+	nc, err := net.DialTimeout("tcp", t.addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	c := nc.(*net.TCPConn)
+	c.SetDeadline(time.Now().Add(timeout))
+	_, err = c.Write(append(preamble(modeEcho, t.header, c.LocalAddr().String()), 'x'))
+	if err == nil {
+		_, err = io.ReadFull(c, make([]byte, 1))
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
 // capacity opens up to n connections, each confirmed end to end, until n
 // are held or the proxy stops taking them (64 failures, or 2 minutes). It
 // reports how many were held and whether the proxy process survived.
@@ -404,27 +414,14 @@ func capacity(t target, n int) (metrics, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 1)
 			for failures.Load() < 64 && time.Now().Before(deadline) && attempts.Add(1) <= int64(n) {
-				c, err := net.DialTimeout("tcp", t.addr, 3*time.Second)
+				c, err := openConfirmed(t, 3*time.Second)
 				if err != nil {
 					failures.Add(1)
 					continue
 				}
-				tc := c.(*net.TCPConn)
-				c.SetDeadline(time.Now().Add(3 * time.Second))
-				_, err = c.Write(append(preamble(modeEcho, t.header, c.LocalAddr().String()), 'x'))
-				if err == nil {
-					_, err = io.ReadFull(c, buf)
-				}
-				if err != nil {
-					c.Close()
-					failures.Add(1)
-					continue
-				}
-				c.SetDeadline(time.Time{})
 				mu.Lock()
-				conns = append(conns, tc)
+				conns = append(conns, c)
 				mu.Unlock()
 			}
 		}()
