@@ -120,6 +120,7 @@ func (s *Server) park(c *conn, d dir) bool {
 		return false
 	}
 	c.idle[d].parked = key
+	s.stats.parks.Add(1)
 	return true
 }
 

@@ -76,6 +76,7 @@ type counters struct {
 	refused    atomic.Uint64 // no usable header, or not a stream socket
 	dialFailed atomic.Uint64
 	acceptErrs atomic.Uint64
+	parks      atomic.Uint64
 }
 
 // Stats is a snapshot of the server's counters.
@@ -86,6 +87,7 @@ type Stats struct {
 	DialFailures uint64 // connections closed because the target could not be reached
 	AcceptErrors uint64 // failed accept calls (EMFILE and the like)
 	Parked       int    // directions parked in the idle watcher, without a goroutine
+	Parks        uint64 // times a direction was parked
 	Splice       splice.Stats
 }
 
@@ -97,6 +99,7 @@ func (s *Server) Stats() Stats {
 		Refused:      s.stats.refused.Load(),
 		DialFailures: s.stats.dialFailed.Load(),
 		AcceptErrors: s.stats.acceptErrs.Load(),
+		Parks:        s.stats.parks.Load(),
 	}
 	if s.Pump != nil {
 		st.Splice = s.Pump.Stats()

@@ -600,3 +600,61 @@ func TestKeepAlive(t *testing.T) {
 		}
 	}
 }
+
+// TestParkingUnderBursts moves bursts separated by pauses longer than the
+// sweep interval, so directions park and resume all the time, and checks
+// every byte comes back in order.
+func TestParkingUnderBursts(t *testing.T) {
+	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Server) { s.IdleAfter = 2 * time.Millisecond })
+	const conns, bursts = 16, 12
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", ts.addrs[0].String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			for b := 0; b < bursts; b++ {
+				msg := randomBytes(t, 1+(i*7919+b*104729)%(256<<10))
+				done := make(chan error, 1)
+				go func() {
+					_, err := c.Write(msg)
+					done <- err
+				}()
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(c, got); err != nil {
+					errs <- fmt.Errorf("conn %d burst %d: %w", i, b, err)
+					return
+				}
+				if err := <-done; err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(got, msg) {
+					errs <- fmt.Errorf("conn %d burst %d: %d bytes differ", i, b, len(msg))
+					return
+				}
+				time.Sleep(time.Duration(5+(i+b)%4*5) * time.Millisecond) // 2-4 sweeps of quiet
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Each connection paused 11 times for at least two sweeps; most of
+	// those pauses must have parked both directions.
+	st := ts.Stats()
+	t.Logf("%d parks", st.Parks)
+	if st.Splice.PipesDirty != 0 || st.Parks < conns*bursts {
+		t.Errorf("stats %+v", st)
+	}
+}
