@@ -88,6 +88,11 @@ func (s *Server) startParking() (stop func(), err error) {
 func (c *conn) ends(d dir) (src, dst stream, count *splice.Counter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.endsLocked(d)
+}
+
+// endsLocked is ends with c.mu held.
+func (c *conn) endsLocked(d dir) (src, dst stream, count *splice.Counter) {
 	if d == up {
 		return c.cc, c.tc, &c.up
 	}
@@ -206,10 +211,8 @@ func (c *conn) sweep() {
 		if st.ended || st.parked != 0 {
 			continue
 		}
-		src, total := c.cc, c.up.Total()
-		if dir(d) == down {
-			src, total = c.tc, c.down.Total()
-		}
+		src, _, count := c.endsLocked(dir(d))
+		total := count.Total()
 		if total != st.seen {
 			st.seen, st.quiet = total, false
 			continue

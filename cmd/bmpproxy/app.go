@@ -62,15 +62,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"the router's real address. Bytes move with splice(2). Every flag can also be set through\n" +
 			"the environment variable shown beside it.\n\n" +
 			"Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 on a runtime failure, 2 on bad usage.",
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideVersion:     true,
-		Flags:           serveFlags(),
-		Action:          serveAction(stdout, stderr),
-		Commands:        []*cli.Command{inspectCommand(stdout, stderr)},
-		OnUsageError:    onUsageError,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run maps errors to exit codes
-		CommandNotFound: nil,
+		Writer:         stdout,
+		ErrWriter:      stderr,
+		HideVersion:    true,
+		Flags:          serveFlags(),
+		Action:         serveAction(stdout, stderr),
+		Commands:       []*cli.Command{inspectCommand(stdout, stderr)},
+		OnUsageError:   onUsageError,
+		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 	}
 }
 
@@ -152,7 +151,7 @@ func configFromFlags(c *cli.Context) (*conf.Config, error) {
 	if err != nil {
 		return nil, usagef("--target: %v", err)
 	}
-	var addrs = c.StringSlice("listen")
+	addrs := c.StringSlice("listen")
 	if len(addrs) == 0 {
 		return nil, usagef("--listen: at least one address is required")
 	}
