@@ -38,6 +38,15 @@ const (
 	DefaultDrainTimeout   = 5 * time.Second
 	DefaultLogLevel       = "info"
 	DefaultLogFormat      = "json"
+
+	DefaultProxyHeaderTimeout = 5 * time.Second
+	// MinProxyHeaderTimeout is the shortest wait allowed for a trusted
+	// proxy's header: a loaded load balancer may be slow to send it.
+	MinProxyHeaderTimeout = 3 * time.Second
+
+	DefaultKeepAliveIdle     = 15 * time.Second
+	DefaultKeepAliveInterval = 15 * time.Second
+	DefaultKeepAliveCount    = 9
 )
 
 // Target is where a listener forwards to. Host is an IP literal or a DNS
@@ -162,6 +171,44 @@ type Listener struct {
 	// ConnectTimeout bounds name resolution and connect. Zero means
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// Allow lists the client prefixes that may connect. Empty means any.
+	// A client outside them is refused before anything is dialed. For a
+	// connection from a trusted proxy (AcceptProxyFrom) the client is the
+	// address in its header.
+	Allow []netip.Prefix
+	// AcceptProxyFrom lists trusted upstream proxies. A connection from
+	// one must start with a PROXY header (v1 or v2), whose source address
+	// is then used as the client's. A connection from anyone else that
+	// starts with a PROXY header is refused. Empty means no header is
+	// expected, and leading bytes are payload whatever they look like.
+	AcceptProxyFrom []netip.Prefix
+	// ProxyHeaderTimeout bounds the wait for a trusted proxy's header.
+	// Zero means DefaultProxyHeaderTimeout.
+	ProxyHeaderTimeout time.Duration
+	// MaxConnections bounds the open connections; a connection beyond it
+	// is closed at once. Zero means no bound.
+	MaxConnections int
+	// KeepAlive is TCP keepalive on both sockets of each connection.
+	KeepAlive KeepAlive
+	// Log overrides the top-level log settings for this listener's lines;
+	// empty fields inherit them.
+	Log Log
+}
+
+// KeepAlive configures TCP keepalive probes. With the defaults a peer that
+// vanishes is detected after Idle + Count × Interval, about 2.5 minutes.
+type KeepAlive struct {
+	// Disabled turns keepalive off.
+	Disabled bool
+	// Idle is the quiet time before the first probe. Zero means
+	// DefaultKeepAliveIdle.
+	Idle time.Duration
+	// Interval is the time between probes. Zero means
+	// DefaultKeepAliveInterval.
+	Interval time.Duration
+	// Count is the number of unanswered probes before the connection is
+	// dropped. Zero means DefaultKeepAliveCount.
+	Count int
 }
 
 // Log selects log level and format.
@@ -185,6 +232,9 @@ type Splice struct {
 // Config is a whole bmpproxy configuration.
 type Config struct {
 	Listeners []Listener
+	// Admin is the address of the HTTP admin listener. The zero value
+	// means none.
+	Admin netip.AddrPort
 	// DrainTimeout is how long open connections may run after a stop
 	// signal before they are closed. Zero means DefaultDrainTimeout; a
 	// negative value closes them at once.
@@ -219,6 +269,26 @@ func (c *Config) ApplyDefaults() {
 		if l.ConnectTimeout == 0 {
 			l.ConnectTimeout = DefaultConnectTimeout
 		}
+		if l.ProxyHeaderTimeout == 0 {
+			l.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
+		}
+		if l.Log.Level == "" {
+			l.Log.Level = c.Log.Level
+		}
+		if l.Log.Format == "" {
+			l.Log.Format = c.Log.Format
+		}
+		if !l.KeepAlive.Disabled {
+			if l.KeepAlive.Idle == 0 {
+				l.KeepAlive.Idle = DefaultKeepAliveIdle
+			}
+			if l.KeepAlive.Interval == 0 {
+				l.KeepAlive.Interval = DefaultKeepAliveInterval
+			}
+			if l.KeepAlive.Count == 0 {
+				l.KeepAlive.Count = DefaultKeepAliveCount
+			}
+		}
 	}
 }
 
@@ -227,15 +297,13 @@ func (c *Config) ApplyDefaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	add := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+		errs = append(errs, &FieldError{Path: path, Err: fmt.Errorf(format, args...)})
 	}
 	if len(c.Listeners) == 0 {
 		add("listeners", "at least one listener is required")
 	}
-	switch c.Log.Format {
-	case "json", "console":
-	default:
-		add("log.format", "unknown format %q (want json or console)", c.Log.Format)
+	if err := checkFormat(c.Log.Format); err != nil {
+		add("log.format", "%v", err)
 	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		add("log.level", "%v", err)
@@ -243,8 +311,16 @@ func (c *Config) Validate() error {
 	if c.Splice.MaxPipes < 0 {
 		add("splice.max_pipes", "must not be negative, got %d", c.Splice.MaxPipes)
 	}
+	if c.Admin.IsValid() {
+		if c.Admin.Port() == 0 {
+			add("admin", "port 0: the admin listener needs a known port")
+		}
+	}
 	names := map[string]int{}
 	seen := map[netip.AddrPort]string{}
+	if c.Admin.IsValid() {
+		seen[c.Admin] = "admin"
+	}
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
 		if j, dup := names[l.Name]; dup {
@@ -265,6 +341,16 @@ func (c *Config) Validate() error {
 			}
 			seen[a] = lp
 		}
+		for k, a := range l.Listen {
+			// [::]:P is dual-stack: it takes every IPv4 address on P too.
+			if !a.IsValid() || a.Port() == 0 || !a.Addr().Is4() {
+				continue
+			}
+			wild := netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port())
+			if other, dup := seen[wild]; dup {
+				add(fmt.Sprintf("%s.listen[%d]", p, k), "%s overlaps %s, which is %s and also accepts IPv4", a, other, wild)
+			}
+		}
 		if l.Target.IsZero() {
 			add(p+".target", "missing")
 		}
@@ -274,8 +360,58 @@ func (c *Config) Validate() error {
 		if l.ConnectTimeout < 0 {
 			add(p+".connect_timeout", "must be positive, got %s", l.ConnectTimeout)
 		}
+		if len(l.AcceptProxyFrom) > 0 && l.ProxyHeaderTimeout < MinProxyHeaderTimeout {
+			add(p+".proxy_header_timeout", "must be at least %s, got %s", MinProxyHeaderTimeout, l.ProxyHeaderTimeout)
+		}
+		if l.MaxConnections < 0 {
+			add(p+".max_connections", "must not be negative, got %d", l.MaxConnections)
+		}
+		if ka := l.KeepAlive; !ka.Disabled {
+			if ka.Idle < time.Second || ka.Interval < time.Second {
+				add(p+".tcp_keepalive", "idle and interval must be at least 1s, got %s and %s", ka.Idle, ka.Interval)
+			}
+			if ka.Count < 1 || ka.Count > 127 {
+				add(p+".tcp_keepalive.count", "must be 1-127, got %d", ka.Count)
+			}
+		}
+		// An inherited bad value is reported once, at the top level.
+		if _, err := parseLevel(l.Log.Level); err != nil && l.Log.Level != c.Log.Level {
+			add(p+".log.level", "%v", err)
+		}
+		if err := checkFormat(l.Log.Format); err != nil && l.Log.Format != c.Log.Format {
+			add(p+".log.format", "%v", err)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// FieldError is one problem in a configuration, at Path (for example
+// "listeners[0].target") and, when it came from a file, at Line.
+type FieldError struct {
+	Line int // 1-based; 0 when unknown
+	Path string
+	Err  error
+}
+
+func (e *FieldError) Error() string {
+	msg := e.Err.Error()
+	if e.Path != "" {
+		msg = e.Path + ": " + msg
+	}
+	if e.Line > 0 {
+		msg = "line " + strconv.Itoa(e.Line) + ": " + msg
+	}
+	return msg
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func checkFormat(f string) error {
+	switch f {
+	case "json", "console":
+		return nil
+	}
+	return fmt.Errorf("unknown format %q (want json or console)", f)
 }
 
 // LevelNames lists the accepted log level names, in increasing severity.

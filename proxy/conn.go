@@ -33,7 +33,9 @@ type stream interface {
 // resources it owns.
 type conn struct {
 	id       uint64
+	opts     *listenerOpts // as accepted; holds one slot of opts.active
 	listener string
+	via      netip.AddrPort // the trusted proxy the client came through, if any
 	client   netip.AddrPort // unmapped
 	local    netip.AddrPort // unmapped; the address the client connected to
 	target   string         // configured target, host:port
@@ -48,7 +50,7 @@ type conn struct {
 	pending atomic.Int32
 
 	mu        sync.Mutex
-	tc        stream // target socket; nil until dialed
+	tc        stream         // target socket; nil until dialed
 	cause     error  // first reason to end, nil for a clean close
 	stage     string // where cause happened: "dial", "client", "target", ...
 	aborted   bool
@@ -117,43 +119,59 @@ func (c *conn) logger(base *zerolog.Logger) *zerolog.Logger {
 	return &l
 }
 
-// setup runs on a setup worker: it builds the header, dials the target,
-// writes the header and starts the pumps. Pumps start on fresh goroutines
-// so the stack grown by dialing is not kept for the connection's life.
-func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
+// setup runs on a setup worker: it reads what the client side must say
+// first (accept_proxy_from), builds the header, dials the target, writes
+// the header and starts the pumps. Pumps start on fresh goroutines so the
+// stack grown by dialing is not kept for the connection's life.
+func (s *Server) setup(job setupJob) {
 	defer s.wg.Done()
+	o, nc := job.o, job.c
 	c := &conn{
 		id:       s.nextID.Add(1),
-		listener: l.opts.Name,
-		client:   addrPort(nc.RemoteAddr()),
-		local:    addrPort(nc.LocalAddr()),
-		target:   l.opts.Target.String(),
+		opts:     o,
+		listener: o.Name,
+		client:   job.client,
+		local:    job.local,
+		target:   o.Target.String(),
 		start:    time.Now(),
 	}
 	cc, ok := nc.(stream)
 	if !ok {
 		nc.Close()
 		s.track(c)
-		s.stats.refused.Add(1)
+		s.countRefusal(errNotStream)
 		c.fail("accept", errNotStream)
 		s.finish(c)
 		return
 	}
 	c.cc = cc
 	s.track(c)
-	if s.Logger.GetLevel() <= zerolog.DebugLevel {
-		c.logger(&s.Logger).Debug().Msg("accepted")
+	if o.log.GetLevel() <= zerolog.DebugLevel {
+		c.logger(&o.log).Debug().Msg("accepted")
 	}
 
-	hdr, err := proxyHeader(l.opts.ProxyProtocol, c.client, c.local)
+	in, err := readInbound(nc, o, c.client, c.local)
 	if err != nil {
-		s.stats.refused.Add(1)
+		s.countRefusal(err)
+		c.fail("inbound", err)
+		s.finish(c)
+		return
+	}
+	if in.client != c.client {
+		// The connection came through a trusted proxy: from here on it is
+		// the original client's.
+		c.via, c.client, c.local = c.client, in.client, in.local
+	}
+
+	hdr, err := proxyHeader(o.ProxyProtocol, c.client, c.local)
+	if err != nil {
+		s.countRefusal(err)
 		c.fail("header", err)
 		s.finish(c)
 		return
 	}
 
-	tc, err := s.dial(ctx, c.target, l.opts.ConnectTimeout)
+	tc, err := s.dial(job.ctx, c.target, o.ConnectTimeout)
 	if err != nil {
 		s.stats.dialFailed.Add(1)
 		c.fail("dial", err)
@@ -161,16 +179,21 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 		return
 	}
 	c.upstream = addrPort(tc.RemoteAddr()).String()
+	if s.watcher == nil && !o.KeepAlive.Disabled {
+		if rc, err := tc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { setKeepAlive(int(fd), o.KeepAlive) })
+		}
+	}
 	if !c.setTarget(tc) {
 		tc.Close()
 		s.finish(c)
 		return
 	}
-	if len(hdr) > 0 {
+	if first := append(hdr, in.pre...); len(first) > 0 {
 		// One write: the header must reach the target whole and before
-		// any payload.
-		n, err := tc.Write(hdr)
-		if err == nil && n != len(hdr) {
+		// any payload; payload already read follows it.
+		n, err := tc.Write(first)
+		if err == nil && n != len(first) {
 			err = errShortHeader
 		}
 		if err != nil {
@@ -178,6 +201,7 @@ func (s *Server) setup(ctx context.Context, l *listener, nc net.Conn) {
 			s.finish(c)
 			return
 		}
+		c.up.Copied.Add(int64(len(in.pre)))
 	}
 	c.pending.Store(2)
 	s.wg.Add(2)
@@ -195,13 +219,11 @@ func (s *Server) dial(ctx context.Context, target string, timeout time.Duration)
 	defer cancel()
 	dial := s.Dial
 	if dial == nil {
-		// With parking on, keepalive on the target side is set by the idle
-		// sweeper once the connection has lived a sweep: short
-		// connections skip the calls.
-		var d net.Dialer
-		if s.watcher != nil {
-			d.KeepAlive = -1
-		}
+		// Keepalive on the target side is set as the listener says: by
+		// the idle sweeper once the connection has lived a sweep, so
+		// short connections skip the calls, or in setup if there is no
+		// sweeper.
+		d := net.Dialer{KeepAlive: -1}
 		dial = d.DialContext
 	}
 	nc, err := dial(ctx, "tcp", target)
@@ -276,6 +298,7 @@ func (s *Server) pumpDone(c *conn, err error, d dir) {
 // finish writes the connection's single closing log line and untracks it.
 func (s *Server) finish(c *conn) {
 	s.untrack(c)
+	c.opts.active.Add(-1)
 	c.mu.Lock()
 	cause, stage := c.cause, c.stage
 	c.mu.Unlock()
@@ -297,14 +320,19 @@ func (s *Server) finish(c *conn) {
 		switch stage {
 		case "dial":
 			reason = "dial failed"
-		case "header":
+		case "header", "inbound", "accept":
 			reason = "refused"
 		}
 	}
-	if s.Logger.GetLevel() > level {
+	log := &c.opts.log
+	if log.GetLevel() > level {
 		return
 	}
-	ev := c.logger(&s.Logger).WithLevel(level).
+	ev := c.logger(log).WithLevel(level)
+	if c.via.IsValid() {
+		ev = ev.Stringer("via", c.via)
+	}
+	ev = ev.
 		Str("target", c.target).
 		Str("upstream", c.upstream).
 		Int64("bytes_from_client", c.up.Total()).

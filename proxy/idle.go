@@ -202,8 +202,10 @@ func (c *conn) sweep() {
 		// The target socket was dialed without keepalive; a connection
 		// that outlives a sweep gets it now.
 		c.keepAlive = true
-		if rc, err := c.tc.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) { setKeepAlive(int(fd)) })
+		if ka := c.opts.KeepAlive; !ka.Disabled {
+			if rc, err := c.tc.SyscallConn(); err == nil {
+				rc.Control(func(fd uintptr) { setKeepAlive(int(fd), ka) })
+			}
 		}
 	}
 	for d := range c.idle {

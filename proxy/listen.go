@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/conf"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,8 +21,8 @@ import (
 //   - Any other IPv6 address sets IPV6_V6ONLY and accepts only itself.
 //   - An IPv4 address, including 0.0.0.0, opens an AF_INET socket.
 //
-// TCP keepalive is on, with KeepAliveIdle, KeepAliveInterval and
-// KeepAliveCount, so a router that vanishes is detected.
+// Keepalive is left to the caller (setListenerKeepAlive): accepted
+// sockets inherit it from the listening socket.
 //
 // Errors name the address, for example
 // "listen on [::]:5000: bind: address already in use".
@@ -47,7 +48,6 @@ func Listen(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
 						return
 					}
 				}
-				serr = setKeepAlive(int(fd))
 			}); err != nil {
 				return err
 			}
@@ -66,24 +66,41 @@ func Listen(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
 	return ln, nil
 }
 
-// TCP keepalive settings for every proxied socket: a peer that vanishes is
-// detected after KeepAliveIdle + KeepAliveCount*KeepAliveInterval.
-const (
-	KeepAliveIdle     = 15 * time.Second
-	KeepAliveInterval = 15 * time.Second
-	KeepAliveCount    = 9
-)
+// setListenerKeepAlive sets ka on ln's socket, for every socket accepted
+// from it afterwards to inherit.
+func setListenerKeepAlive(ln net.Listener, ka conf.KeepAlive) error {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil // a test listener without a socket
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = setKeepAlive(int(fd), ka) }); err != nil {
+		return err
+	}
+	return serr
+}
 
-// setKeepAlive turns on TCP keepalive on fd with the settings above.
-func setKeepAlive(fd int) error {
+// setKeepAlive sets TCP keepalive on fd as ka says: off, or on with its
+// idle time, interval and probe count (whole seconds).
+func setKeepAlive(fd int, ka conf.KeepAlive) error {
+	if ka.Disabled {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0); err != nil {
+			return fmt.Errorf("setsockopt SO_KEEPALIVE: %w", err)
+		}
+		return nil
+	}
 	for _, o := range []struct {
 		level, opt, v int
 		name          string
 	}{
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(KeepAliveIdle / time.Second), "TCP_KEEPIDLE"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAliveInterval / time.Second), "TCP_KEEPINTVL"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAliveCount, "TCP_KEEPCNT"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"},
 	} {
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
 			return fmt.Errorf("setsockopt %s: %w", o.name, err)

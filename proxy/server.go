@@ -50,15 +50,27 @@ type Server struct {
 	// carries the listener's connect timeout.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Ready, if set, is called once with the bound addresses after every
-	// listener is open and before the first Accept.
+	// listener is open and accepting.
 	Ready func(addrs []net.Addr)
 	// IdleAfter is the sweep interval for idle parking (see idle.go): a
 	// direction quiet for a whole interval leaves its goroutine. Zero
 	// means DefaultIdleAfter; negative disables parking.
 	IdleAfter time.Duration
+	// LogFor returns the logger for a listener's connection lines, given
+	// its log settings (defaults applied). Nil means Logger at that level.
+	LogFor func(conf.Log) zerolog.Logger
 
 	watcher *splice.Watcher // nil when parking is disabled
 	workers *setupWorkers
+
+	initOnce sync.Once
+	reloads  chan reloadReq // served by Run
+	stopped  chan struct{}  // closed when Run stops serving reloads
+
+	// Owned by the Run goroutine.
+	listeners map[netip.AddrPort]*listener // by bound address
+	active    map[string]*atomic.Int64     // open connections per listener name
+	accepting sync.WaitGroup               // accept loops
 
 	nextID atomic.Uint64
 	stats  counters
@@ -71,35 +83,50 @@ type Server struct {
 
 // counters are the server-wide totals.
 type counters struct {
-	accepted   atomic.Uint64
-	active     atomic.Int64
-	refused    atomic.Uint64 // no usable header, or not a stream socket
-	dialFailed atomic.Uint64
-	acceptErrs atomic.Uint64
-	parks      atomic.Uint64
+	accepted       atomic.Uint64
+	active         atomic.Int64
+	refused        atomic.Uint64 // every refusal, whatever the reason
+	notAllowed     atomic.Uint64
+	limited        atomic.Uint64
+	badHeader      atomic.Uint64
+	dialFailed     atomic.Uint64
+	acceptErrs     atomic.Uint64
+	parks          atomic.Uint64
+	reloads        atomic.Uint64
+	reloadFailures atomic.Uint64
 }
 
 // Stats is a snapshot of the server's counters.
 type Stats struct {
-	Accepted     uint64 // connections accepted
-	Active       int64  // connections open now
-	Refused      uint64 // connections closed before dialing
-	DialFailures uint64 // connections closed because the target could not be reached
-	AcceptErrors uint64 // failed accept calls (EMFILE and the like)
-	Parked       int    // directions parked in the idle watcher, without a goroutine
-	Parks        uint64 // times a direction was parked
-	Splice       splice.Stats
+	Accepted          uint64 // connections accepted
+	Active            int64  // connections open now
+	Refused           uint64 // connections closed before dialing, for any reason below
+	RefusedNotAllowed uint64 // client outside allow
+	RefusedLimit      uint64 // listener at max_connections
+	RefusedHeader     uint64 // spoofed, missing or unreadable inbound PROXY header
+	DialFailures      uint64 // connections closed because the target could not be reached
+	AcceptErrors      uint64 // failed accept calls (EMFILE and the like)
+	Parked            int    // directions parked in the idle watcher, without a goroutine
+	Parks             uint64 // times a direction was parked
+	Reloads           uint64 // reloads applied in full
+	ReloadFailures    uint64 // reloads rejected or applied in part
+	Splice            splice.Stats
 }
 
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	st := Stats{
-		Accepted:     s.stats.accepted.Load(),
-		Active:       s.stats.active.Load(),
-		Refused:      s.stats.refused.Load(),
-		DialFailures: s.stats.dialFailed.Load(),
-		AcceptErrors: s.stats.acceptErrs.Load(),
-		Parks:        s.stats.parks.Load(),
+		Accepted:          s.stats.accepted.Load(),
+		Active:            s.stats.active.Load(),
+		Refused:           s.stats.refused.Load(),
+		RefusedNotAllowed: s.stats.notAllowed.Load(),
+		RefusedLimit:      s.stats.limited.Load(),
+		RefusedHeader:     s.stats.badHeader.Load(),
+		DialFailures:      s.stats.dialFailed.Load(),
+		AcceptErrors:      s.stats.acceptErrs.Load(),
+		Parks:             s.stats.parks.Load(),
+		Reloads:           s.stats.reloads.Load(),
+		ReloadFailures:    s.stats.reloadFailures.Load(),
 	}
 	if s.Pump != nil {
 		st.Splice = s.Pump.Stats()
@@ -110,19 +137,31 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// listener is one open listening socket and the options its connections
-// start with. A connection keeps its own pointer to opts.
+// listener is one open listening socket. Its options are swapped by a
+// reload; a connection keeps the *listenerOpts it was accepted with.
 type listener struct {
-	opts *conf.Listener
-	addr netip.AddrPort // as configured
+	opts atomic.Pointer[listenerOpts]
+	addr netip.AddrPort // bound
 	ln   net.Listener
+}
+
+// listenerOpts is one listener's configuration as of a reload, with what
+// is derived from it. It is never modified once published.
+type listenerOpts struct {
+	conf.Listener
+	log    zerolog.Logger
+	active *atomic.Int64 // open connections of every listener with this name
 }
 
 // Run opens every listener, serves until ctx is done, then stops
 // accepting, lets open connections run for Config.DrainTimeout, closes
 // the rest and returns nil once every goroutine has ended. An error is
 // returned only if a listener cannot be opened; then nothing is served.
+// Run applies reloads (see Reload) on its own goroutine, which alone owns
+// the set of listeners.
 func (s *Server) Run(ctx context.Context) error {
+	s.init()
+	defer close(s.stopped)
 	if s.Config == nil {
 		return errors.New("proxy: no configuration")
 	}
@@ -139,8 +178,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.workers = newSetupWorkers()
 	defer s.workers.close()
+	s.listeners = make(map[netip.AddrPort]*listener)
+	s.active = make(map[string]*atomic.Int64)
 
-	lns, err := s.openListeners(ctx)
+	lns, err := s.openListeners(ctx, s.Config)
 	if err != nil {
 		return err
 	}
@@ -155,58 +196,125 @@ func (s *Server) Run(ctx context.Context) error {
 	addrs := make([]net.Addr, len(lns))
 	for i, l := range lns {
 		addrs[i] = l.ln.Addr()
-		s.Logger.Info().
-			Str("listener", l.opts.Name).
-			Stringer("addr", l.ln.Addr()).
-			Stringer("target", l.opts.Target).
-			Str("proxy_protocol", string(l.opts.ProxyProtocol)).
-			Msg("listening")
-	}
-	if s.Ready != nil {
-		s.Ready(addrs)
 	}
 
 	// Connections outlive ctx: they are stopped by the drain logic below.
 	connCtx, abortConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer abortConns()
-	var accepting sync.WaitGroup
 	for _, l := range lns {
-		accepting.Add(1)
-		go func() {
-			defer accepting.Done()
-			s.acceptLoop(ctx, connCtx, l)
-		}()
+		s.serve(ctx, connCtx, l)
+	}
+	if s.Ready != nil {
+		s.Ready(addrs)
 	}
 
-	<-ctx.Done()
-	for _, l := range lns {
+	for {
+		select {
+		case req := <-s.reloads:
+			req.done <- s.apply(ctx, connCtx, req.cfg)
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	for _, l := range s.listeners {
 		l.ln.Close()
 	}
-	accepting.Wait()
+	s.accepting.Wait()
 	s.drain(abortConns)
 	return nil
 }
 
-func (s *Server) openListeners(ctx context.Context) ([]*listener, error) {
-	listen := s.Listen
-	if listen == nil {
-		listen = Listen
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.reloads = make(chan reloadReq)
+		s.stopped = make(chan struct{})
+	})
+}
+
+// serve registers l and starts its accept loop.
+func (s *Server) serve(ctx, connCtx context.Context, l *listener) {
+	s.listeners[l.addr] = l
+	o := l.opts.Load()
+	s.Logger.Info().
+		Str("listener", o.Name).
+		Stringer("addr", l.ln.Addr()).
+		Stringer("target", o.Target).
+		Str("proxy_protocol", string(o.ProxyProtocol)).
+		Msg("listening")
+	s.accepting.Add(1)
+	go func() {
+		defer s.accepting.Done()
+		s.acceptLoop(ctx, connCtx, l)
+	}()
+}
+
+// newOpts derives a listener's runtime options from its configuration.
+func (s *Server) newOpts(c *conf.Listener) *listenerOpts {
+	o := &listenerOpts{Listener: *c}
+	if s.LogFor != nil {
+		o.log = s.LogFor(c.Log)
+	} else {
+		lvl, err := zerolog.ParseLevel(c.Log.Level)
+		if err != nil {
+			lvl = s.Logger.GetLevel()
+		}
+		o.log = s.Logger.Level(lvl)
 	}
+	if s.active[c.Name] == nil {
+		s.active[c.Name] = new(atomic.Int64)
+	}
+	o.active = s.active[c.Name]
+	return o
+}
+
+// openListeners opens every address of every listener in cfg, or none.
+func (s *Server) openListeners(ctx context.Context, cfg *conf.Config) ([]*listener, error) {
 	var lns []*listener
-	for i := range s.Config.Listeners {
-		opts := &s.Config.Listeners[i]
-		for _, a := range opts.Listen {
-			ln, err := listen(ctx, a)
+	for i := range cfg.Listeners {
+		c := &cfg.Listeners[i]
+		o := s.newOpts(c)
+		for _, a := range c.Listen {
+			l, err := s.open(ctx, a, o)
 			if err != nil {
 				for _, l := range lns {
 					l.ln.Close()
 				}
-				return nil, fmt.Errorf("listener %q: %w", opts.Name, err)
+				return nil, err
 			}
-			lns = append(lns, &listener{opts: opts, addr: a, ln: ln})
+			lns = append(lns, l)
 		}
 	}
 	return lns, nil
+}
+
+// open opens one listening socket for o.
+func (s *Server) open(ctx context.Context, a netip.AddrPort, o *listenerOpts) (*listener, error) {
+	listen := s.Listen
+	if listen == nil {
+		listen = Listen
+	}
+	ln, err := listen(ctx, a)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: %w", o.Name, err)
+	}
+	if err := setListenerKeepAlive(ln, o.KeepAlive); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listener %q: keepalive on %s: %w", o.Name, a, err)
+	}
+	l := &listener{addr: boundAddr(ln, a), ln: ln}
+	l.opts.Store(o)
+	return l, nil
+}
+
+// boundAddr is the address ln is bound to, which differs from the
+// configured a when a asked for port 0.
+func boundAddr(ln net.Listener, a netip.AddrPort) netip.AddrPort {
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
+		b := ta.AddrPort()
+		return netip.AddrPortFrom(b.Addr().Unmap(), b.Port())
+	}
+	return a
 }
 
 // drain waits up to DrainTimeout for open connections to end by
@@ -260,7 +368,7 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 			}
 			s.stats.acceptErrs.Add(1)
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
-			s.Logger.Warn().Err(err).Str("listener", l.opts.Name).Stringer("addr", l.ln.Addr()).
+			s.Logger.Warn().Err(err).Str("listener", l.opts.Load().Name).Stringer("addr", l.ln.Addr()).
 				Bool("fd_exhausted", isFDExhaustion(err)).Dur("retry_in", delay).Msg("accept failed")
 			t := time.NewTimer(delay)
 			select {
@@ -273,8 +381,48 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 		}
 		delay = 0
 		s.stats.accepted.Add(1)
+		o := l.opts.Load()
+		client, local := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
+		if err := admit(o, client.Addr()); err != nil {
+			s.refuse(o, c, client, local, err)
+			continue
+		}
 		s.wg.Add(1)
-		s.workers.run(s, setupJob{ctx: connCtx, l: l, c: c})
+		s.workers.run(s, setupJob{ctx: connCtx, o: o, c: c, client: client, local: local})
+	}
+}
+
+// refuse closes a connection that failed the gate, counts it and writes
+// its closing line. It has no target side.
+func (s *Server) refuse(o *listenerOpts, c net.Conn, client, local netip.AddrPort, err error) {
+	start := time.Now()
+	c.Close()
+	s.countRefusal(err)
+	if o.log.GetLevel() > zerolog.WarnLevel {
+		return
+	}
+	o.log.Warn().
+		Str("listener", o.Name).
+		Stringer("client", client).
+		Stringer("local", local).
+		Str("target", o.Target.String()).
+		Int64("bytes_from_client", 0).
+		Int64("bytes_to_client", 0).
+		Stringer("duration", time.Since(start)).
+		Str("reason", "refused").
+		Err(err).
+		Msg("connection closed")
+}
+
+func (s *Server) countRefusal(err error) {
+	s.stats.refused.Add(1)
+	switch {
+	case errors.Is(err, errNotAllowed):
+		s.stats.notAllowed.Add(1)
+	case errors.Is(err, errLimit):
+		s.stats.limited.Add(1)
+	case errors.Is(err, errSpoofed), errors.Is(err, errNoHeader), errors.Is(err, errHeaderUnread):
+		s.stats.badHeader.Add(1)
 	}
 }
 

@@ -569,35 +569,57 @@ func TestIdleParking(t *testing.T) {
 	}
 }
 
-// TestKeepAlive checks that accepted sockets inherit keepalive from the
-// listener and that the target socket gets it once the connection has
-// lived through a sweep.
+// TestKeepAlive checks that accepted sockets inherit the listener's
+// keepalive settings and that the target socket gets them once the
+// connection has lived through a sweep.
 func TestKeepAlive(t *testing.T) {
-	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
-	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Server) { s.IdleAfter = 20 * time.Millisecond })
-	c := dial(t, "tcp", ts.addrs[0].String())
-	c.Write([]byte("x"))
-	io.ReadFull(c, make([]byte, 1))
-	waitFor(t, "both directions parked", func() bool { return ts.Stats().Parked == 2 })
-	ts.mu.Lock()
-	var pc *conn
-	for k := range ts.conns {
-		pc = k
+	tests := []struct {
+		name string
+		ka   conf.KeepAlive
+		want [3]int // TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT; all 0: off
+	}{
+		{"default", conf.KeepAlive{}, [3]int{15, 15, 9}},
+		{"custom", conf.KeepAlive{Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3}, [3]int{30, 5, 3}},
+		{"off", conf.KeepAlive{Disabled: true}, [3]int{}},
 	}
-	ts.mu.Unlock()
-	for name, s := range map[string]stream{"client": pc.cc, "target": pc.tc} {
-		rc, _ := s.SyscallConn()
-		var on, idle int
-		var err error
-		rc.Control(func(fd uintptr) {
-			on, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
-			if err == nil {
-				idle, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
+			cfg := oneListener(sk.Addr(), "127.0.0.1:0")
+			cfg.Listeners[0].KeepAlive = tt.ka
+			ts := startServer(t, cfg, func(s *Server) { s.IdleAfter = 20 * time.Millisecond })
+			c := dial(t, "tcp", ts.addrs[0].String())
+			c.Write([]byte("x"))
+			io.ReadFull(c, make([]byte, 1))
+			waitFor(t, "both directions parked", func() bool { return ts.Stats().Parked == 2 })
+			ts.mu.Lock()
+			var pc *conn
+			for k := range ts.conns {
+				pc = k
+			}
+			ts.mu.Unlock()
+			for name, s := range map[string]stream{"client": pc.cc, "target": pc.tc} {
+				rc, _ := s.SyscallConn()
+				var on int
+				var got [3]int
+				var err error
+				rc.Control(func(fd uintptr) {
+					on, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+					for i, opt := range []int{unix.TCP_KEEPIDLE, unix.TCP_KEEPINTVL, unix.TCP_KEEPCNT} {
+						if err == nil && on == 1 {
+							got[i], err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, opt)
+						}
+					}
+				})
+				wantOn := 1
+				if tt.ka.Disabled {
+					wantOn = 0
+				}
+				if err != nil || on != wantOn || got != tt.want {
+					t.Errorf("%s socket: SO_KEEPALIVE=%d idle/intvl/cnt=%v (%v); want %d %v", name, on, got, err, wantOn, tt.want)
+				}
 			}
 		})
-		if err != nil || on != 1 || idle != int(KeepAliveIdle/time.Second) {
-			t.Errorf("%s socket: SO_KEEPALIVE=%d TCP_KEEPIDLE=%d (%v)", name, on, idle, err)
-		}
 	}
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -21,9 +22,10 @@ type setupWorkers struct {
 }
 
 type setupJob struct {
-	ctx context.Context
-	l   *listener
-	c   net.Conn
+	ctx           context.Context
+	o             *listenerOpts
+	c             net.Conn
+	client, local netip.AddrPort // c's addresses, unmapped
 }
 
 // workerIdle is how long a worker waits for another setup before it ends.
@@ -45,13 +47,13 @@ func (w *setupWorkers) run(s *Server, job setupJob) {
 
 func (w *setupWorkers) worker(s *Server, job setupJob) {
 	defer w.wg.Done()
-	s.setup(job.ctx, job.l, job.c)
+	s.setup(job)
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
 	for {
 		select {
 		case job := <-w.work:
-			s.setup(job.ctx, job.l, job.c)
+			s.setup(job)
 			t.Reset(workerIdle)
 		case <-t.C:
 			return

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +48,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bmpproxy: %s (see 'bmpproxy --help')\n", ue.msg)
 		return exitUsage
 	}
+	var ce configError
+	if errors.As(err, &ce) {
+		fmt.Fprintf(stderr, "bmpproxy: %v\n", ce.err)
+		return exitUsage
+	}
 	fmt.Fprintf(stderr, "bmpproxy: %v\n", err)
 	return exitError
 }
@@ -56,18 +62,22 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Name:  "bmpproxy",
 		Usage: "dual-stack TCP proxy that tells BMP collectors the real router address",
 		UsageText: "bmpproxy --listen '[::]:5000' --target collector:5000 [options]\n" +
+			"bmpproxy --config FILE\n" +
+			"bmpproxy check --config FILE\n" +
 			"bmpproxy inspect --listen ADDR",
 		Description: "bmpproxy accepts BMP sessions from routers over IPv4 and IPv6 on one socket and forwards\n" +
 			"each to the collector, prefixed with a PROXY protocol header (v2 by default) that carries\n" +
 			"the router's real address. Bytes move with splice(2). Every flag can also be set through\n" +
 			"the environment variable shown beside it.\n\n" +
+			"With --config, the listeners and every other setting come from a YAML file instead\n" +
+			"(see examples/openbmp-aio.yaml); SIGHUP reloads it without touching open connections.\n\n" +
 			"Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 on a runtime failure, 2 on bad usage.",
 		Writer:         stdout,
 		ErrWriter:      stderr,
 		HideVersion:    true,
 		Flags:          serveFlags(),
 		Action:         serveAction(stdout, stderr),
-		Commands:       []*cli.Command{inspectCommand(stdout, stderr)},
+		Commands:       []*cli.Command{checkCommand(stdout, stderr), inspectCommand(stdout, stderr)},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 	}
@@ -75,6 +85,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 func serveFlags() []cli.Flag {
 	return []cli.Flag{
+		&cli.StringFlag{
+			Name:    "config",
+			Aliases: []string{"c"},
+			Usage:   "YAML file with the listeners and settings; not combined with the flags below",
+			EnvVars: []string{"BMPPROXY_CONFIG"},
+		},
 		&cli.StringSliceFlag{
 			Name:    "listen",
 			Aliases: []string{"l"},
@@ -138,12 +154,45 @@ func serveFlags() []cli.Flag {
 	}
 }
 
-// configFromFlags builds and validates a configuration from the command line.
-// Errors name the flag.
-func configFromFlags(c *cli.Context) (*conf.Config, error) {
+// fileFlags are the flags whose settings a config file holds instead.
+var fileFlags = []string{"listen", "target", "proxy-protocol", "connect-timeout", "drain-timeout",
+	"log-level", "log-format", "splice", "max-pipes"}
+
+// loadConfig returns the configuration from --config, or from the flags.
+func loadConfig(c *cli.Context) (*conf.Config, error) {
 	if c.NArg() > 0 {
 		return nil, usagef("unexpected argument %q", c.Args().First())
 	}
+	path := c.String("config")
+	if path == "" {
+		return configFromFlags(c)
+	}
+	var set []string
+	for _, f := range fileFlags {
+		if c.IsSet(f) {
+			set = append(set, "--"+f)
+		}
+	}
+	if len(set) > 0 {
+		return nil, usagef("--config cannot be combined with %s: the file holds those settings", strings.Join(set, ", "))
+	}
+	cfg, err := conf.Load(path)
+	if err != nil {
+		return nil, configError{err}
+	}
+	return cfg, nil
+}
+
+// configError is a configuration file that does not load. It is bad
+// usage, but its message has a line per problem.
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+// configFromFlags builds and validates a configuration from the command line.
+// Errors name the flag.
+func configFromFlags(c *cli.Context) (*conf.Config, error) {
 	if !c.IsSet("target") {
 		return nil, usagef("--target is required, for example --target collector:5000")
 	}
@@ -206,7 +255,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			fmt.Fprintln(stdout, versionString())
 			return nil
 		}
-		cfg, err := configFromFlags(c)
+		cfg, err := loadConfig(c)
 		if err != nil {
 			return err
 		}
@@ -221,13 +270,60 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			<-ctx.Done()
 			stop()
 		}()
-		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Msg("starting")
-		srv := &proxy.Server{Config: cfg, Logger: log}
+		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", c.String("config")).Msg("starting")
+		srv := &proxy.Server{
+			Config: cfg,
+			Logger: log,
+			LogFor: func(l conf.Log) zerolog.Logger {
+				lg, err := newLogger(l, stderr)
+				if err != nil { // validated already; never here
+					return log
+				}
+				return lg
+			},
+		}
+		reloads := watchReloads(ctx, srv, c.String("config"), log)
+		defer reloads()
 		if err := srv.Run(ctx); err != nil {
 			log.Error().Err(err).Msg("cannot start")
 			return err
 		}
 		return nil
+	}
+}
+
+// watchReloads reloads the config file at path into srv on every SIGHUP
+// until ctx is done. The returned function stops it and waits for it.
+func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerolog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			if path == "" {
+				log.Warn().Msg("SIGHUP ignored: there is no --config file to reload")
+				continue
+			}
+			log.Info().Str("config", path).Msg("SIGHUP: reloading")
+			cfg, err := conf.Load(path)
+			if err != nil {
+				srv.ReloadFailed(err)
+				continue
+			}
+			srv.Reload(ctx, cfg) // logs its own outcome
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		<-done
 	}
 }
 

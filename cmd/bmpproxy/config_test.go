@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// sink is a collector that records, per connection, its PROXY header and
+// the SHA-256 of its payload up to EOF.
+type sink struct {
+	*testtarget.Target
+	mu   sync.Mutex
+	sums map[[32]byte]int
+	got  chan []byte // first bytes of each payload, up to 64
+}
+
+func newSink(t *testing.T, mode testtarget.Header) *sink {
+	s := &sink{sums: map[[32]byte]int{}, got: make(chan []byte, 64)}
+	s.Target = testtarget.New(t, mode, func(c *net.TCPConn, r *bufio.Reader) {
+		h := sha256.New()
+		var head bytes.Buffer
+		io.Copy(io.MultiWriter(h, &limitWriter{&head, 64}), r)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		s.mu.Lock()
+		s.sums[sum]++
+		s.mu.Unlock()
+		s.got <- head.Bytes()
+	})
+	return s
+}
+
+func (s *sink) count(sum [32]byte) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sums[sum]
+}
+
+type limitWriter struct {
+	w *bytes.Buffer
+	n int
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if room := l.n - l.w.Len(); room > 0 {
+		l.w.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+// writeConfig writes a config file and returns its path.
+func writeConfig(t *testing.T, dir, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, "bmpproxy.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// listenerAddrs maps listener names to the addresses they logged.
+func listenerAddrs(p *proc) map[string]string {
+	m := map[string]string{}
+	for _, l := range p.logs.match("listening") {
+		m[l["listener"].(string)] = l["addr"].(string)
+	}
+	return m
+}
+
+// TestConfigExample runs the shipped OpenBMP example, moved to loopback
+// ports and test collectors, and pushes traffic through two mappings: only
+// the BMP one carries a header.
+func TestConfigExample(t *testing.T) {
+	example, err := os.ReadFile("../../examples/openbmp-aio.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bmp, plain := newSink(t, testtarget.V2), newSink(t, testtarget.None)
+	body := regexp.MustCompile(`"\[::\]:\d+"`).ReplaceAllString(string(example), `"127.0.0.1:0"`)
+	body = strings.ReplaceAll(body, "openbmp-aio:5000", bmp.Addr())
+	body = regexp.MustCompile(`openbmp-aio:\d+`).ReplaceAllString(body, plain.Addr())
+	body = regexp.MustCompile(`(?m)^admin:.*$`).ReplaceAllString(body, "")
+	// The example only allows documentation prefixes; the test dials from loopback.
+	body = strings.Replace(body, "- 2001:db8::/32", "- 127.0.0.0/8", 1)
+	path := writeConfig(t, t.TempDir(), body)
+
+	p := start(t, 5, "--config", path)
+	addrs := listenerAddrs(p)
+	if len(addrs) != 5 {
+		t.Fatalf("listeners %v, want the example's five", addrs)
+	}
+	for name, want := range map[string]*sink{"bmp": bmp, "rest": plain} {
+		c := dialT(t, "tcp", addrs[name])
+		c.Write([]byte("\x03payload for " + name))
+		c.CloseWrite()
+		select {
+		case got := <-want.got:
+			if string(got) != "\x03payload for "+name {
+				t.Fatalf("%s: collector got %q", name, got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: nothing arrived", name)
+		}
+	}
+	if h := bmp.Headers(); len(h) != 1 {
+		t.Fatalf("bmp collector saw %d headers", len(h))
+	} else if hdr, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(h[0]))); err != nil || !strings.HasPrefix(hdr.SourceAddr.String(), "127.0.0.1:") {
+		t.Fatalf("bmp header %v, %v", hdr, err)
+	}
+	if h := plain.Headers(); len(h) != 1 || len(h[0]) != 0 {
+		t.Fatalf("rest collector saw headers %q; want none", h)
+	}
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// TestReloadSIGHUP reloads while 20 connections stream: every stream
+// finishes intact on its old target, an added listener serves, a removed
+// one refuses, a changed target applies to new connections, and an invalid
+// file changes nothing.
+func TestReloadSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	col1, col2 := newSink(t, testtarget.V2), newSink(t, testtarget.V2)
+	path := writeConfig(t, dir, `
+listeners:
+  - name: bmp
+    listen: "127.0.0.1:0"
+    target: "`+col1.Addr()+`"
+  - name: old
+    listen: "127.0.0.1:0"
+    target: "`+col1.Addr()+`"
+`)
+	p := start(t, 2, "--config", path)
+	addrs := listenerAddrs(p)
+
+	const streams = 20
+	payload := randomPayload(512<<10, 7)
+	sum := sha256.Sum256(payload)
+	var conns []*net.TCPConn
+	for i := 0; i < streams; i++ {
+		c := dialT(t, "tcp", addrs["bmp"])
+		if _, err := c.Write(payload[:len(payload)/2]); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+
+	writeConfig(t, dir, `
+listeners:
+  - name: bmp
+    listen: "`+addrs["bmp"]+`"
+    target: "`+col2.Addr()+`"
+  - name: new
+    listen: "127.0.0.1:0"
+    target: "`+col2.Addr()+`"
+    proxy_protocol: none
+`)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "reload applied", 1)
+
+	for _, c := range conns {
+		if _, err := c.Write(payload[len(payload)/2:]); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+	}
+	waitUntil(t, "every stream to finish on the old target", func() bool { return col1.count(sum) == streams })
+	if n := len(p.logs.match("connection closed")); n < streams {
+		t.Fatalf("%d closing lines", n)
+	}
+	for _, l := range p.logs.match("connection closed") {
+		if l["reason"] != "closed" || l["bytes_from_client"] != float64(len(payload)) {
+			t.Fatalf("closing line %v", l)
+		}
+	}
+
+	// The changed target applies to new connections.
+	c := dialT(t, "tcp", addrs["bmp"])
+	c.Write([]byte("after reload"))
+	c.CloseWrite()
+	if got := <-col2.got; string(got) != "after reload" {
+		t.Fatalf("bmp after reload delivered %q", got)
+	}
+	// The added listener serves.
+	var addrNew string
+	for _, l := range p.logs.match("listening") {
+		if l["listener"] == "new" {
+			addrNew = l["addr"].(string)
+		}
+	}
+	c = dialT(t, "tcp", addrNew)
+	c.Write([]byte("to new"))
+	c.CloseWrite()
+	if got := <-col2.got; string(got) != "to new" {
+		t.Fatalf("new listener delivered %q", got)
+	}
+	// The removed one refuses.
+	if c, err := net.DialTimeout("tcp", addrs["old"], 2*time.Second); err == nil {
+		c.Close()
+		t.Fatal("removed listener still accepts")
+	}
+
+	// An invalid file changes nothing, and says why.
+	writeConfig(t, dir, "listeners:\n  - name: bmp\n    listen: \"127.0.0.1:1\"\n    proxy_protocl: v2\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	fail := p.waitLog(t, "reload failed; the running configuration stays in force", 1)[0]
+	if !strings.Contains(fail["error"].(string), `line 4: listeners[0]: unknown field "proxy_protocl"`) {
+		t.Fatalf("reload failure line %v", fail)
+	}
+	c = dialT(t, "tcp", addrs["bmp"])
+	c.Write([]byte("still serving"))
+	c.CloseWrite()
+	if got := <-col2.got; string(got) != "still serving" {
+		t.Fatalf("after a failed reload bmp delivered %q", got)
+	}
+	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
+		t.Fatalf("exit %v", st)
+	}
+}

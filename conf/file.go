@@ -1,0 +1,442 @@
+package conf
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// MaxFileSize bounds a configuration file. Real ones are a few KiB.
+const MaxFileSize = 1 << 20
+
+// Load reads the YAML file at path, applies defaults and validates it. It
+// reports every problem at once; see Parse.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s:\n%w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a YAML configuration, applies defaults and validates it.
+// Decoding is strict: an unknown or repeated key is an error. Every problem
+// is reported, joined, each as a *FieldError with the line it is on, for
+// example
+//
+//	line 14: listeners[2]: unknown field "proxy_protocl"
+//	line 9: listeners[2].target: missing port in "collector"
+func Parse(data []byte) (*Config, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &FieldError{Err: errors.New("empty file: at least one listener is required")}
+		}
+		return nil, syntaxError(err, data)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &FieldError{Line: extra.Line, Err: errors.New("more than one YAML document")}
+	}
+	if len(doc.Content) == 0 {
+		return nil, &FieldError{Err: errors.New("empty file: at least one listener is required")}
+	}
+	d := &decoder{lines: map[string]int{}}
+	var c Config
+	d.config(doc.Content[0], &c)
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		d.locate(err)
+	}
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	return &c, nil
+}
+
+// unquotedV6 finds the commonest YAML mistake in a bmpproxy file: an
+// IPv6 address with a port, unquoted, which YAML reads as a list.
+var unquotedV6 = regexp.MustCompile(`(?m)^[^#\n]*:\s+(\[[0-9A-Fa-f:.]*\]:\d+)`)
+
+// syntaxError turns a yaml parse error ("yaml: line 3: did not find ...")
+// into a FieldError with its line.
+func syntaxError(err error, data []byte) error {
+	if loc := unquotedV6.FindSubmatchIndex(data); loc != nil {
+		line := 1 + bytes.Count(data[:loc[2]], []byte("\n"))
+		return &FieldError{Line: line, Err: fmt.Errorf("quote IPv6 addresses: %q, not %s (YAML reads [ ] as a list)",
+			string(data[loc[2]:loc[3]]), data[loc[2]:loc[3]])}
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if num, tail, ok := strings.Cut(rest, ": "); ok {
+			if n, err := strconv.Atoi(num); err == nil {
+				return &FieldError{Line: n, Err: errors.New(tail)}
+			}
+		}
+	}
+	return &FieldError{Err: errors.New(msg)}
+}
+
+// decoder walks the YAML tree, collecting every error and the line of every
+// path it decoded, so that Validate's errors can be given lines too.
+type decoder struct {
+	errs  []error
+	lines map[string]int // path → line of its value
+}
+
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	d.errs = append(d.errs, &FieldError{Line: n.Line, Path: path, Err: fmt.Errorf(format, args...)})
+}
+
+// locate adds Validate's errors to the decoding ones, each with the line
+// of the longest decoded path that is a prefix of its own. An error about
+// a path that already failed to decode is left out: "missing" after
+// "invalid" says nothing new.
+func (d *decoder) locate(err error) {
+	failed := map[string]bool{}
+	for _, e := range d.errs {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			failed[fe.Path] = true
+		}
+	}
+	for _, e := range unjoin(err) {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			if failed[fe.Path] {
+				continue
+			}
+			if fe.Line == 0 {
+				fe.Line = d.lineOf(fe.Path)
+			}
+		}
+		d.errs = append(d.errs, e)
+	}
+}
+
+func (d *decoder) lineOf(path string) int {
+	for p := path; p != ""; {
+		if l, ok := d.lines[p]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return 0
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// mapping calls fields[key] for every key of the mapping n, in file order,
+// and reports unknown and repeated keys.
+func (d *decoder) mapping(n *yaml.Node, path string, fields map[string]func(v *yaml.Node, path string)) {
+	d.lines[path] = n.Line
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, path, "want a mapping of keys to values, got %s", kind(n))
+		return
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		key := k.Value
+		f, ok := fields[key]
+		if !ok {
+			d.fail(k, path, "unknown field %q (known: %s)", key, knownKeys(fields))
+			continue
+		}
+		if line, dup := seen[key]; dup {
+			d.fail(k, path, "field %q repeats the one on line %d", key, line)
+			continue
+		}
+		seen[key] = k.Line
+		sub := key
+		if path != "" {
+			sub = path + "." + key
+		}
+		d.lines[sub] = v.Line
+		f(v, sub)
+	}
+}
+
+func knownKeys(fields map[string]func(*yaml.Node, string)) string {
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ", ")
+}
+
+func kind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return "nothing"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "nothing"
+}
+
+// scalar returns n's text, or false after reporting that n is not one.
+func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		hint := ""
+		if n.Kind == yaml.SequenceNode && strings.Contains(want, "address") {
+			hint = ` (quote IPv6 addresses: "[::]:5000")`
+		}
+		d.fail(n, path, "want %s, got %s%s", want, kind(n), hint)
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (d *decoder) str(n *yaml.Node, path string, dst *string) {
+	if s, ok := d.scalar(n, path, "a string"); ok {
+		*dst = s
+	}
+}
+
+func (d *decoder) duration(n *yaml.Node, path string, dst *time.Duration) {
+	s, ok := d.scalar(n, path, `a duration such as "5s"`)
+	if !ok {
+		return
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		d.fail(n, path, `invalid duration %q (want a number with a unit, such as "5s" or "1m30s")`, s)
+		return
+	}
+	*dst = v
+}
+
+func (d *decoder) integer(n *yaml.Node, path string, dst *int) {
+	s, ok := d.scalar(n, path, "a whole number")
+	if !ok {
+		return
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || n.Tag != "!!int" {
+		d.fail(n, path, "want a whole number, got %q", s)
+		return
+	}
+	*dst = v
+}
+
+func (d *decoder) boolean(n *yaml.Node, path string, dst *bool) {
+	s, ok := d.scalar(n, path, "true or false")
+	if !ok {
+		return
+	}
+	v, err := strconv.ParseBool(s)
+	if err != nil || n.Tag != "!!bool" {
+		d.fail(n, path, "want true or false, got %q", s)
+		return
+	}
+	*dst = v
+}
+
+// list calls each for every item of n, or for n itself when it is a single
+// scalar: "listen: a" and "listen: [a, b]" both work.
+func (d *decoder) list(n *yaml.Node, path string, each func(v *yaml.Node, path string)) {
+	if n.Kind != yaml.SequenceNode {
+		each(n, path)
+		return
+	}
+	for i, v := range n.Content {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		d.lines[p] = v.Line
+		each(v, p)
+	}
+}
+
+func (d *decoder) prefixes(n *yaml.Node, path string, dst *[]netip.Prefix) {
+	d.list(n, path, func(v *yaml.Node, p string) {
+		s, ok := d.scalar(v, p, `a prefix such as "198.51.100.0/24" or an address`)
+		if !ok {
+			return
+		}
+		pfx, err := ParsePrefix(s)
+		if err != nil {
+			d.fail(v, p, "%v", err)
+			return
+		}
+		*dst = append(*dst, pfx)
+	})
+}
+
+func (d *decoder) config(n *yaml.Node, c *Config) {
+	d.mapping(n, "", map[string]func(*yaml.Node, string){
+		"listeners": func(v *yaml.Node, p string) {
+			if v.Kind != yaml.SequenceNode {
+				d.fail(v, p, "want a list of listeners, got %s", kind(v))
+				return
+			}
+			c.Listeners = make([]Listener, len(v.Content))
+			for i, item := range v.Content {
+				d.listener(item, fmt.Sprintf("listeners[%d]", i), &c.Listeners[i])
+			}
+		},
+		"admin": func(v *yaml.Node, p string) {
+			s, ok := d.scalar(v, p, `an address such as "127.0.0.1:9180"`)
+			if !ok {
+				return
+			}
+			a, err := ParseListen(s)
+			if err != nil {
+				d.fail(v, p, "%v", err)
+				return
+			}
+			c.Admin = a
+		},
+		"drain_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &c.DrainTimeout) },
+		"log":           func(v *yaml.Node, p string) { d.log(v, p, &c.Log) },
+		"splice": func(v *yaml.Node, p string) {
+			d.mapping(v, p, map[string]func(*yaml.Node, string){
+				"disabled":  func(v *yaml.Node, p string) { d.boolean(v, p, &c.Splice.Disabled) },
+				"max_pipes": func(v *yaml.Node, p string) { d.integer(v, p, &c.Splice.MaxPipes) },
+			})
+		},
+	})
+}
+
+func (d *decoder) log(n *yaml.Node, path string, l *Log) {
+	d.mapping(n, path, map[string]func(*yaml.Node, string){
+		"level":  func(v *yaml.Node, p string) { d.str(v, p, &l.Level) },
+		"format": func(v *yaml.Node, p string) { d.str(v, p, &l.Format) },
+	})
+}
+
+func (d *decoder) listener(n *yaml.Node, path string, l *Listener) {
+	d.mapping(n, path, map[string]func(*yaml.Node, string){
+		"name": func(v *yaml.Node, p string) { d.str(v, p, &l.Name) },
+		"listen": func(v *yaml.Node, p string) {
+			d.list(v, p, func(v *yaml.Node, p string) {
+				s, ok := d.scalar(v, p, `an address such as "[::]:5000"`)
+				if !ok {
+					return
+				}
+				a, err := ParseListen(s)
+				if err != nil {
+					d.fail(v, p, "%v", err)
+					return
+				}
+				l.Listen = append(l.Listen, a)
+			})
+		},
+		"target": func(v *yaml.Node, p string) {
+			s, ok := d.scalar(v, p, `an address such as "collector:5000"`)
+			if !ok {
+				return
+			}
+			t, err := ParseTarget(s)
+			if err != nil {
+				d.fail(v, p, "%v", err)
+				return
+			}
+			l.Target = t
+		},
+		"proxy_protocol": func(v *yaml.Node, p string) {
+			s, ok := d.scalar(v, p, "v2, v1 or none")
+			if !ok {
+				return
+			}
+			pp, err := ParseProxyProtocol(s)
+			if err != nil {
+				d.fail(v, p, "%v", err)
+				return
+			}
+			l.ProxyProtocol = pp
+		},
+		"allow":                func(v *yaml.Node, p string) { d.prefixes(v, p, &l.Allow) },
+		"accept_proxy_from":    func(v *yaml.Node, p string) { d.prefixes(v, p, &l.AcceptProxyFrom) },
+		"proxy_header_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &l.ProxyHeaderTimeout) },
+		"max_connections":      func(v *yaml.Node, p string) { d.integer(v, p, &l.MaxConnections) },
+		"connect_timeout":      func(v *yaml.Node, p string) { d.duration(v, p, &l.ConnectTimeout) },
+		"tcp_keepalive": func(v *yaml.Node, p string) {
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!bool" {
+				var on bool
+				d.boolean(v, p, &on)
+				l.KeepAlive.Disabled = !on
+				return
+			}
+			d.mapping(v, p, map[string]func(*yaml.Node, string){
+				"enabled": func(v *yaml.Node, p string) {
+					var on bool
+					d.boolean(v, p, &on)
+					l.KeepAlive.Disabled = !on
+				},
+				"idle":     func(v *yaml.Node, p string) { d.duration(v, p, &l.KeepAlive.Idle) },
+				"interval": func(v *yaml.Node, p string) { d.duration(v, p, &l.KeepAlive.Interval) },
+				"count":    func(v *yaml.Node, p string) { d.integer(v, p, &l.KeepAlive.Count) },
+			})
+		},
+		"log": func(v *yaml.Node, p string) { d.log(v, p, &l.Log) },
+	})
+}
+
+// ParsePrefix parses a CIDR prefix such as "2001:db8::/32", or a single
+// address, which means just that address. IPv4-mapped IPv6 prefixes are
+// turned into IPv4 ones. A prefix with host bits set is an error, since it
+// is most often a typo for a narrower or wider one.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("invalid prefix %q (want CIDR notation such as \"198.51.100.0/24\")", s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid prefix %q (want CIDR notation such as \"198.51.100.0/24\")", s)
+	}
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("invalid prefix %q: an IPv4-mapped prefix needs at least /96", s)
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, fmt.Errorf("prefix %q has host bits set (did you mean %q?)", s, m)
+	}
+	return p, nil
+}

@@ -1,0 +1,318 @@
+package conf
+
+import (
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// yml strips the leading newline and turns tabs into two spaces, so that
+// YAML can be written indented inside the test table.
+func yml(s string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(s, "\n"), "\t", "  ")
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want string
+	}{
+		{
+			name: "empty file",
+			in:   "",
+			want: `empty file: at least one listener is required`,
+		},
+		{
+			name: "comments only",
+			in:   "# nothing here\n",
+			want: `empty file: at least one listener is required`,
+		},
+		{
+			name: "unknown key",
+			in: yml(`
+listeners:
+	- name: bmp
+		listen: "[::]:5000"
+		target: collector:5000
+		proxy_protocl: v2
+`),
+			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive)`,
+		},
+		{
+			name: "unknown top-level key",
+			in: yml(`
+listener:
+	- name: bmp
+`),
+			want: `line 1: unknown field "listener" (known: admin, drain_timeout, listeners, log, splice)
+listeners: at least one listener is required`,
+		},
+		{
+			name: "repeated key",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: a:1
+		target: b:2
+`),
+			want: `line 4: listeners[0]: field "target" repeats the one on line 3`,
+		},
+		{
+			name: "bad CIDR",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: collector:5000
+		allow: [198.51.100.0/33, 2001:db8::/32, 203.0.113.7/24]
+`),
+			want: `line 4: listeners[0].allow[0]: invalid prefix "198.51.100.0/33" (want CIDR notation such as "198.51.100.0/24")
+line 4: listeners[0].allow[2]: prefix "203.0.113.7/24" has host bits set (did you mean "203.0.113.0/24"?)`,
+		},
+		{
+			name: "bad port",
+			in: yml(`
+listeners:
+	- listen: "[::]:70000"
+		target: collector:5000
+`),
+			want: `line 2: listeners[0].listen: invalid port "70000" in "[::]:70000"`,
+		},
+		{
+			name: "target without port",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: collector
+`),
+			want: `line 3: listeners[0].target: missing port in "collector"`,
+		},
+		{
+			name: "duplicate listen address",
+			in: yml(`
+listeners:
+	- name: a
+		listen: "[::]:5000"
+		target: collector:5000
+	- name: b
+		listen: ["198.51.100.1:5001", "[::]:5000"]
+		target: collector:5000
+`),
+			want: `line 6: listeners[1].listen[1]: [::]:5000 is already used by listeners[0].listen[0]`,
+		},
+		{
+			name: "dual-stack overlap",
+			in: yml(`
+listeners:
+	- name: a
+		listen: "[::]:5000"
+		target: collector:5000
+	- name: b
+		listen: "0.0.0.0:5000"
+		target: collector:5000
+`),
+			want: `line 6: listeners[1].listen[0]: 0.0.0.0:5000 overlaps listeners[0].listen[0], which is [::]:5000 and also accepts IPv4`,
+		},
+		{
+			name: "missing target",
+			in: yml(`
+listeners:
+	- name: bmp
+		listen: "[::]:5000"
+`),
+			want: `line 2: listeners[0].target: missing`,
+		},
+		{
+			name: "proxy_protocol v3",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: collector:5000
+		proxy_protocol: v3
+`),
+			want: `line 4: listeners[0].proxy_protocol: unknown proxy protocol "v3" (want v2, v1 or none)`,
+		},
+		{
+			name: "unquoted IPv6 listen address",
+			in: yml(`
+listeners:
+	- listen: [::]:5000
+		target: collector:5000
+`),
+			want: `line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)`,
+		},
+		{
+			name: "other syntax error",
+			in:   "listeners:\n  - name: [a\n",
+			want: `line 1: did not find expected ',' or ']'`, // the yaml parser's own line
+		},
+		{
+			name: "wrong types",
+			in: yml(`
+drain_timeout: 5
+listeners:
+	- listen: "[::]:5000"
+		target: collector:5000
+		max_connections: lots
+		tcp_keepalive: sometimes
+		connect_timeout: [1s]
+splice:
+	disabled: "yes"
+`),
+			want: `line 1: drain_timeout: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")
+line 5: listeners[0].max_connections: want a whole number, got "lots"
+line 6: listeners[0].tcp_keepalive: want a mapping of keys to values, got "sometimes"
+line 7: listeners[0].connect_timeout: want a duration such as "5s", got a list
+line 9: splice.disabled: want true or false, got "yes"`,
+		},
+		{
+			name: "every problem at once",
+			in: yml(`
+log:
+	level: loud
+listeners:
+	- name: bmp
+		listen: "[::]:5000"
+		target: collector:5000
+		max_connections: -1
+		accept_proxy_from: 203.0.113.10
+		proxy_header_timeout: 1s
+		tcp_keepalive: {idle: 100ms, count: 200}
+	- name: bmp
+		listen: "[::]:5001"
+		target: collector:5000
+		log: {format: xml}
+`),
+			want: `line 2: log.level: unknown level "loud" (want one of trace, debug, info, warn, error, disabled)
+line 9: listeners[0].proxy_header_timeout: must be at least 3s, got 1s
+line 7: listeners[0].max_connections: must not be negative, got -1
+line 10: listeners[0].tcp_keepalive: idle and interval must be at least 1s, got 100ms and 15s
+line 10: listeners[0].tcp_keepalive.count: must be 1-127, got 200
+line 11: listeners[1].name: "bmp" is already used by listeners[0]
+line 14: listeners[1].log.format: unknown format "xml" (want json or console)`,
+		},
+		{
+			name: "two documents",
+			in:   "listeners: []\n---\nlisteners: []\n",
+			want: `line 2: more than one YAML document`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if err == nil {
+				t.Fatalf("Parse succeeded: %+v", c)
+			}
+			if err.Error() != tt.want {
+				t.Fatalf("Parse error:\n%v\nwant:\n%s", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestExample loads the shipped OpenBMP example and checks what it means.
+func TestExample(t *testing.T) {
+	c, err := Load("../examples/openbmp-aio.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admin != netip.MustParseAddrPort("127.0.0.1:9180") || c.DrainTimeout != 5*time.Second {
+		t.Errorf("top level: admin %v, drain %v", c.Admin, c.DrainTimeout)
+	}
+	type row struct {
+		name, listen, target string
+		pp                   ProxyProtocol
+	}
+	want := []row{
+		{"bmp", "[::]:5000", "openbmp-aio:5000", ProxyV2},
+		{"rest", "[::]:8001", "openbmp-aio:8001", ProxyNone},
+		{"kafka", "[::]:9092", "openbmp-aio:9092", ProxyNone},
+		{"mysql", "[::]:3306", "openbmp-aio:3306", ProxyNone},
+		{"zookeeper", "[::]:2181", "openbmp-aio:2181", ProxyNone},
+	}
+	if len(c.Listeners) != len(want) {
+		t.Fatalf("%d listeners, want %d", len(c.Listeners), len(want))
+	}
+	for i, w := range want {
+		l := c.Listeners[i]
+		if l.Name != w.name || len(l.Listen) != 1 || l.Listen[0].String() != w.listen || l.Target.String() != w.target || l.ProxyProtocol != w.pp {
+			t.Errorf("listeners[%d] = %s %v %s %s, want %+v", i, l.Name, l.Listen, l.Target, l.ProxyProtocol, w)
+		}
+		if l.KeepAlive.Disabled || l.KeepAlive.Idle != 15*time.Second || l.KeepAlive.Count != 9 {
+			t.Errorf("listeners[%d] keepalive %+v", i, l.KeepAlive)
+		}
+	}
+	bmp := c.Listeners[0]
+	if len(bmp.Allow) != 3 || bmp.Allow[0] != netip.MustParsePrefix("2001:db8::/32") || bmp.MaxConnections != 1000 {
+		t.Errorf("bmp policy: allow %v, max %d", bmp.Allow, bmp.MaxConnections)
+	}
+}
+
+func TestParseForms(t *testing.T) {
+	c, err := Parse([]byte(yml(`
+listeners:
+	- listen: [":5000", "198.51.100.1:5001"]
+		target: "[2001:db8::2]:5000"
+		allow: 198.51.100.7
+		accept_proxy_from: ["::ffff:203.0.113.0/120", "2001:db8::/32"]
+		tcp_keepalive: false
+		log: {level: debug}
+`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Listeners[0]
+	if len(l.Listen) != 2 || l.Listen[0].String() != "[::]:5000" || l.Listen[1].String() != "198.51.100.1:5001" {
+		t.Errorf("listen %v", l.Listen)
+	}
+	if l.Target.String() != "[2001:db8::2]:5000" {
+		t.Errorf("target %v", l.Target)
+	}
+	if len(l.Allow) != 1 || l.Allow[0].String() != "198.51.100.7/32" {
+		t.Errorf("allow %v", l.Allow)
+	}
+	if len(l.AcceptProxyFrom) != 2 || l.AcceptProxyFrom[0].String() != "203.0.113.0/24" {
+		t.Errorf("accept_proxy_from %v", l.AcceptProxyFrom)
+	}
+	if !l.KeepAlive.Disabled || l.Log.Level != "debug" || l.Log.Format != "json" || c.Log.Level != "info" {
+		t.Errorf("keepalive %+v, log %+v, top log %+v", l.KeepAlive, l.Log, c.Log)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	if _, err := Load("/nonexistent/bmpproxy.yaml"); err == nil || err.Error() != "config: open /nonexistent/bmpproxy.yaml: no such file or directory" {
+		t.Errorf("missing file: %v", err)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("listeners:\n  - listen: \"[::]:5000\"\n")
+	f.Close()
+	want := "config " + f.Name() + ":\nline 2: listeners[0].target: missing"
+	if _, err := Load(f.Name()); err == nil || err.Error() != want {
+		t.Errorf("Load = %v, want %q", err, want)
+	}
+}
+
+// FuzzParse checks that no input panics the loader, and that whatever it
+// accepts is a valid configuration.
+func FuzzParse(f *testing.F) {
+	if b, err := os.ReadFile("../examples/openbmp-aio.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("listeners:\n  - listen: \"[::]:5000\"\n    target: c:1\n    allow: [198.51.100.0/24]\n"))
+	f.Add([]byte("listeners: [{listen: ':1', target: 'a:1', tcp_keepalive: {idle: 1s}}]\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted a config that does not validate: %v", err)
+		}
+	})
+}
