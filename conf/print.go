@@ -1,6 +1,8 @@
 package conf
 
 import (
+	"bytes"
+
 	"go.yaml.in/yaml/v3"
 )
 
@@ -83,5 +85,14 @@ func (c *Config) YAML() ([]byte, error) {
 		}
 		f.Listeners = append(f.Listeners, fl)
 	}
-	return yaml.Marshal(f)
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(f); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
