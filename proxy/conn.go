@@ -50,7 +50,7 @@ type conn struct {
 	pending atomic.Int32
 
 	mu        sync.Mutex
-	tc        stream         // target socket; nil until dialed
+	tc        stream // target socket; nil until dialed
 	cause     error  // first reason to end, nil for a clean close
 	stage     string // where cause happened: "dial", "client", "target", ...
 	aborted   bool

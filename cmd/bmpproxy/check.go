@@ -18,8 +18,8 @@ func checkCommand(stdout, stderr io.Writer) *cli.Command {
 			"Exit status 1: every problem is printed to stderr, one per line, with its line number.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{
-				Name:     "config",
-				Aliases:  []string{"c"},
+				Name:    "config",
+				Aliases: []string{"c"},
 				Usage:   "YAML configuration file (required)",
 				EnvVars: []string{"BMPPROXY_CONFIG"},
 			},

@@ -135,6 +135,8 @@ func TestReloadSIGHUP(t *testing.T) {
 	dir := t.TempDir()
 	col1, col2 := newSink(t, testtarget.V2), newSink(t, testtarget.V2)
 	path := writeConfig(t, dir, `
+log:
+  level: debug
 listeners:
   - name: bmp
     listen: "127.0.0.1:0"
@@ -157,6 +159,9 @@ listeners:
 		}
 		conns = append(conns, c)
 	}
+	// A connection the proxy has not accepted yet is new to it: wait
+	// until all of them are in, so that all keep the old target.
+	p.waitLog(t, "accepted", streams)
 
 	writeConfig(t, dir, `
 listeners:
@@ -177,10 +182,7 @@ listeners:
 		c.CloseWrite()
 	}
 	waitUntil(t, "every stream to finish on the old target", func() bool { return col1.count(sum) == streams })
-	if n := len(p.logs.match("connection closed")); n < streams {
-		t.Fatalf("%d closing lines", n)
-	}
-	for _, l := range p.logs.match("connection closed") {
+	for _, l := range p.waitLog(t, "connection closed", streams) {
 		if l["reason"] != "closed" || l["bytes_from_client"] != float64(len(payload)) {
 			t.Fatalf("closing line %v", l)
 		}

@@ -110,15 +110,23 @@ func Echo(c *net.TCPConn, r *bufio.Reader) {
 }
 
 // Refusing returns a loopback address nobody listens on: a connect is
-// refused at once.
+// refused at once. The port stays bound, without listening, until
+// cleanup, so that no listener the test opens later can be given it.
 func Refusing(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
 }
 
 // Silent returns a loopback address whose accept queue is full, so SYNs to
