@@ -282,6 +282,9 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return lg
 			},
 		}
+		if cfg.Admin.IsValid() {
+			log.Warn().Stringer("admin", cfg.Admin).Msg("the admin listener is not implemented yet; nothing listens there")
+		}
 		reloads := watchReloads(ctx, srv, c.String("config"), log)
 		defer reloads()
 		if err := srv.Run(ctx); err != nil {

@@ -243,3 +243,94 @@ func recv(t *testing.T, ch <-chan []byte) []byte {
 		return nil
 	}
 }
+
+// TestInboundPolicyBinary runs allow and accept_proxy_from in the real
+// binary: a source outside allow is refused without the collector seeing a
+// connection, a trusted proxy's header is passed on with the original
+// client, and a spoofed header reaches no collector as a header.
+func TestInboundPolicyBinary(t *testing.T) {
+	col := newSink(t, testtarget.V2)
+	path := writeConfig(t, t.TempDir(), `
+listeners:
+  - name: routers-only
+    listen: "127.0.0.1:0"
+    target: "`+col.Addr()+`"
+    allow: [203.0.113.0/24]
+  - name: behind-lb
+    listen: "127.0.0.1:0"
+    target: "`+col.Addr()+`"
+    accept_proxy_from: [127.0.0.1]
+  - name: plain
+    listen: "127.0.0.1:0"
+    target: "`+col.Addr()+`"
+`)
+	p := start(t, 3, "--config", path)
+	addrs := listenerAddrs(p)
+	spoof := proxyproto.HeaderProxyFromAddrs(2,
+		&net.TCPAddr{IP: net.ParseIP("2001:db8::7"), Port: 1234},
+		&net.TCPAddr{IP: net.ParseIP("2001:db8::53"), Port: 5000})
+	spoofed, err := spoof.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedWithNothing := func(c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(c); len(b) > 0 || err != nil && !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("read %q, %v; want the connection closed", b, err)
+		}
+	}
+	headerSource := func(i int) string {
+		t.Helper()
+		h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(col.Headers()[i])))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.SourceAddr.(*net.TCPAddr).IP.String()
+	}
+
+	// Outside allow: refused, the collector sees nothing.
+	c := dialT(t, "tcp", addrs["routers-only"])
+	c.Write([]byte("\x03bmp"))
+	closedWithNothing(c)
+	refused := p.waitLog(t, "connection closed", 1)[0]
+	if refused["reason"] != "refused" || !strings.Contains(refused["error"].(string), "allow list") {
+		t.Fatalf("closing line %v", refused)
+	}
+
+	// A trusted proxy's header: the collector sees the original client.
+	c = dialT(t, "tcp", addrs["behind-lb"])
+	c.Write(append(append([]byte(nil), spoofed...), "\x03from the lb"...))
+	c.CloseWrite()
+	if got := recv(t, col.got); string(got) != "\x03from the lb" {
+		t.Fatalf("payload through the lb %q", got)
+	}
+	if src := headerSource(0); src != "2001:db8::7" {
+		t.Fatalf("collector saw client %s, want 2001:db8::7", src)
+	}
+
+	// The same header from an untrusted source is refused.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	nc, err := d.Dial("tcp", addrs["behind-lb"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Write(spoofed)
+	closedWithNothing(nc)
+
+	// Where no header is expected, a header is payload after our own.
+	c = dialT(t, "tcp", addrs["plain"])
+	c.Write(spoofed)
+	c.CloseWrite()
+	if got := recv(t, col.got); !bytes.HasPrefix(spoofed, got) {
+		t.Fatalf("plain listener delivered %q, want the client's bytes as payload", got)
+	}
+	if n := len(col.Headers()); n != 2 {
+		t.Fatalf("collector saw %d connections, want 2", n)
+	}
+	if src := headerSource(1); src != "127.0.0.1" {
+		t.Fatalf("plain listener's header names %s, want the real client 127.0.0.1", src)
+	}
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
