@@ -284,7 +284,7 @@ func TestReload(t *testing.T) {
 	c := dial(t, "tcp", addrA)
 	c.Write([]byte("new"))
 	c.CloseWrite()
-	if got := recv(t, col2.got); string(got) != "new" {
+	if got := testtarget.Recv(t, col2.got); string(got) != "new" {
 		t.Fatalf("new connection on a delivered %q", got)
 	}
 	// b is gone.
@@ -302,7 +302,7 @@ func TestReload(t *testing.T) {
 	c2 := dial(t, "tcp", addrC)
 	c2.Write([]byte("via c"))
 	c2.CloseWrite()
-	if got := recv(t, col2.got); string(got) != "via c" {
+	if got := testtarget.Recv(t, col2.got); string(got) != "via c" {
 		t.Fatalf("listener c delivered %q", got)
 	}
 
@@ -322,7 +322,7 @@ func TestReload(t *testing.T) {
 	c3 := dial(t, "tcp", addrA)
 	c3.Write([]byte("still a"))
 	c3.CloseWrite()
-	if got := recv(t, col2.got); string(got) != "still a" {
+	if got := testtarget.Recv(t, col2.got); string(got) != "still a" {
 		t.Fatalf("old listener a after a failed reload delivered %q", got)
 	}
 	if st := ts.Stats(); st.Reloads != 1 || st.ReloadFailures != 1 {
@@ -335,16 +335,4 @@ func (l *logSink) all() []map[string]any {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]map[string]any(nil), l.lines...)
-}
-
-// recv waits up to 10 s for a collector's payload.
-func recv(t *testing.T, ch <-chan []byte) []byte {
-	t.Helper()
-	select {
-	case b := <-ch:
-		return b
-	case <-time.After(10 * time.Second):
-		t.Fatal("the collector received nothing")
-		return nil
-	}
 }

@@ -192,7 +192,7 @@ listeners:
 	c := dialT(t, "tcp", addrs["bmp"])
 	c.Write([]byte("after reload"))
 	c.CloseWrite()
-	if got := recv(t, col2.got); string(got) != "after reload" {
+	if got := testtarget.Recv(t, col2.got); string(got) != "after reload" {
 		t.Fatalf("bmp after reload delivered %q", got)
 	}
 	// The added listener serves.
@@ -205,7 +205,7 @@ listeners:
 	c = dialT(t, "tcp", addrNew)
 	c.Write([]byte("to new"))
 	c.CloseWrite()
-	if got := recv(t, col2.got); string(got) != "to new" {
+	if got := testtarget.Recv(t, col2.got); string(got) != "to new" {
 		t.Fatalf("new listener delivered %q", got)
 	}
 	// The removed one refuses.
@@ -224,23 +224,11 @@ listeners:
 	c = dialT(t, "tcp", addrs["bmp"])
 	c.Write([]byte("still serving"))
 	c.CloseWrite()
-	if got := recv(t, col2.got); string(got) != "still serving" {
+	if got := testtarget.Recv(t, col2.got); string(got) != "still serving" {
 		t.Fatalf("after a failed reload bmp delivered %q", got)
 	}
 	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
 		t.Fatalf("exit %v", st)
-	}
-}
-
-// recv waits up to 10 s for a collector's payload.
-func recv(t *testing.T, ch <-chan []byte) []byte {
-	t.Helper()
-	select {
-	case b := <-ch:
-		return b
-	case <-time.After(10 * time.Second):
-		t.Fatal("the collector received nothing")
-		return nil
 	}
 }
 
@@ -302,7 +290,7 @@ listeners:
 	c = dialT(t, "tcp", addrs["behind-lb"])
 	c.Write(append(append([]byte(nil), spoofed...), "\x03from the lb"...))
 	c.CloseWrite()
-	if got := recv(t, col.got); string(got) != "\x03from the lb" {
+	if got := testtarget.Recv(t, col.got); string(got) != "\x03from the lb" {
 		t.Fatalf("payload through the lb %q", got)
 	}
 	if src := headerSource(0); src != "2001:db8::7" {
@@ -323,7 +311,7 @@ listeners:
 	c = dialT(t, "tcp", addrs["plain"])
 	c.Write(spoofed)
 	c.CloseWrite()
-	if got := recv(t, col.got); !bytes.HasPrefix(spoofed, got) {
+	if got := testtarget.Recv(t, col.got); !bytes.HasPrefix(spoofed, got) {
 		t.Fatalf("plain listener delivered %q, want the client's bytes as payload", got)
 	}
 	if n := len(col.Headers()); n != 2 {

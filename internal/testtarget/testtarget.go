@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -114,24 +115,30 @@ func Echo(c *net.TCPConn, r *bufio.Reader) {
 // cleanup, so that no listener the test opens later can be given it.
 func Refusing(t testing.TB) string {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	_, addr := bound(t)
+	return addr
 }
 
 // Silent returns a loopback address whose accept queue is full, so SYNs to
 // it are dropped and a connect hangs until its timeout.
 func Silent(t testing.TB) string {
+	t.Helper()
+	fd, addr := bound(t)
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of 0 still queues one connection: fill it.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return addr
+}
+
+// bound returns a TCP socket bound to a free port on 127.0.0.1, closed at
+// cleanup, and its address.
+func bound(t testing.TB) (fd int, addr string) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -141,19 +148,23 @@ func Silent(t testing.TB) string {
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	// A backlog of 0 still queues one connection: fill it.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	return fd, fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+}
+
+// Recv waits up to 10 s for a value from ch, such as a collector's
+// payload, and fails the test without one.
+func Recv[T any](t testing.TB, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing arrived within 10s")
+		var zero T
+		return zero
 	}
-	t.Cleanup(func() { c.Close() })
-	return addr
 }
