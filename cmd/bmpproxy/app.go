@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/dockerproxy"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
@@ -38,6 +39,9 @@ func usagef(format string, args ...any) error {
 
 // run executes the command line and returns the process exit code.
 func run(args []string, stdout, stderr io.Writer) int {
+	if dockerproxy.IsInvocation(args[1:]) {
+		return runDocker(args[1:], stdout, stderr)
+	}
 	app := newApp(stdout, stderr)
 	err := app.Run(args)
 	if err == nil {

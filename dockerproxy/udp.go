@@ -1,0 +1,280 @@
+package dockerproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/conf"
+	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// UDP forwarding, as docker-proxy does it.
+const (
+	udpIdleTimeout = 90 * time.Second // a flow quiet this long is closed
+	udpBufferSize  = 64 << 10         // the largest datagram, and then some
+)
+
+// udpProxy forwards datagrams between clients and one container address.
+// Each client address gets a flow: a connected socket towards the
+// container, whose replies go back to the client from the address the
+// client sent to. The serve loop owns the flow table's lifecycle; each
+// flow's reply goroutine ends when its socket closes.
+type udpProxy struct {
+	conn   *net.UDPConn
+	target netip.AddrPort
+	pp     conf.ProxyProtocol
+	log    zerolog.Logger
+	idle   time.Duration
+
+	mu    sync.Mutex
+	flows map[netip.AddrPort]*udpFlow
+	wg    sync.WaitGroup
+}
+
+type udpFlow struct {
+	client, local netip.AddrPort // local: where the client sent to
+	up            *net.UDPConn
+	start         time.Time
+	last          atomic.Int64 // UnixNano of the last datagram either way
+	sent, recv    atomic.Int64 // payload bytes client → container, back
+	closing       atomic.Bool  // set when the proxy is stopping
+}
+
+func runUDP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol, log zerolog.Logger, st *status) error {
+	conn, err := listenUDP(ctx, env, inv)
+	if err != nil {
+		return err
+	}
+	p := &udpProxy{conn: conn, target: inv.Container, pp: pp, log: log, idle: udpIdleTimeout,
+		flows: map[netip.AddrPort]*udpFlow{}}
+	st.report(nil)
+	log.Info().Stringer("addr", conn.LocalAddr()).Msg("listening")
+	return p.serve(ctx)
+}
+
+func listenUDP(ctx context.Context, env Env, inv Invocation) (*net.UDPConn, error) {
+	var pc net.PacketConn
+	if inv.UseListenFD {
+		if env.ListenFD == nil {
+			return nil, errors.New("-use-listen-fd: fd 4 is not open")
+		}
+		defer env.ListenFD.Close()
+		var err error
+		if pc, err = net.FilePacketConn(env.ListenFD); err != nil {
+			return nil, fmt.Errorf("-use-listen-fd: fd 4: %w", err)
+		}
+	} else {
+		lc := net.ListenConfig{Control: v6only(inv.Host)}
+		network := "udp4"
+		if inv.Host.Addr().Is6() {
+			network = "udp6"
+		}
+		var err error
+		if pc, err = lc.ListenPacket(ctx, network, inv.Host.String()); err != nil {
+			return nil, unwrapOp(err, inv.Host)
+		}
+	}
+	conn, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return nil, errors.New("-use-listen-fd: fd 4 is not a UDP socket")
+	}
+	if err := recvPktInfo(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// recvPktInfo asks the kernel for each datagram's destination address, so
+// that replies leave from it even on a wildcard socket.
+func recvPktInfo(c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	v6 := c.LocalAddr().(*net.UDPAddr).IP.To4() == nil
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		if v6 {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setsockopt PKTINFO: %w", serr)
+	}
+	return nil
+}
+
+// serve reads datagrams until ctx is done, then closes every flow and
+// waits for their goroutines.
+func (p *udpProxy) serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { p.conn.Close() })
+	defer stop()
+	defer p.closeAll()
+	buf := make([]byte, udpBufferSize)
+	oob := make([]byte, 128)
+	for {
+		n, oobn, _, client, err := p.conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			p.log.Warn().Err(err).Msg("udp read failed")
+			continue
+		}
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		f, err := p.flow(client, destination(oob[:oobn], p.conn))
+		if err != nil {
+			p.log.Warn().Err(err).Stringer("client", client).Msg("udp flow not opened")
+			continue
+		}
+		msg := buf[:n]
+		if p.pp == conf.ProxyV2 {
+			h := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(f.client), net.UDPAddrFromAddrPort(f.local))
+			if !h.Command.IsProxy() {
+				continue // an address pair the header cannot carry; never sent as LOCAL
+			}
+			hdr, err := h.Format()
+			if err != nil {
+				continue
+			}
+			msg = append(hdr, msg...)
+		}
+		f.last.Store(time.Now().UnixNano())
+		if _, err := f.up.Write(msg); err == nil {
+			f.sent.Add(int64(n))
+		}
+	}
+}
+
+// destination returns the address a datagram was sent to, from its
+// PKTINFO, or the socket's own address.
+func destination(oob []byte, c *net.UDPConn) netip.AddrPort {
+	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return local
+	}
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= 12:
+			// struct in_pktinfo: ifindex, spec_dst, addr (the header's destination)
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Data[8:12])), local.Port())
+		case m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= 16:
+			// struct in6_pktinfo: addr, ifindex
+			return netip.AddrPortFrom(netip.AddrFrom16([16]byte(m.Data[:16])).Unmap(), local.Port())
+		}
+	}
+	return local
+}
+
+// flow returns client's flow, opening it on its first datagram.
+func (p *udpProxy) flow(client, local netip.AddrPort) (*udpFlow, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f, ok := p.flows[client]; ok {
+		return f, nil
+	}
+	up, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(p.target))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", p.target, err)
+	}
+	f := &udpFlow{client: client, local: local, up: up, start: time.Now()}
+	f.last.Store(time.Now().UnixNano())
+	p.flows[client] = f
+	p.wg.Add(1)
+	go p.replies(f)
+	return f, nil
+}
+
+// replies copies the container's datagrams back to the client, from the
+// address the client sent to, until the flow has been idle for p.idle or
+// the proxy stops.
+func (p *udpProxy) replies(f *udpFlow) {
+	defer p.wg.Done()
+	reason := "idle"
+	defer func() { p.end(f, reason) }()
+	buf := make([]byte, udpBufferSize)
+	oob := pktInfoFrom(f.local.Addr())
+	for {
+		f.up.SetReadDeadline(time.Unix(0, f.last.Load()).Add(p.idle))
+		n, err := f.up.Read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if time.Since(time.Unix(0, f.last.Load())) >= p.idle {
+					return
+				}
+				continue // a datagram from the client moved the deadline
+			}
+			if f.closing.Load() {
+				reason = "shutdown"
+				return
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue // an ICMP error for an earlier datagram: the container may come back
+			}
+			reason = "container error"
+			return
+		}
+		f.last.Store(time.Now().UnixNano())
+		if _, _, err := p.conn.WriteMsgUDPAddrPort(buf[:n], oob, f.client); err == nil {
+			f.recv.Add(int64(n))
+		}
+	}
+}
+
+// pktInfoFrom builds the control message that sends a datagram from a.
+func pktInfoFrom(a netip.Addr) []byte {
+	if a.IsUnspecified() {
+		return nil
+	}
+	if a.Is4() {
+		return unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: a.As4()})
+	}
+	return unix.PktInfo6(&unix.Inet6Pktinfo{Addr: a.As16()})
+}
+
+// end removes f and writes its closing line.
+func (p *udpProxy) end(f *udpFlow, reason string) {
+	p.mu.Lock()
+	if p.flows[f.client] == f {
+		delete(p.flows, f.client)
+	}
+	p.mu.Unlock()
+	f.up.Close()
+	p.log.Info().
+		Stringer("client", f.client).
+		Stringer("local", f.local).
+		Stringer("target", p.target).
+		Int64("bytes_from_client", f.sent.Load()).
+		Int64("bytes_to_client", f.recv.Load()).
+		Stringer("duration", time.Since(f.start)).
+		Str("reason", reason).
+		Msg("udp flow closed")
+}
+
+// closeAll ends every flow and waits for their goroutines.
+func (p *udpProxy) closeAll() {
+	p.mu.Lock()
+	for _, f := range p.flows {
+		f.closing.Store(true)
+		f.up.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
