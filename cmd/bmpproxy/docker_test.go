@@ -54,6 +54,7 @@ func startDocker(t *testing.T, rules string, listener *os.File, args ...string) 
 		cmd.Env = cmd.Env[:len(cmd.Env)-1]
 		cmd.Env = append(cmd.Env, "BMPPROXY_CONFIG=") // the default path: absent here
 	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

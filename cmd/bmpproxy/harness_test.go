@@ -168,6 +168,8 @@ func startCmd(t *testing.T, n int, cmd *exec.Cmd) *proc {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, cmd: cmd, logs: &logLines{}, out: &logLines{}, done: make(chan struct{})}
+	// If the test binary dies (a timeout), the proxy dies with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
