@@ -54,6 +54,9 @@ func startDocker(t *testing.T, rules string, listener *os.File, args ...string) 
 		cmd.Env = cmd.Env[:len(cmd.Env)-1]
 		cmd.Env = append(cmd.Env, "BMPPROXY_CONFIG=") // the default path: absent here
 	}
+	// A -race binary sleeps 1 s at exit by default; the exit-time check
+	// is about bmpproxy, not the race runtime.
+	cmd.Env = append(cmd.Env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
