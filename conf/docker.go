@@ -83,20 +83,12 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 // path is no error: it means no rules. Every problem is reported, with its
 // line, as Parse does.
 func LoadDockerRules(path string, isDefault bool) (*DockerRules, error) {
-	f, err := os.Open(path)
+	data, err := readFile("rules", path)
 	if err != nil {
 		if isDefault && errors.Is(err, os.ErrNotExist) {
 			return &DockerRules{}, nil
 		}
-		return nil, fmt.Errorf("rules: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("rules %s: %w", path, err)
-	}
-	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("rules %s: larger than %d bytes", path, MaxFileSize)
+		return nil, err
 	}
 	r, err := ParseDockerRules(data)
 	if err != nil {

@@ -22,23 +22,33 @@ const MaxFileSize = 1 << 20
 // Load reads the YAML file at path, applies defaults and validates it. It
 // reports every problem at once; see Parse.
 func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
+	data, err := readFile("config", path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+		return nil, err
 	}
 	c, err := Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("config %s:\n%w", path, err)
 	}
 	return c, nil
+}
+
+// readFile reads at most MaxFileSize bytes of the file at path. Errors
+// start with what the file is, for example "config: open …".
+func readFile(what, path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%s %s: larger than %d bytes", what, path, MaxFileSize)
+	}
+	return data, nil
 }
 
 // Parse decodes a YAML configuration, applies defaults and validates it.
