@@ -165,3 +165,21 @@ func walkTLVs(msg []byte, want Type, fn func(typ uint16, val []byte) error) erro
 	}
 	return nil
 }
+
+// EncodeInitiation builds an Initiation message carrying sysDescr and
+// sysName, for tools and tests that play a router.
+func EncodeInitiation(sysDescr, sysName string) []byte {
+	msg := make([]byte, HeaderLen, HeaderLen+2*tlvHeaderLen+len(sysDescr)+len(sysName))
+	msg[0] = Version
+	msg[5] = byte(TypeInitiation)
+	for _, tlv := range []struct {
+		typ uint16
+		val string
+	}{{InfoSysDescr, sysDescr}, {InfoSysName, sysName}} {
+		msg = binary.BigEndian.AppendUint16(msg, tlv.typ)
+		msg = binary.BigEndian.AppendUint16(msg, uint16(len(tlv.val)))
+		msg = append(msg, tlv.val...)
+	}
+	binary.BigEndian.PutUint32(msg[1:5], uint32(len(msg)))
+	return msg
+}

@@ -44,6 +44,8 @@ const (
 	// proxy's header: a loaded load balancer may be slow to send it.
 	MinProxyHeaderTimeout = 3 * time.Second
 
+	DefaultBMPTimeout = 10 * time.Second
+
 	DefaultKeepAliveIdle     = 15 * time.Second
 	DefaultKeepAliveInterval = 15 * time.Second
 	DefaultKeepAliveCount    = 9
@@ -193,6 +195,22 @@ type Listener struct {
 	// Log overrides the top-level log settings for this listener's lines;
 	// empty fields inherit them.
 	Log Log
+	// BMP turns on the BMP pre-check: before the target is dialed, the
+	// first BMP message header must arrive within BMPTimeout and be valid,
+	// and an Initiation message is read for the router's name. Nil means
+	// on for a listener whose name contains "bmp", off otherwise.
+	BMP *bool
+	// BMPTimeout bounds the wait for the first BMP message. Zero means
+	// DefaultBMPTimeout.
+	BMPTimeout time.Duration
+}
+
+// BMPCheck reports whether the BMP pre-check is on; see BMP.
+func (l *Listener) BMPCheck() bool {
+	if l.BMP != nil {
+		return *l.BMP
+	}
+	return strings.Contains(strings.ToLower(l.Name), "bmp")
 }
 
 // KeepAlive configures TCP keepalive probes. With the defaults a peer that
@@ -272,6 +290,13 @@ func (c *Config) ApplyDefaults() {
 		if l.ProxyHeaderTimeout == 0 {
 			l.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
 		}
+		if l.BMP == nil {
+			on := l.BMPCheck()
+			l.BMP = &on
+		}
+		if l.BMPTimeout == 0 {
+			l.BMPTimeout = DefaultBMPTimeout
+		}
 		if l.Log.Level == "" {
 			l.Log.Level = c.Log.Level
 		}
@@ -310,11 +335,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Splice.MaxPipes < 0 {
 		add("splice.max_pipes", "must not be negative, got %d", c.Splice.MaxPipes)
-	}
-	if c.Admin.IsValid() {
-		if c.Admin.Port() == 0 {
-			add("admin", "port 0: the admin listener needs a known port")
-		}
 	}
 	names := map[string]int{}
 	seen := map[netip.AddrPort]string{}
@@ -362,6 +382,9 @@ func (c *Config) Validate() error {
 		}
 		if len(l.AcceptProxyFrom) > 0 && l.ProxyHeaderTimeout < MinProxyHeaderTimeout {
 			add(p+".proxy_header_timeout", "must be at least %s, got %s", MinProxyHeaderTimeout, l.ProxyHeaderTimeout)
+		}
+		if l.BMPTimeout < 0 {
+			add(p+".bmp_timeout", "must be positive, got %s", l.BMPTimeout)
 		}
 		if l.MaxConnections < 0 {
 			add(p+".max_connections", "must not be negative, got %d", l.MaxConnections)

@@ -419,6 +419,12 @@ func (d *decoder) listener(n *yaml.Node, path string, l *Listener) {
 			})
 		},
 		"log": func(v *yaml.Node, p string) { d.log(v, p, &l.Log) },
+		"bmp": func(v *yaml.Node, p string) {
+			var on bool
+			d.boolean(v, p, &on)
+			l.BMP = &on
+		},
+		"bmp_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &l.BMPTimeout) },
 	})
 }
 

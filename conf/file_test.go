@@ -39,7 +39,7 @@ listeners:
 		target: collector:5000
 		proxy_protocl: v2
 `),
-			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive)`,
+			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive)`,
 		},
 		{
 			name: "unknown top-level key",

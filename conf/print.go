@@ -36,6 +36,8 @@ type (
 		ConnectTimeout     string        `yaml:"connect_timeout"`
 		TCPKeepAlive       fileKeepAlive `yaml:"tcp_keepalive"`
 		Log                fileLog       `yaml:"log"`
+		BMP                bool          `yaml:"bmp"`
+		BMPTimeout         string        `yaml:"bmp_timeout,omitempty"`
 	}
 	fileKeepAlive struct {
 		Enabled  bool   `yaml:"enabled"`
@@ -68,6 +70,9 @@ func (c *Config) YAML() ([]byte, error) {
 		}
 		for _, a := range l.Listen {
 			fl.Listen = append(fl.Listen, a.String())
+		}
+		if fl.BMP = l.BMPCheck(); fl.BMP {
+			fl.BMPTimeout = l.BMPTimeout.String()
 		}
 		for _, p := range l.Allow {
 			fl.Allow = append(fl.Allow, p.String())

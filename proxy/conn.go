@@ -41,6 +41,9 @@ type conn struct {
 	target   string         // configured target, host:port
 	upstream string         // the address dialed, as resolved; empty until connected
 	start    time.Time
+	bmp      bool           // the BMP pre-check passed
+	router   routerInfo     // from the Initiation message, if it came first
+	session  atomic.Bool    // set once the target is connected: Routers lists it
 	up       splice.Counter // client → target payload bytes
 	down     splice.Counter // target → client payload bytes
 
@@ -139,7 +142,7 @@ func (s *Server) setup(job setupJob) {
 	if !ok {
 		nc.Close()
 		s.track(c)
-		s.countRefusal(errNotStream)
+		s.countRefusal(o, errNotStream)
 		c.fail("accept", errNotStream)
 		s.finish(c)
 		return
@@ -152,10 +155,20 @@ func (s *Server) setup(job setupJob) {
 
 	in, err := readInbound(nc, o, c.client, c.local)
 	if err != nil {
-		s.countRefusal(err)
+		s.countRefusal(o, err)
 		c.fail("inbound", err)
 		s.finish(c)
 		return
+	}
+	if o.BMPCheck() {
+		pre, info, err := bmpPrecheck(nc, in.pre, o.BMPTimeout)
+		if err != nil {
+			s.countRefusal(o, err)
+			c.fail("bmp", err)
+			s.finish(c)
+			return
+		}
+		in.pre, c.bmp, c.router = pre, true, info
 	}
 	if in.client != c.client {
 		// The connection came through a trusted proxy: from here on it is
@@ -165,7 +178,7 @@ func (s *Server) setup(job setupJob) {
 
 	hdr, err := proxyHeader(o.ProxyProtocol, c.client, c.local)
 	if err != nil {
-		s.countRefusal(err)
+		s.countRefusal(o, err)
 		c.fail("header", err)
 		s.finish(c)
 		return
@@ -174,6 +187,7 @@ func (s *Server) setup(job setupJob) {
 	tc, err := s.dial(job.ctx, c.target, o.ConnectTimeout)
 	if err != nil {
 		s.stats.dialFailed.Add(1)
+		o.state.connectFailures.Add(1)
 		c.fail("dial", err)
 		s.finish(c)
 		return
@@ -202,6 +216,9 @@ func (s *Server) setup(job setupJob) {
 			return
 		}
 		c.up.Copied.Add(int64(len(in.pre)))
+	}
+	if c.bmp {
+		s.sessionStarted(c)
 	}
 	c.pending.Store(2)
 	s.wg.Add(2)
@@ -298,7 +315,12 @@ func (s *Server) pumpDone(c *conn, err error, d dir) {
 // finish writes the connection's single closing log line and untracks it.
 func (s *Server) finish(c *conn) {
 	s.untrack(c)
-	c.opts.active.Add(-1)
+	st := c.opts.state
+	st.active.Add(-1)
+	st.fromClient.Add(c.up.Total())
+	st.toClient.Add(c.down.Total())
+	st.spliced.Add(c.up.Spliced.Load() + c.down.Spliced.Load())
+	st.copied.Add(c.up.Copied.Load() + c.down.Copied.Load())
 	c.mu.Lock()
 	cause, stage := c.cause, c.stage
 	c.mu.Unlock()
@@ -320,9 +342,18 @@ func (s *Server) finish(c *conn) {
 		switch stage {
 		case "dial":
 			reason = "dial failed"
-		case "header", "inbound", "accept":
+		case "header", "inbound", "accept", "bmp":
 			reason = "refused"
 		}
+	}
+	if c.session.Load() {
+		now := time.Now()
+		r := c.routerStatus()
+		r.State, r.Closed, r.CloseReason = "closed", &now, reason
+		if cause != nil && reason != "shutdown" {
+			r.Error = cause.Error()
+		}
+		s.routers.ended(r, c.client.Addr(), now)
 	}
 	log := &c.opts.log
 	if log.GetLevel() > level {
@@ -331,6 +362,9 @@ func (s *Server) finish(c *conn) {
 	ev := c.logger(log).WithLevel(level)
 	if c.via.IsValid() {
 		ev = ev.Stringer("via", c.via)
+	}
+	if c.router.SysName != "" {
+		ev = ev.Str("sys_name", c.router.SysName)
 	}
 	ev = ev.
 		Str("target", c.target).
@@ -344,4 +378,23 @@ func (s *Server) finish(c *conn) {
 		ev = ev.Err(cause)
 	}
 	ev.Msg("connection closed")
+}
+
+// sessionStarted logs a BMP session that reached its target, with how
+// long ago the previous session from the same router address ended, so
+// that a router that reconnects often stands out.
+func (s *Server) sessionStarted(c *conn) {
+	c.session.Store(true)
+	log := &c.opts.log
+	if log.GetLevel() > zerolog.InfoLevel {
+		return
+	}
+	ev := c.logger(log).Info().Str("target", c.target).Str("upstream", c.upstream)
+	if c.router.SysName != "" {
+		ev = ev.Str("sys_name", c.router.SysName)
+	}
+	if since, ok := s.routers.sinceLastSession(c.client.Addr(), time.Now()); ok {
+		ev = ev.Float64("since_last_session_s", since.Round(time.Millisecond).Seconds())
+	}
+	ev.Msg("router connected")
 }

@@ -43,20 +43,20 @@ func inPrefixes(a netip.Addr, ps []netip.Prefix) bool {
 // admit is the gate every accepted connection passes before anything else
 // is done for it: the client must be allowed, or a trusted proxy, and the
 // listener must be below max_connections. On success the caller owns one
-// slot of lo.active and must release it.
+// slot of lo.state.active and must release it.
 func admit(lo *listenerOpts, client netip.Addr) error {
 	o := &lo.Listener
 	if len(o.Allow) > 0 && !inPrefixes(client, o.Allow) && !inPrefixes(client, o.AcceptProxyFrom) {
 		return errNotAllowed
 	}
 	if o.MaxConnections > 0 {
-		if lo.active.Add(1) > int64(o.MaxConnections) {
-			lo.active.Add(-1)
+		if lo.state.active.Add(1) > int64(o.MaxConnections) {
+			lo.state.active.Add(-1)
 			return errLimit
 		}
 		return nil
 	}
-	lo.active.Add(1)
+	lo.state.active.Add(1)
 	return nil
 }
 

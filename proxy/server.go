@@ -69,16 +69,19 @@ type Server struct {
 
 	// Owned by the Run goroutine.
 	listeners map[netip.AddrPort]*listener // by bound address
-	active    map[string]*atomic.Int64     // open connections per listener name
 	accepting sync.WaitGroup               // accept loops
+
+	ready   atomic.Bool // every listener is open and accepting
+	routers routerTable
 
 	nextID atomic.Uint64
 	stats  counters
 
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
-	closing bool           // the drain timeout has passed; new conns are aborted
-	wg      sync.WaitGroup // setup and pump goroutines
+	states  map[string]*listenerState // per listener name; entries are never removed
+	closing bool                      // the drain timeout has passed; new conns are aborted
+	wg      sync.WaitGroup            // setup and pump goroutines
 }
 
 // counters are the server-wide totals.
@@ -89,6 +92,7 @@ type counters struct {
 	notAllowed     atomic.Uint64
 	limited        atomic.Uint64
 	badHeader      atomic.Uint64
+	notBMP         atomic.Uint64
 	dialFailed     atomic.Uint64
 	acceptErrs     atomic.Uint64
 	parks          atomic.Uint64
@@ -104,6 +108,7 @@ type Stats struct {
 	RefusedNotAllowed uint64 // client outside allow
 	RefusedLimit      uint64 // listener at max_connections
 	RefusedHeader     uint64 // spoofed, missing or unreadable inbound PROXY header
+	RefusedBMP        uint64 // failed the BMP pre-check
 	DialFailures      uint64 // connections closed because the target could not be reached
 	AcceptErrors      uint64 // failed accept calls (EMFILE and the like)
 	Parked            int    // directions parked in the idle watcher, without a goroutine
@@ -122,6 +127,7 @@ func (s *Server) Stats() Stats {
 		RefusedNotAllowed: s.stats.notAllowed.Load(),
 		RefusedLimit:      s.stats.limited.Load(),
 		RefusedHeader:     s.stats.badHeader.Load(),
+		RefusedBMP:        s.stats.notBMP.Load(),
 		DialFailures:      s.stats.dialFailed.Load(),
 		AcceptErrors:      s.stats.acceptErrs.Load(),
 		Parks:             s.stats.parks.Load(),
@@ -149,8 +155,8 @@ type listener struct {
 // is derived from it. It is never modified once published.
 type listenerOpts struct {
 	conf.Listener
-	log    zerolog.Logger
-	active *atomic.Int64 // open connections of every listener with this name
+	log   zerolog.Logger
+	state *listenerState // counters of every listener with this name
 }
 
 // Run opens every listener, serves until ctx is done, then stops
@@ -175,11 +181,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.conns = make(map[*conn]struct{})
+	s.states = make(map[string]*listenerState)
 	s.mu.Unlock()
 	s.workers = newSetupWorkers()
 	defer s.workers.close()
 	s.listeners = make(map[netip.AddrPort]*listener)
-	s.active = make(map[string]*atomic.Int64)
 
 	lns, err := s.openListeners(ctx, s.Config)
 	if err != nil {
@@ -204,6 +210,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, l := range lns {
 		s.serve(ctx, connCtx, l)
 	}
+	s.ready.Store(true)
 	if s.Ready != nil {
 		s.Ready(addrs)
 	}
@@ -217,6 +224,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		break
 	}
+	s.ready.Store(false)
 	for _, l := range s.listeners {
 		l.ln.Close()
 	}
@@ -261,10 +269,12 @@ func (s *Server) newOpts(c *conf.Listener) *listenerOpts {
 		}
 		o.log = s.Logger.Level(lvl)
 	}
-	if s.active[c.Name] == nil {
-		s.active[c.Name] = new(atomic.Int64)
+	s.mu.Lock()
+	if s.states[c.Name] == nil {
+		s.states[c.Name] = new(listenerState)
 	}
-	o.active = s.active[c.Name]
+	o.state = s.states[c.Name]
+	s.mu.Unlock()
 	return o
 }
 
@@ -382,6 +392,7 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 		delay = 0
 		s.stats.accepted.Add(1)
 		o := l.opts.Load()
+		o.state.accepted.Add(1)
 		client, local := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
 		if err := admit(o, client.Addr()); err != nil {
 			s.refuse(o, c, client, local, err)
@@ -397,7 +408,7 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 func (s *Server) refuse(o *listenerOpts, c net.Conn, client, local netip.AddrPort, err error) {
 	start := time.Now()
 	c.Close()
-	s.countRefusal(err)
+	s.countRefusal(o, err)
 	if o.log.GetLevel() > zerolog.WarnLevel {
 		return
 	}
@@ -414,17 +425,24 @@ func (s *Server) refuse(o *listenerOpts, c net.Conn, client, local netip.AddrPor
 		Msg("connection closed")
 }
 
-func (s *Server) countRefusal(err error) {
+func (s *Server) countRefusal(o *listenerOpts, err error) {
 	s.stats.refused.Add(1)
-	switch {
-	case errors.Is(err, errNotAllowed):
+	i := refusalReason(err)
+	o.state.refused[i].Add(1)
+	switch refusalReasons[i] {
+	case ReasonNotAllowed:
 		s.stats.notAllowed.Add(1)
-	case errors.Is(err, errLimit):
+	case ReasonLimit:
 		s.stats.limited.Add(1)
-	case errors.Is(err, errSpoofed), errors.Is(err, errNoHeader), errors.Is(err, errHeaderUnread):
+	case ReasonHeader:
 		s.stats.badHeader.Add(1)
+	case ReasonBMP:
+		s.stats.notBMP.Add(1)
 	}
 }
+
+// IsReady reports whether every listener is open and accepting.
+func (s *Server) IsReady() bool { return s.ready.Load() }
 
 func isFDExhaustion(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)

@@ -84,7 +84,7 @@ type testServer struct {
 	done   chan error
 }
 
-func startServer(t *testing.T, cfg *conf.Config, mutate func(*Server)) *testServer {
+func startServer(t testing.TB, cfg *conf.Config, mutate func(*Server)) *testServer {
 	t.Helper()
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -111,7 +111,7 @@ func startServer(t *testing.T, cfg *conf.Config, mutate func(*Server)) *testServ
 }
 
 // stop cancels the server and waits for Run to return.
-func (ts *testServer) stop(t *testing.T) {
+func (ts *testServer) stop(t testing.TB) {
 	t.Helper()
 	ts.cancel()
 	select {

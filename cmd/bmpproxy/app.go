@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -13,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/admin"
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/dockerproxy"
 	"github.com/bmpproxy/bmpproxy/proxy"
@@ -152,6 +155,16 @@ func serveFlags() []cli.Flag {
 			EnvVars: []string{"BMPPROXY_MAX_PIPES"},
 		},
 		&cli.BoolFlag{
+			Name:    "bmp",
+			Usage:   "BMP pre-check: refuse a client whose first bytes are not a BMP v3 message, before dialing",
+			EnvVars: []string{"BMPPROXY_BMP"},
+		},
+		&cli.StringFlag{
+			Name:    "admin-listen",
+			Usage:   "address for the HTTP admin listener (/metrics, /routers, /healthz, /readyz); off when empty",
+			EnvVars: []string{"BMPPROXY_ADMIN_LISTEN"},
+		},
+		&cli.BoolFlag{
 			Name:  "version",
 			Usage: "print the version and exit",
 		},
@@ -160,7 +173,7 @@ func serveFlags() []cli.Flag {
 
 // fileFlags are the flags whose settings a config file holds instead.
 var fileFlags = []string{"listen", "target", "proxy-protocol", "connect-timeout", "drain-timeout",
-	"log-level", "log-format", "splice", "max-pipes"}
+	"log-level", "log-format", "splice", "max-pipes", "bmp", "admin-listen"}
 
 // loadConfig returns the configuration from --config, or from the flags.
 func loadConfig(c *cli.Context) (*conf.Config, error) {
@@ -221,6 +234,8 @@ func configFromFlags(c *cli.Context) (*conf.Config, error) {
 		return nil, usagef("--proxy-protocol: %v", err)
 	}
 	l.ProxyProtocol = pp
+	bmpCheck := c.Bool("bmp")
+	l.BMP = &bmpCheck
 	if l.ConnectTimeout <= 0 {
 		return nil, usagef("--connect-timeout: must be positive, got %s", l.ConnectTimeout)
 	}
@@ -235,6 +250,11 @@ func configFromFlags(c *cli.Context) (*conf.Config, error) {
 	}
 	if cfg.Splice.MaxPipes <= 0 {
 		return nil, usagef("--max-pipes: must be positive, got %d", cfg.Splice.MaxPipes)
+	}
+	if a := c.String("admin-listen"); a != "" {
+		if cfg.Admin, err = conf.ParseListen(a); err != nil {
+			return nil, usagef("--admin-listen: %v", err)
+		}
 	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -286,17 +306,51 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return lg
 			},
 		}
-		if cfg.Admin.IsValid() {
-			log.Warn().Stringer("admin", cfg.Admin).Msg("the admin listener is not implemented yet; nothing listens there")
-		}
 		reloads := watchReloads(ctx, srv, c.String("config"), log)
 		defer reloads()
-		if err := srv.Run(ctx); err != nil {
+		// The admin listener, if it fails, stops the proxy through runCtx.
+		runCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		adminDone := startAdmin(runCtx, cancel, srv, cfg.Admin, log)
+		if err := srv.Run(runCtx); err != nil {
 			log.Error().Err(err).Msg("cannot start")
+			return err
+		}
+		cancel()
+		if err := <-adminDone; err != nil {
+			log.Error().Err(err).Msg("stopped: the admin listener failed")
 			return err
 		}
 		return nil
 	}
+}
+
+// startAdmin runs the admin listener, if addr is set, once the proxy is
+// ready; the proxy's Stats may not be read before. If the admin listener
+// cannot be bound, it logs why and cancels the proxy through stop. The
+// returned channel yields its result after ctx is done.
+func startAdmin(ctx context.Context, stop context.CancelFunc, srv *proxy.Server, addr netip.AddrPort, log zerolog.Logger) <-chan error {
+	done := make(chan error, 1)
+	if !addr.IsValid() {
+		done <- nil
+		return done
+	}
+	ready := make(chan struct{})
+	srv.Ready = func([]net.Addr) { close(ready) }
+	go func() {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			done <- nil
+			return
+		}
+		err := (&admin.Server{Addr: addr, Proxy: srv, Logger: log}).Run(ctx)
+		if err != nil {
+			stop()
+		}
+		done <- err
+	}()
+	return done
 }
 
 // watchReloads reloads the config file at path into srv on every SIGHUP

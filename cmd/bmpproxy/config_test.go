@@ -103,17 +103,22 @@ func TestConfigExample(t *testing.T) {
 	if len(addrs) != 5 {
 		t.Fatalf("listeners %v, want the example's five", addrs)
 	}
-	for name, want := range map[string]*sink{"bmp": bmp, "rest": plain} {
+	// The BMP listener checks that a router speaks BMP: send it FRR's
+	// captured Initiation.
+	frr, err := os.ReadFile("../../bmp/testdata/frr-8.4-bmp-initiation.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]struct {
+		sink    *sink
+		payload []byte
+	}{"bmp": {bmp, frr}, "rest": {plain, []byte("GET / HTTP/1.0\r\n\r\n")}} {
 		c := dialT(t, "tcp", addrs[name])
-		c.Write([]byte("\x03payload for " + name))
+		c.Write(want.payload)
 		c.CloseWrite()
-		select {
-		case got := <-want.got:
-			if string(got) != "\x03payload for "+name {
-				t.Fatalf("%s: collector got %q", name, got)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: nothing arrived", name)
+		got := testtarget.Recv(t, want.sink.got)
+		if !bytes.HasPrefix(want.payload, got) || len(got) == 0 {
+			t.Fatalf("%s: collector got %q", name, got)
 		}
 	}
 	if h := bmp.Headers(); len(h) != 1 {
@@ -139,6 +144,7 @@ log:
   level: debug
 listeners:
   - name: bmp
+    bmp: false # the streams are random bytes
     listen: "127.0.0.1:0"
     target: "`+col1.Addr()+`"
   - name: old
@@ -166,6 +172,7 @@ listeners:
 	writeConfig(t, dir, `
 listeners:
   - name: bmp
+    bmp: false
     listen: "`+addrs["bmp"]+`"
     target: "`+col2.Addr()+`"
   - name: new

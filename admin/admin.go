@@ -1,0 +1,100 @@
+// Package admin serves bmpproxy's HTTP admin endpoints: Prometheus
+// metrics, the live router table, and health checks. It only reads from
+// the proxy.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// Server is the admin listener.
+type Server struct {
+	Addr   netip.AddrPort
+	Proxy  *proxy.Server
+	Logger zerolog.Logger
+	// Ready, if set, is called with the bound address once it accepts.
+	Ready func(net.Addr)
+}
+
+// Handler returns the admin endpoints:
+//
+//   - GET /metrics: Prometheus text format.
+//   - GET /routers: JSON, every open BMP session and the recently closed ones.
+//   - GET /healthz: 200 while the process serves HTTP.
+//   - GET /readyz: 200 once every listener is open, 503 before and while
+//     stopping.
+func Handler(p *proxy.Server) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newCollector(p), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /routers", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		routers := p.Routers()
+		if routers == nil {
+			routers = []proxy.RouterStatus{}
+		}
+		enc.Encode(map[string]any{"routers": routers})
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !p.IsReady() {
+			http.Error(w, "not ready: listeners are not open", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// Run serves until ctx is done, then shuts the HTTP server down. It
+// returns an error only if the address cannot be bound.
+func (s *Server) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.Addr.String())
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			err = oe.Err
+		}
+		return fmt.Errorf("admin: listen on %s: %w", s.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           Handler(s.Proxy),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       time.Minute,
+	}
+	s.Logger.Info().Stringer("addr", ln.Addr()).Msg("admin listening")
+	if s.Ready != nil {
+		s.Ready(ln.Addr())
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("admin: %w", err)
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdown)
+	<-done
+	return nil
+}
