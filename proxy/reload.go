@@ -115,6 +115,9 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 	if !reflect.DeepEqual(old.Splice, cfg.Splice) {
 		s.Logger.Warn().Msg("splice settings changed; they take effect at the next start")
 	}
+	if old.Admin != cfg.Admin {
+		s.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
+	}
 	s.Config = cfg
 	if err := errors.Join(errs...); err != nil {
 		s.stats.reloadFailures.Add(1)
