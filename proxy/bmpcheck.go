@@ -22,13 +22,17 @@ const maxInitiation = 64 << 10
 // routerInfo is what the pre-check learned from the first message.
 type routerInfo struct {
 	SysName, SysDescr string
+	// TermReason is the reason of a Termination message, when one is
+	// seen: only as the first message, since later ones travel on the
+	// zero-copy path unread.
+	TermReason string
 }
 
 // bmpPrecheck reads the first BMP common header from nc, after pre (bytes
 // already read), within timeout. It refuses anything that is not BMP
 // version 3 with a possible length and a known type. If the first message
-// is an Initiation of at most maxInitiation bytes, it is read whole and
-// its sysName and sysDescr returned. It returns every byte it read,
+// is an Initiation (or a Termination) of at most maxInitiation bytes, it
+// is read whole and its sysName and sysDescr (or reason) returned. It returns every byte it read,
 // pre included, for the caller to send after the PROXY header; nothing
 // is read past the first message.
 func bmpPrecheck(nc net.Conn, pre []byte, timeout time.Duration) ([]byte, routerInfo, error) {
@@ -62,11 +66,21 @@ func bmpPrecheck(nc net.Conn, pre []byte, timeout time.Duration) ([]byte, router
 	if err != nil {
 		return buf, info, fmt.Errorf("%w: %w", errNotBMP, err)
 	}
-	if h.Type != bmp.TypeInitiation || h.Length > maxInitiation {
+	if h.Type != bmp.TypeInitiation && h.Type != bmp.TypeTermination || h.Length > maxInitiation {
 		return buf, info, nil
 	}
 	if err := fill(int(h.Length)); err != nil {
 		return buf, info, err
+	}
+	if h.Type == bmp.TypeTermination {
+		term, err := bmp.ParseTermination(buf[:h.Length])
+		if err != nil {
+			return buf, info, fmt.Errorf("%w: %w", errNotBMP, err)
+		}
+		if term.HasReason {
+			info.TermReason = term.ReasonString()
+		}
+		return buf, info, nil
 	}
 	ini, err := bmp.ParseInitiation(buf[:h.Length])
 	if err != nil {

@@ -29,6 +29,7 @@ func TestBMPPrecheck(t *testing.T) {
 		close    bool // close after sending
 		wantErr  string
 		wantName string
+		wantTerm string
 		wantRead int // bytes returned for forwarding
 	}{
 		// FRR's capture is its Initiation (36 bytes) and the Peer Up after it:
@@ -38,6 +39,7 @@ func TestBMPPrecheck(t *testing.T) {
 		{name: "built Initiation", send: append(bmp.EncodeInitiation("descr", "edge-1"), 9, 9, 9), wantName: "edge-1", wantRead: len(bmp.EncodeInitiation("descr", "edge-1"))},
 		{name: "Initiation split across pre and socket", pre: bmp.EncodeInitiation("d", "edge-2")[:4], send: bmp.EncodeInitiation("d", "edge-2")[4:], wantName: "edge-2", wantRead: len(bmp.EncodeInitiation("d", "edge-2"))},
 		{name: "zero TLVs", send: []byte{3, 0, 0, 0, 6, 4}, wantRead: 6},
+		{name: "Termination first", send: []byte{3, 0, 0, 0, 12, 5, 0, 1, 0, 2, 0, 4, 0xff}, wantTerm: "permanently-admin-closed", wantRead: 12},
 		{name: "route monitoring first", send: routeMon, wantRead: 6},
 		{name: "HTTP", send: []byte("GET / HTTP/1.1\r\n\r\n"), wantErr: "not a BMP session: bmp: unsupported version 71 (want 3)"},
 		{name: "version 1", send: []byte{1, 0, 0, 0, 6, 4}, wantErr: "not a BMP session: bmp: unsupported version 1 (want 3)"},
@@ -69,8 +71,8 @@ func TestBMPPrecheck(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if info.SysName != tt.wantName {
-				t.Errorf("sysName %q, want %q", info.SysName, tt.wantName)
+			if info.SysName != tt.wantName || info.TermReason != tt.wantTerm {
+				t.Errorf("sysName %q, termination %q; want %q, %q", info.SysName, info.TermReason, tt.wantName, tt.wantTerm)
 			}
 			want := tt.wantRead
 			if want < 0 {

@@ -118,6 +118,9 @@ type RouterStatus struct {
 	BytesToRouter   int64      `json:"bytes_to_router"`
 	CloseReason     string     `json:"close_reason,omitempty"`
 	Error           string     `json:"error,omitempty"`
+	// TermReason is the router's Termination reason, when seen; see
+	// routerInfo.
+	TermReason string `json:"termination_reason,omitempty"`
 }
 
 // routerTable remembers ended BMP sessions; open ones are the BMP
@@ -134,6 +137,7 @@ func (c *conn) routerStatus() RouterStatus {
 		Listener:        c.listener,
 		SysName:         c.router.SysName,
 		SysDescr:        c.router.SysDescr,
+		TermReason:      c.router.TermReason,
 		State:           "connected",
 		Since:           c.start,
 		BytesFromRouter: c.up.Total(),
