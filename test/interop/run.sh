@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Interop test: real BMP senders (FRR bgpd, gobgpd) in their own network
+# namespaces → bmpproxy in the host namespace → real PROXY protocol parsers
+# (pmacct's pmbmpd, HAProxy with accept-proxy, tshark's PROXY dissector).
+# Run as root: bash test/interop/run.sh. It installs what it needs from
+# Debian, creates everything it uses and removes it on exit, even on failure.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+export PATH="/usr/local/go/bin:${PATH}"
+
+if [[ $(id -u) != 0 ]]; then
+	echo "interop: run as root (network namespaces)" >&2
+	exit 1
+fi
+
+need=()
+for p in frr gobgpd pmacct haproxy tshark iproute2; do
+	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+	echo "== apt-get install ${need[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Documentation prefixes only, and only if this machine does not route
+# them itself (its uplink uses 192.0.2.0/24 and fd00::/64).
+for net in 2001:db8:1: 2001:db8:2: 2001:db8:12: 198.51.100. 203.0.113.; do
+	if ip route show | grep -q "^${net}" || ip -6 route show | grep -q "^${net}"; then
+		echo "interop: this machine already routes ${net}; refusing to touch it" >&2
+		exit 1
+	fi
+done
+
+ID=$((RANDOM % 10000))
+R1=bmpx-r1-$ID
+R2=bmpx-r2-$ID
+H1=bxh1-$ID
+H2=bxh2-$ID
+W=$(mktemp -d /tmp/bmpx-interop-XXXXXX)
+chmod 755 "$W"
+PIDS=()
+
+cleanup() {
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	sleep 0.5
+	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+	wait 2>/dev/null
+	for ns in "$R1" "$R2"; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9
+		ip netns del "$ns" 2>/dev/null
+	done
+	ip link del "$H1" 2>/dev/null
+	ip link del "$H2" 2>/dev/null
+	if [[ -n "${KEEP:-}" ]]; then echo "interop: kept $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+freeport() {
+	local p
+	for p in $(shuf -i 20000-29999 -n 100); do
+		if ! ss -lntuH "sport = :$p" | grep -q .; then
+			if [[ " ${USED:-} " != *" $p "* ]]; then
+				USED="${USED:-} $p"
+				echo "$p"
+				return
+			fi
+		fi
+	done
+	echo "interop: no free port" >&2
+	exit 1
+}
+
+echo "== build"
+go build -o "$W/bmpproxy" ./cmd/bmpproxy
+go build -o "$W/check" ./test/interop/check
+
+echo "== network: $R1 (FRR) and $R2 (GoBGP), joined to the host by veth pairs"
+ip netns add "$R1"
+ip netns add "$R2"
+ip link add "$H1" type veth peer name eth0 netns "$R1"
+ip link add "$H2" type veth peer name eth0 netns "$R2"
+ip addr add 2001:db8:1::1/64 dev "$H1" nodad
+ip addr add 198.51.100.1/25 dev "$H1"
+ip addr add 2001:db8:2::1/64 dev "$H2" nodad
+ip addr add 203.0.113.1/25 dev "$H2"
+ip link set "$H1" up
+ip link set "$H2" up
+ip -n "$R1" addr add 2001:db8:1::2/64 dev eth0 nodad
+ip -n "$R1" addr add 198.51.100.2/25 dev eth0
+ip -n "$R2" addr add 2001:db8:2::2/64 dev eth0 nodad
+ip -n "$R2" addr add 203.0.113.2/25 dev eth0
+# The BGP session between the routers has a link of its own.
+ip -n "$R1" link add p12 type veth peer name p21 netns "$R2"
+ip -n "$R1" addr add 2001:db8:12::1/64 dev p12 nodad
+ip -n "$R2" addr add 2001:db8:12::2/64 dev p21 nodad
+for ns in "$R1" "$R2"; do
+	ip -n "$ns" link set lo up
+	ip -n "$ns" link set eth0 up
+done
+ip -n "$R1" link set p12 up
+ip -n "$R2" link set p21 up
+
+L_PM=$(freeport) L_HA=$(freeport) L_TS=$(freeport) ADMIN=$(freeport)
+PM=$(freeport) HA=$(freeport) INS_HA=$(freeport) INS_TS=$(freeport)
+
+echo "== collectors: pmbmpd :$PM, HAProxy :$HA → inspect :$INS_HA, inspect :$INS_TS (tshark watches it)"
+cat >"$W/pmbmpd.conf" <<CONF
+daemonize: false
+logfile: $W/pmbmpd.log
+bmp_daemon_ip: 127.0.0.1
+bmp_daemon_port: $PM
+bmp_daemon_max_peers: 16
+bmp_daemon_parse_proxy_header: true
+bmp_daemon_msglog_file: $W/pmbmpd.json
+bmp_daemon_msglog_output: json
+debug: true
+CONF
+start_pmbmpd() {
+	pmbmpd -f "$W/pmbmpd.conf" >>"$W/pmbmpd.out" 2>&1 &
+	PMBMPD=$!
+	PIDS+=("$PMBMPD")
+}
+start_pmbmpd
+
+cat >"$W/haproxy.cfg" <<CONF
+global
+	log stdout format raw local0
+defaults
+	mode tcp
+	log global
+	timeout connect 5s
+	timeout client 1h
+	timeout server 1h
+frontend bmp
+	bind 127.0.0.1:$HA accept-proxy
+	option logasap
+	log-format "client %ci %cp"
+	default_backend inspect
+backend inspect
+	server inspect 127.0.0.1:$INS_HA
+CONF
+haproxy -db -f "$W/haproxy.cfg" >"$W/haproxy.log" 2>&1 &
+PIDS+=($!)
+"$W/bmpproxy" inspect --listen "127.0.0.1:$INS_HA" --json >"$W/inspect-haproxy.json" 2>/dev/null &
+PIDS+=($!)
+"$W/bmpproxy" inspect --listen "127.0.0.1:$INS_TS" --json >"$W/inspect-tshark.json" 2>/dev/null &
+PIDS+=($!)
+start_tshark() { # returns once it captures, so that no session's start is missed
+	tshark -q -i lo -f "tcp port $INS_TS" -w "$W/proxy.pcapng" >"$W/tshark.out" 2>&1 &
+	TSHARK=$!
+	PIDS+=("$TSHARK")
+	for _ in $(seq 100); do
+		grep -q "Capturing on" "$W/tshark.out" && return
+		sleep 0.1
+	done
+	echo "interop: tshark did not start:" >&2
+	cat "$W/tshark.out" >&2
+	exit 1
+}
+start_tshark
+
+proxy_config() { # $1: v2 or none
+	cat >"$W/bmpproxy.yaml" <<CONF
+admin: "127.0.0.1:$ADMIN"
+listeners:
+  - name: bmp-pmacct
+    listen: "[::]:$L_PM"
+    target: "127.0.0.1:$PM"
+    proxy_protocol: $1
+  - name: bmp-haproxy
+    listen: "[::]:$L_HA"
+    target: "127.0.0.1:$HA"
+    proxy_protocol: $1
+  - name: bmp-tshark
+    listen: "[::]:$L_TS"
+    target: "127.0.0.1:$INS_TS"
+    proxy_protocol: $1
+CONF
+}
+start_proxy() {
+	"$W/bmpproxy" --config "$W/bmpproxy.yaml" >>"$W/bmpproxy.log" 2>&1 &
+	PROXY=$!
+	PIDS+=("$PROXY")
+}
+proxy_config v2
+start_proxy
+
+echo "== routers: FRR bgpd -M bmp in $R1, gobgpd in $R2"
+cat >"$W/frr.conf" <<CONF
+hostname edge-r1
+log stdout informational
+!
+router bgp 65001
+ bgp router-id 198.51.100.2
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor 2001:db8:12::2 remote-as 65002
+ address-family ipv4 unicast
+  network 198.51.100.0/25
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor 2001:db8:12::2 activate
+  neighbor 2001:db8:12::2 soft-reconfiguration inbound
+  network 2001:db8:100::/48
+  network 2001:db8:101::/48
+ exit-address-family
+ bmp targets collectors
+  bmp monitor ipv4 unicast pre-policy
+  bmp monitor ipv6 unicast pre-policy
+  bmp connect 2001:db8:1::1 port $L_PM min-retry 1000 max-retry 2000
+  bmp connect 2001:db8:1::1 port $L_HA min-retry 1000 max-retry 2000
+  bmp connect 2001:db8:1::1 port $L_TS min-retry 1000 max-retry 2000
+ exit
+!
+CONF
+mkdir -p "$W/frr"
+chown -R frr:frr "$W/frr"
+chmod 644 "$W/frr.conf"
+ip netns exec "$R1" /usr/lib/frr/bgpd -M bmp -Z -n -u frr -g frr -P 0 \
+	-f "$W/frr.conf" -i "$W/frr/bgpd.pid" --vty_socket "$W/frr" >"$W/bgpd.log" 2>&1 &
+PIDS+=($!)
+
+cat >"$W/gobgpd.toml" <<CONF
+[global.config]
+  as = 65002
+  router-id = "203.0.113.2"
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "2001:db8:12::1"
+    peer-as = 65001
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+[[bmp-servers]]
+  [bmp-servers.config]
+    address = "203.0.113.1"
+    port = $L_PM
+    route-monitoring-policy = "pre-policy"
+    # GoBGP never reads its BMP socket: it notices a lost session only
+    # when a write fails. Statistics reports make it write every 15 s (its minimum).
+    statistics-timeout = 15
+[[bmp-servers]]
+  [bmp-servers.config]
+    address = "203.0.113.1"
+    port = $L_HA
+    route-monitoring-policy = "pre-policy"
+    # GoBGP never reads its BMP socket: it notices a lost session only
+    # when a write fails. Statistics reports make it write every 15 s (its minimum).
+    statistics-timeout = 15
+[[bmp-servers]]
+  [bmp-servers.config]
+    address = "203.0.113.1"
+    port = $L_TS
+    route-monitoring-policy = "pre-policy"
+    # GoBGP never reads its BMP socket: it notices a lost session only
+    # when a write fails. Statistics reports make it write every 15 s (its minimum).
+    statistics-timeout = 15
+CONF
+ip netns exec "$R2" gobgpd -f "$W/gobgpd.toml" -p --api-hosts=127.0.0.1:50051 --pprof-disable >"$W/gobgpd.log" 2>&1 &
+PIDS+=($!)
+
+CHECK=("$W/check" -dir "$W" -admin "127.0.0.1:$ADMIN" -tshark-port "$INS_TS")
+
+echo "== with PROXY v2: every collector must see the routers' real addresses"
+"${CHECK[@]}" -mode v2 -stage wait
+kill -INT "$TSHARK"
+wait "$TSHARK" 2>/dev/null || true
+"${CHECK[@]}" -mode v2 -stage first
+
+echo "== kill the pmacct collector while both routers are connected, then restart it"
+kill -INT "$PMBMPD"
+wait "$PMBMPD" 2>/dev/null || true
+sleep 3
+mv "$W/pmbmpd.json" "$W/pmbmpd-before.json"
+start_pmbmpd
+"${CHECK[@]}" -mode v2 -stage restart
+
+echo "== with proxy_protocol: none, the failure this project fixes must show"
+mv "$W/proxy.pcapng" "$W/proxy-v2.pcapng"
+start_tshark
+kill -INT "$PMBMPD"
+wait "$PMBMPD" 2>/dev/null || true
+mv "$W/pmbmpd.json" "$W/pmbmpd-restart.json"
+start_pmbmpd
+kill -TERM "$PROXY"
+wait "$PROXY" 2>/dev/null || true
+proxy_config none
+start_proxy
+"${CHECK[@]}" -mode none -stage wait
+kill -INT "$TSHARK"
+wait "$TSHARK" 2>/dev/null || true
+"${CHECK[@]}" -mode none -stage none
+echo "interop: pass"
