@@ -287,4 +287,3 @@ func keys(m map[string]string) []string {
 	}
 	return k
 }
-
