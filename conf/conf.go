@@ -21,15 +21,20 @@ const (
 	ProxyV2   ProxyProtocol = "v2"   // binary header, AF_INET for IPv4 clients, AF_INET6 for IPv6
 	ProxyV1   ProxyProtocol = "v1"   // text header
 	ProxyNone ProxyProtocol = "none" // no header, as docker-proxy
+	// ProxyTransparent sends no header: the target is dialed from the
+	// client's own address and port (IP_TRANSPARENT), so an unmodified
+	// collector sees the router. It needs CAP_NET_ADMIN and return
+	// routing; see "bmpproxy transparent-setup".
+	ProxyTransparent ProxyProtocol = "transparent"
 )
 
 // ParseProxyProtocol parses "v2", "v1" or "none".
 func ParseProxyProtocol(s string) (ProxyProtocol, error) {
 	switch p := ProxyProtocol(s); p {
-	case ProxyV2, ProxyV1, ProxyNone:
+	case ProxyV2, ProxyV1, ProxyNone, ProxyTransparent:
 		return p, nil
 	}
-	return "", fmt.Errorf("unknown proxy protocol %q (want v2, v1 or none)", s)
+	return "", fmt.Errorf("unknown proxy protocol %q (want v2, v1, none or transparent)", s)
 }
 
 // Defaults.
@@ -45,6 +50,8 @@ const (
 	MinProxyHeaderTimeout = 3 * time.Second
 
 	DefaultBMPTimeout = 10 * time.Second
+
+	DefaultTransparentMark = 1
 
 	DefaultKeepAliveIdle     = 15 * time.Second
 	DefaultKeepAliveInterval = 15 * time.Second
@@ -190,6 +197,10 @@ type Listener struct {
 	// MaxConnections bounds the open connections; a connection beyond it
 	// is closed at once. Zero means no bound.
 	MaxConnections int
+	// TransparentMark is the SO_MARK of target sockets dialed
+	// transparently, which the return routing matches. Zero means
+	// DefaultTransparentMark.
+	TransparentMark uint32
 	// KeepAlive is TCP keepalive on both sockets of each connection.
 	KeepAlive KeepAlive
 	// Log overrides the top-level log settings for this listener's lines;
@@ -296,6 +307,9 @@ func (c *Config) ApplyDefaults() {
 		}
 		if l.BMPTimeout == 0 {
 			l.BMPTimeout = DefaultBMPTimeout
+		}
+		if l.TransparentMark == 0 {
+			l.TransparentMark = DefaultTransparentMark
 		}
 		if l.Log.Level == "" {
 			l.Log.Level = c.Log.Level

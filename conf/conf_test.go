@@ -105,7 +105,7 @@ log.level: unknown level "loud" (want one of trace, debug, info, warn, error, di
 splice.max_pipes: must not be negative, got -1
 listeners[0].listen[1]: [::]:5000 is already used by listeners[0].listen[0]
 listeners[0].target: missing
-listeners[0].proxy_protocol: unknown proxy protocol "v9" (want v2, v1 or none)
+listeners[0].proxy_protocol: unknown proxy protocol "v9" (want v2, v1, none or transparent)
 listeners[0].connect_timeout: must be positive, got -1s
 listeners[1].name: "bmp" is already used by listeners[0]
 listeners[1].listen: at least one address is required

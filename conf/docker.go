@@ -187,6 +187,9 @@ func (d *decoder) dockerRule(n *yaml.Node, path string, r *DockerRule) {
 				return
 			}
 			pp, err := ParseProxyProtocol(s)
+			if err == nil && pp == ProxyTransparent {
+				err = errors.New("transparent is not available in docker-proxy mode (want v2, v1 or none)")
+			}
 			if err != nil {
 				d.fail(v, p, "%v", err)
 				return
@@ -195,6 +198,6 @@ func (d *decoder) dockerRule(n *yaml.Node, path string, r *DockerRule) {
 		},
 	})
 	if !given && n.Kind == yaml.MappingNode {
-		d.fail(n, path+".proxy_protocol", "missing (want v2, v1 or none)")
+		d.fail(n, path+".proxy_protocol", "missing (want v2, v1, none or transparent)")
 	}
 }

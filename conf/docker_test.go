@@ -44,10 +44,10 @@ rules:
 	for _, tt := range []struct{ name, in, want string }{
 		{"unknown key", "rules:\n  - container_port: 5000\n    proxy_protocl: v2\n",
 			`line 3: rules[0]: unknown field "proxy_protocl" (known: container_ip, container_port, host_port, proto, proxy_protocol)
-line 2: rules[0].proxy_protocol: missing (want v2, v1 or none)`},
+line 2: rules[0].proxy_protocol: missing (want v2, v1, none or transparent)`},
 		{"bad port", "rules:\n  - container_port: 70000\n    proxy_protocol: v2\n", `line 2: rules[0].container_port: invalid port "70000" (want 1-65535)`},
 		{"bad proto", "rules:\n  - proto: sctp\n    proxy_protocol: v2\n", `line 2: rules[0].proto: unknown proto "sctp" (want tcp or udp)`},
-		{"bad mode", "rules:\n  - proxy_protocol: v3\n", `line 2: rules[0].proxy_protocol: unknown proxy protocol "v3" (want v2, v1 or none)`},
+		{"bad mode", "rules:\n  - proxy_protocol: v3\n", `line 2: rules[0].proxy_protocol: unknown proxy protocol "v3" (want v2, v1, none or transparent)`},
 		{"bad level", "log:\n  level: loud\n", `line 1: log.level: unknown level "loud" (want one of trace, debug, info, warn, error, disabled)`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -384,7 +384,7 @@ func (d *decoder) listener(n *yaml.Node, path string, l *Listener) {
 			l.Target = t
 		},
 		"proxy_protocol": func(v *yaml.Node, p string) {
-			s, ok := d.scalar(v, p, "v2, v1 or none")
+			s, ok := d.scalar(v, p, "v2, v1, none or transparent")
 			if !ok {
 				return
 			}
@@ -425,6 +425,15 @@ func (d *decoder) listener(n *yaml.Node, path string, l *Listener) {
 			l.BMP = &on
 		},
 		"bmp_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &l.BMPTimeout) },
+		"transparent_mark": func(v *yaml.Node, p string) {
+			var n int
+			d.integer(v, p, &n)
+			if n < 0 || n > 0xffffffff {
+				d.fail(v, p, "must be 0-4294967295, got %d", n)
+				return
+			}
+			l.TransparentMark = uint32(n)
+		},
 	})
 }
 

@@ -39,7 +39,7 @@ listeners:
 		target: collector:5000
 		proxy_protocl: v2
 `),
-			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive)`,
+			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)`,
 		},
 		{
 			name: "unknown top-level key",
@@ -132,7 +132,7 @@ listeners:
 		target: collector:5000
 		proxy_protocol: v3
 `),
-			want: `line 4: listeners[0].proxy_protocol: unknown proxy protocol "v3" (want v2, v1 or none)`,
+			want: `line 4: listeners[0].proxy_protocol: unknown proxy protocol "v3" (want v2, v1, none or transparent)`,
 		},
 		{
 			name: "unquoted IPv6 listen address",

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"github.com/rs/zerolog"
 )
@@ -184,7 +185,19 @@ func (s *Server) setup(job setupJob) {
 		return
 	}
 
-	tc, err := s.dial(job.ctx, c.target, o.ConnectTimeout)
+	var tc stream
+	if o.ProxyProtocol == conf.ProxyTransparent && s.Dial == nil {
+		var nc net.Conn
+		if nc, err = s.dialTransparent(job.ctx, c.target, o.ConnectTimeout, c.client, o.TransparentMark); err == nil {
+			var ok bool
+			if tc, ok = nc.(stream); !ok {
+				nc.Close()
+				err = errNotStream
+			}
+		}
+	} else {
+		tc, err = s.dial(job.ctx, c.target, o.ConnectTimeout)
+	}
 	if err != nil {
 		s.stats.dialFailed.Add(1)
 		o.state.connectFailures.Add(1)

@@ -24,7 +24,7 @@ var ErrHeader = errors.New("cannot build PROXY header")
 func proxyHeader(mode conf.ProxyProtocol, client, local netip.AddrPort) ([]byte, error) {
 	var version byte
 	switch mode {
-	case conf.ProxyNone:
+	case conf.ProxyNone, conf.ProxyTransparent:
 		return nil, nil
 	case conf.ProxyV1:
 		version = 1

@@ -56,6 +56,11 @@ func (s *Server) ReloadFailed(err error) {
 // apply runs on the Run goroutine.
 func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 	old := s.Config
+	if err := checkTransparent(cfg); err != nil {
+		s.stats.reloadFailures.Add(1)
+		s.Logger.Error().Err(err).Msg("reload failed; the running configuration stays in force")
+		return err
+	}
 	var errs []error
 
 	// Open what is new first: if an address cannot be had, the old

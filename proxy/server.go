@@ -187,6 +187,9 @@ func (s *Server) Run(ctx context.Context) error {
 	defer s.workers.close()
 	s.listeners = make(map[netip.AddrPort]*listener)
 
+	if err := checkTransparent(s.Config); err != nil {
+		return err
+	}
 	lns, err := s.openListeners(ctx, s.Config)
 	if err != nil {
 		return err

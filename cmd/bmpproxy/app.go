@@ -84,7 +84,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideVersion:    true,
 		Flags:          serveFlags(),
 		Action:         serveAction(stdout, stderr),
-		Commands:       []*cli.Command{checkCommand(stdout, stderr), inspectCommand(stdout, stderr)},
+		Commands:       []*cli.Command{checkCommand(stdout, stderr), inspectCommand(stdout, stderr), transparentSetupCommand(stdout, stderr)},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 	}

@@ -1,0 +1,335 @@
+// Package transparent tests proxy_protocol: transparent in network
+// namespaces the test creates: a router, a proxy host ("hub") and a
+// collector, so that nothing in the machine's own namespace changes. It
+// needs root and skips without it.
+package transparent
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Addresses: documentation prefixes, in namespaces of the test's own.
+const (
+	hubR6, rtr6 = "2001:db8:41::1", "2001:db8:41::2"
+	hubR4, rtr4 = "198.51.100.129", "198.51.100.130"
+	hubC6, col6 = "2001:db8:42::1", "2001:db8:42::2"
+	hubC4, col4 = "203.0.113.129", "203.0.113.130"
+)
+
+type topo struct {
+	t             *testing.T
+	hub, rtr, col string
+	bin           string
+}
+
+func sh(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func setup(t *testing.T) *topo {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it creates network namespaces")
+	}
+	for _, bin := range []string{"ip", "nft", "setpriv"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s is missing", bin)
+		}
+	}
+	var b [2]byte
+	rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	tp := &topo{t: t, hub: "bxt-hub-" + id, rtr: "bxt-rtr-" + id, col: "bxt-col-" + id}
+	for _, ns := range []string{tp.hub, tp.rtr, tp.col} {
+		sh(t, "ip", "netns", "add", ns)
+		ns := ns
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	link := func(a, aif, b, bif string) {
+		sh(t, "ip", "-n", a, "link", "add", aif, "type", "veth", "peer", "name", bif, "netns", b)
+		sh(t, "ip", "-n", a, "link", "set", aif, "up")
+		sh(t, "ip", "-n", b, "link", "set", bif, "up")
+	}
+	link(tp.hub, "to-rtr", tp.rtr, "eth0")
+	link(tp.hub, "to-col", tp.col, "eth0")
+	addr := func(ns, dev string, addrs ...string) {
+		for _, a := range addrs {
+			if strings.Contains(a, ":") {
+				sh(t, "ip", "-n", ns, "addr", "add", a, "dev", dev, "nodad")
+			} else {
+				sh(t, "ip", "-n", ns, "addr", "add", a, "dev", dev)
+			}
+		}
+	}
+	addr(tp.hub, "to-rtr", hubR6+"/64", hubR4+"/26")
+	addr(tp.hub, "to-col", hubC6+"/64", hubC4+"/26")
+	addr(tp.rtr, "eth0", rtr6+"/64", rtr4+"/26")
+	addr(tp.col, "eth0", col6+"/64", col4+"/26")
+	sh(t, "ip", "-n", tp.rtr, "route", "add", "default", "via", hubR4)
+	sh(t, "ip", "-n", tp.rtr, "-6", "route", "add", "default", "via", hubR6)
+	// The collector's replies to the router go through the hub.
+	sh(t, "ip", "-n", tp.col, "route", "add", "default", "via", hubC4)
+	sh(t, "ip", "-n", tp.col, "-6", "route", "add", "default", "via", hubC6)
+	sh(t, "ip", "netns", "exec", tp.hub, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+
+	tp.bin = filepath.Join(t.TempDir(), "bmpproxy")
+	build := exec.Command("go", "build", "-o", tp.bin, "./cmd/bmpproxy")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return tp
+}
+
+// inNS runs f on a thread in network namespace ns. Sockets f creates stay
+// in ns; the thread is discarded afterwards.
+func inNS(t *testing.T, ns string, f func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		fd, err := unix.Open("/var/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		f()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// echoServer listens in ns on addr, echoes each connection and records
+// the peer address the kernel reports (getpeername).
+type echoServer struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	peers []string
+	wg    sync.WaitGroup
+}
+
+func newEcho(t *testing.T, ns, addr string) *echoServer {
+	e := &echoServer{}
+	inNS(t, ns, func() {
+		var err error
+		if e.ln, err = net.Listen("tcp", addr); err != nil {
+			t.Error(err)
+		}
+	})
+	if e.ln == nil {
+		t.FailNow()
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for {
+			c, err := e.ln.Accept()
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.peers = append(e.peers, c.RemoteAddr().String())
+			e.mu.Unlock()
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	t.Cleanup(func() { e.ln.Close(); e.wg.Wait() })
+	return e
+}
+
+func (e *echoServer) lastPeer() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.peers) == 0 {
+		return ""
+	}
+	return e.peers[len(e.peers)-1]
+}
+
+// proxyProc is bmpproxy running in the hub.
+type proxyProc struct {
+	out    *bytes.Buffer // stdout and stderr; read it only after exited is closed, or via lines
+	mu     sync.Mutex
+	exited chan struct{}
+	err    error // valid once exited is closed
+}
+
+func (p *proxyProc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *proxyProc) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// startProxy runs bmpproxy in the hub with cfg, through prefix (such as
+// setpriv). Cleanup kills it and waits.
+func (tp *topo) startProxy(cfg string, prefix ...string) *proxyProc {
+	path := filepath.Join(tp.t.TempDir(), "bmpproxy.yaml")
+	os.WriteFile(path, []byte(cfg), 0o644)
+	args := append([]string{"netns", "exec", tp.hub}, prefix...)
+	args = append(args, tp.bin, "--config", path)
+	cmd := exec.Command("ip", args...)
+	p := &proxyProc{out: new(bytes.Buffer), exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p, p
+	if err := cmd.Start(); err != nil {
+		tp.t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.exited) }()
+	tp.t.Cleanup(func() { cmd.Process.Kill(); <-p.exited })
+	return p
+}
+
+const proxyConfig = `
+listeners:
+  - name: v6
+    listen: "[%s]:5000"
+    target: "[%s]:7000"
+    proxy_protocol: transparent
+  - name: v4
+    listen: "%s:5000"
+    target: "%s:7000"
+    proxy_protocol: transparent
+`
+
+// TestTransparentNamespace: a router reaches the hub's bmpproxy over IPv6
+// and IPv4; the collector, in its own namespace, sees the router's own
+// address and port, and bytes come back intact.
+func TestTransparentNamespace(t *testing.T) {
+	tp := setup(t)
+	sh(t, "ip", "netns", "exec", tp.hub, tp.bin, "transparent-setup", "--case", "namespace", "--apply")
+	// Idempotent: a second --apply adds nothing.
+	sh(t, "ip", "netns", "exec", tp.hub, tp.bin, "transparent-setup", "--case", "namespace", "--apply")
+	if n := strings.Count(sh(t, "ip", "-n", tp.hub, "rule", "show"), "fwmark 0x2 lookup 100"); n != 1 {
+		t.Fatalf("%d fwmark rules after two --apply, want 1", n)
+	}
+	echo6 := newEcho(t, tp.col, "["+col6+"]:7000")
+	echo4 := newEcho(t, tp.col, col4+":7000")
+	out := tp.startProxy(fmt.Sprintf(proxyConfig, hubR6, col6, hubR4, col4))
+	waitListening(t, out, 2)
+
+	for _, tc := range []struct {
+		proxy, src string
+		echo       *echoServer
+	}{{"[" + hubR6 + "]:5000", rtr6, echo6}, {hubR4 + ":5000", rtr4, echo4}} {
+		var c net.Conn
+		inNS(t, tp.rtr, func() {
+			var err error
+			if c, err = net.DialTimeout("tcp", tc.proxy, 5*time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+		if c == nil {
+			t.FailNow()
+		}
+		payload := make([]byte, 1<<20)
+		rand.Read(payload)
+		go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("%s: %d bytes back (%v), want the %d sent\n%s", tc.src, len(got), err, len(payload), out)
+		}
+		if peer, want := tc.echo.lastPeer(), c.LocalAddr().String(); peer != want {
+			t.Fatalf("collector saw %s, want the router's own %s", peer, want)
+		}
+	}
+
+	// Unrelated traffic from the collector still flows: it reaches the
+	// router directly, not through bmpproxy.
+	direct := newEcho(t, tp.rtr, "["+rtr6+"]:7100")
+	inNS(t, tp.col, func() {
+		c, err := net.DialTimeout("tcp", "["+rtr6+"]:7100", 5*time.Second)
+		if err != nil {
+			t.Errorf("collector → router, unrelated: %v", err)
+			return
+		}
+		c.Write([]byte("hi"))
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if string(b) != "hi" {
+			t.Errorf("unrelated echo %q", b)
+		}
+	})
+	if p := direct.lastPeer(); !strings.HasPrefix(p, "["+col6+"]:") {
+		t.Errorf("unrelated connection arrived from %s, want the collector's own address", p)
+	}
+
+	sh(t, "ip", "netns", "exec", tp.hub, tp.bin, "transparent-setup", "--case", "namespace", "--remove")
+	for _, args := range [][]string{{"ip", "-n", tp.hub, "rule", "show"}, {"ip", "-n", tp.hub, "-6", "rule", "show"}, {"ip", "netns", "exec", tp.hub, "nft", "list", "ruleset"}} {
+		if got := sh(t, args...); strings.Contains(got, "fwmark 0x2") || strings.Contains(got, "bmpproxy") {
+			t.Errorf("%s after --remove:\n%s", strings.Join(args, " "), got)
+		}
+	}
+}
+
+// TestTransparentNeedsNetAdmin: without CAP_NET_ADMIN, startup fails with
+// an error that names the capability and the listener.
+func TestTransparentNeedsNetAdmin(t *testing.T) {
+	tp := setup(t)
+	p := tp.startProxy(fmt.Sprintf(proxyConfig, hubR6, col6, hubR4, col4),
+		"setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin")
+	select {
+	case <-p.exited:
+		if p.err == nil || !strings.Contains(p.String(), `listener "v6": proxy_protocol transparent needs CAP_NET_ADMIN`) {
+			t.Fatalf("exit %v, output:\n%s", p.err, p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running without CAP_NET_ADMIN:\n%s", p)
+	}
+}
+
+func waitListening(t *testing.T, p *proxyProc, n int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for strings.Count(p.String(), `"message":"listening"`) < n {
+		select {
+		case <-p.exited:
+			t.Fatalf("bmpproxy exited: %v\n%s", p.err, p)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bmpproxy did not start:\n%s", p)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
