@@ -95,8 +95,27 @@ func dialTransparentHint(err error, target string, timeout time.Duration) error 
 	return fmt.Errorf("connect to %s transparently: no answer within %s (%w): %w", target, timeout, errNoReturnRoute, err)
 }
 
+// loopbackFor rewrites a loopback target to the client's family: an
+// IPv6 client cannot be dialed from to 127.0.0.1, nor an IPv4 one to ::1,
+// and a collector on loopback usually listens on both.
+func loopbackFor(target string, client netip.AddrPort) string {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return target
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil || !a.IsLoopback() || a.Is4() == client.Addr().Is4() {
+		return target
+	}
+	if client.Addr().Is4() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return net.JoinHostPort("::1", port)
+}
+
 // dialTransparent connects to target from client's address.
 func (s *Server) dialTransparent(ctx context.Context, target string, timeout time.Duration, client netip.AddrPort, mark uint32) (net.Conn, error) {
+	target = loopbackFor(target, client)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	d, network := transparentDialer(client, mark)

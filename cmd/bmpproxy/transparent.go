@@ -39,13 +39,13 @@ func planTransparent(kind string, mark, table int) (transparentPlan, error) {
 		p.rules = [][]string{
 			{"-4", "rule", "add", "from", "127.0.0.0/8", "iif", "lo", "lookup", t},
 			{"-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", t},
-			{"-6", "rule", "add", "from", "::1/128", "iif", "lo", "lookup", t},
+			{"-6", "rule", "add", "from", "::1", "iif", "lo", "lookup", t},
 			{"-6", "route", "replace", "local", "::/0", "dev", "lo", "table", t},
 		}
 		p.undo = [][]string{
 			{"-4", "rule", "del", "from", "127.0.0.0/8", "iif", "lo", "lookup", t},
 			{"-4", "route", "flush", "table", t},
-			{"-6", "rule", "del", "from", "::1/128", "iif", "lo", "lookup", t},
+			{"-6", "rule", "del", "from", "::1", "iif", "lo", "lookup", t},
 			{"-6", "route", "flush", "table", t},
 		}
 	case "namespace", "docker":

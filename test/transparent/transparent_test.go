@@ -333,3 +333,115 @@ func waitListening(t *testing.T, p *proxyProc, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestTwoHop: the hub's bmpproxy sends PROXY v2 to a second bmpproxy in
+// the collector's namespace, which trusts only the hub, and dials the
+// collector on its own loopback from the router's address. Nothing is
+// changed in the hub's routing. A spoofed header from anyone else never
+// becomes a transparent dial.
+func TestTwoHop(t *testing.T) {
+	tp := setup(t)
+	sh(t, "ip", "netns", "exec", tp.col, tp.bin, "transparent-setup", "--case", "loopback", "--table", "123", "--apply")
+	echo6 := newEcho(t, tp.col, "[::1]:7000")
+	echo4 := newEcho(t, tp.col, "127.0.0.1:7000")
+
+	inner := tp.startIn(tp.col, `
+listeners:
+  - name: inner
+    listen: "[::]:6000"
+    target: "127.0.0.1:7000" # IPv6 routers are dialed to [::1]:7000
+    accept_proxy_from: [`+hubC6+`, `+hubC4+`]
+    proxy_protocol: transparent
+`)
+	waitListening(t, inner, 1)
+	outer := tp.startProxy(`
+listeners:
+  - name: v6
+    listen: "[` + hubR6 + `]:5000"
+    target: "[` + col6 + `]:6000"
+  - name: v4
+    listen: "` + hubR4 + `:5000"
+    target: "` + col4 + `:6000"
+`)
+	waitListening(t, outer, 2)
+
+	for _, tc := range []struct {
+		proxy string
+		echo  *echoServer
+	}{{"[" + hubR6 + "]:5000", echo6}, {hubR4 + ":5000", echo4}} {
+		var c net.Conn
+		inNS(t, tp.rtr, func() {
+			var err error
+			if c, err = net.DialTimeout("tcp", tc.proxy, 5*time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+		if c == nil {
+			t.FailNow()
+		}
+		payload := make([]byte, 256<<10)
+		rand.Read(payload)
+		go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("%s: %d bytes back (%v)\nouter:\n%s\ninner:\n%s", tc.proxy, len(got), err, outer, inner)
+		}
+		if peer, want := tc.echo.lastPeer(), c.LocalAddr().String(); peer != want {
+			t.Fatalf("collector saw %s, want the router's own %s", peer, want)
+		}
+	}
+	if rules := sh(t, "ip", "-n", tp.hub, "rule", "show"); strings.Contains(rules, "lookup 1") {
+		t.Fatalf("the hub's routing changed:\n%s", rules)
+	}
+
+	// A header from the collector's own namespace, which is not trusted.
+	before := len(echo6.peers) + len(echo4.peers)
+	inNS(t, tp.col, func() {
+		c, err := net.DialTimeout("tcp", "["+col6+"]:6000", 5*time.Second)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("PROXY TCP6 2001:db8:41::66 2001:db8:41::1 1234 5000\r\nspoof"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, _ := io.ReadAll(c); len(b) != 0 {
+			t.Errorf("spoofed connection got %q", b)
+		}
+	})
+	waitFor(t, "the refusal line", func() bool { return strings.Contains(inner.String(), "not in accept_proxy_from") })
+	echo6.mu.Lock()
+	after := len(echo6.peers)
+	echo6.mu.Unlock()
+	echo4.mu.Lock()
+	after += len(echo4.peers)
+	echo4.mu.Unlock()
+	if after != before {
+		t.Fatalf("a spoofed header reached the collector")
+	}
+	sh(t, "ip", "netns", "exec", tp.col, tp.bin, "transparent-setup", "--case", "loopback", "--table", "123", "--remove")
+	if rules := sh(t, "ip", "-n", tp.col, "rule", "show") + sh(t, "ip", "-n", tp.col, "-6", "rule", "show"); strings.Contains(rules, "lookup 123") {
+		t.Fatalf("rules left after --remove:\n%s", rules)
+	}
+}
+
+// startIn runs bmpproxy in namespace ns with cfg.
+func (tp *topo) startIn(ns, cfg string) *proxyProc {
+	hub := tp.hub
+	tp.hub = ns
+	defer func() { tp.hub = hub }()
+	return tp.startProxy(cfg)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
