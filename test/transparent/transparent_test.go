@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/bmp"
 	"golang.org/x/sys/unix"
 )
 
@@ -220,12 +221,20 @@ func (tp *topo) startProxy(cfg string, prefix ...string) *proxyProc {
 const proxyConfig = `
 listeners:
   - name: v6
-    listen: "[%s]:5000"
-    target: "[%s]:7000"
+    listen: "[%[1]s]:5000"
+    target: "[%[2]s]:7000"
     proxy_protocol: transparent
   - name: v4
-    listen: "%s:5000"
-    target: "%s:7000"
+    listen: "%[3]s:5000"
+    target: "%[4]s:7000"
+    proxy_protocol: transparent
+  - name: pmbmpd-v6
+    listen: "[%[1]s]:5001"
+    target: "[%[2]s]:7001"
+    proxy_protocol: transparent
+  - name: pmbmpd-v4
+    listen: "%[3]s:5001"
+    target: "%[4]s:7001"
     proxy_protocol: transparent
 `
 
@@ -243,7 +252,7 @@ func TestTransparentNamespace(t *testing.T) {
 	echo6 := newEcho(t, tp.col, "["+col6+"]:7000")
 	echo4 := newEcho(t, tp.col, col4+":7000")
 	out := tp.startProxy(fmt.Sprintf(proxyConfig, hubR6, col6, hubR4, col4))
-	waitListening(t, out, 2)
+	waitListening(t, out, 4)
 
 	for _, tc := range []struct {
 		proxy, src string
@@ -272,6 +281,8 @@ func TestTransparentNamespace(t *testing.T) {
 			t.Fatalf("collector saw %s, want the router's own %s", peer, want)
 		}
 	}
+
+	t.Run("pmbmpd without PROXY parsing", func(t *testing.T) { pmbmpdSees(t, tp) })
 
 	// Unrelated traffic from the collector still flows: it reaches the
 	// router directly, not through bmpproxy.
@@ -443,5 +454,52 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pmbmpdSees runs pmacct's pmbmpd in the collector namespace, with no
+// PROXY parsing, and checks that it records each router under its own
+// address.
+func pmbmpdSees(t *testing.T, tp *topo) {
+	if _, err := exec.LookPath("pmbmpd"); err != nil {
+		t.Skip("pmbmpd is missing (apt-get install pmacct)")
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "pmbmpd.conf")
+	log := filepath.Join(dir, "pmbmpd.json")
+	os.WriteFile(conf, []byte("daemonize: false\nbmp_daemon_ip: ::\nbmp_daemon_port: 7001\n"+
+		"bmp_daemon_msglog_file: "+log+"\nbmp_daemon_msglog_output: json\n"), 0o644)
+	cmd := exec.Command("ip", "netns", "exec", tp.col, "pmbmpd", "-f", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	time.Sleep(500 * time.Millisecond)
+	for _, tc := range []struct{ proxy, name, want string }{
+		{"[" + hubR6 + "]:5001", "edge-v6", rtr6},
+		{hubR4 + ":5001", "edge-v4", rtr4},
+	} {
+		inNS(t, tp.rtr, func() {
+			c, err := net.DialTimeout("tcp", tc.proxy, 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.Write(bmp.EncodeInitiation("test router", tc.name))
+			time.Sleep(300 * time.Millisecond)
+		})
+		waitFor(t, "pmbmpd to log "+tc.name, func() bool {
+			b, _ := os.ReadFile(log)
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, `"bmp_init_info_sysname": "`+tc.name+`"`) {
+					if !strings.Contains(line, `"bmp_router": "`+tc.want+`"`) {
+						t.Fatalf("pmbmpd recorded %s as:\n%s", tc.name, line)
+					}
+					return true
+				}
+			}
+			return false
+		})
 	}
 }
