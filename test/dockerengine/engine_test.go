@@ -222,43 +222,12 @@ func TestRealDockerEngine(t *testing.T) {
 			t.Fatalf("%s is missing: install docker.io and socat", bin)
 		}
 	}
-	var suffix [3]byte
-	rand.Read(suffix[:])
-	id := hex.EncodeToString(suffix[:])
-	ns := "bmpx-dock-" + id
-	dir := "/tmp/bxd-" + id // short: unix socket paths under it must fit 108 bytes
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	must(t, 10*time.Second, "ip", "netns", "add", ns)
-	t.Cleanup(func() {
-		run(t, 10*time.Second, "ip", "netns", "del", ns)
-		// Mounts dockerd may have left (netns bind mounts), then the files.
-		run(t, 10*time.Second, "sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l")
-		os.RemoveAll(dir)
-	})
+	ns, dir, build, proxyBin := workspace(t, "0.0.0.0:"+port)
 	in := func(args ...string) { must(t, 10*time.Second, "ip", append([]string{"-n", ns}, args...)...) }
 	// The clients and the address they connect to live on the
 	// namespace's loopback device: traffic stays in the namespace.
-	in("link", "set", "lo", "up")
 	for _, a := range []string{clientV6 + "/128", serverV6 + "/128", clientV4 + "/32", serverV4 + "/32"} {
 		in("addr", "add", a, "dev", "lo")
-	}
-
-	// The images: the inspector, and nothing else, FROM scratch.
-	build := filepath.Join(dir, "build")
-	os.MkdirAll(build, 0o755)
-	root, _ := filepath.Abs("../..")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(build, "bmpproxy"), "./cmd/bmpproxy")
-	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	os.WriteFile(filepath.Join(build, "Dockerfile"), []byte("FROM scratch\nCOPY bmpproxy /bmpproxy\n"+
-		`ENTRYPOINT ["/bmpproxy", "inspect", "--listen", "0.0.0.0:`+port+`", "--json", "--header-timeout", "1s"]`+"\n"), 0o644)
-	proxyBin := filepath.Join(dir, "bmpproxy")
-	if err := os.Link(filepath.Join(build, "bmpproxy"), proxyBin); err != nil {
-		t.Fatal(err)
 	}
 	rules := filepath.Join(dir, "docker.yaml")
 	os.WriteFile(rules, []byte("log:\n  file: "+filepath.Join(dir, "bmpproxy.log")+"\nrules:\n  - container_port: "+port+"\n    proxy_protocol: v2\n"), 0o644)
@@ -292,4 +261,154 @@ func TestRealDockerEngine(t *testing.T) {
 	if s := results["bmpproxy"][clientV6]; s.Proxy != "v2" || s.Src != "["+clientV6+"]" && !strings.HasPrefix(s.Src, "["+clientV6+"]:") {
 		t.Errorf("bmpproxy: IPv6 client arrived as %v; want %s in a v2 header", s, clientV6)
 	}
+}
+
+// workspace creates a network namespace and a short work directory, both
+// removed at cleanup, builds a static bmpproxy into it, and writes a
+// Dockerfile for an image FROM scratch running "bmpproxy inspect" on
+// listen. It returns the namespace, the directory, the build context and
+// the binary.
+func workspace(t *testing.T, listen string) (ns, dir, build, bin string) {
+	t.Helper()
+	var suffix [3]byte
+	rand.Read(suffix[:])
+	id := hex.EncodeToString(suffix[:])
+	ns = "bmpx-dock-" + id
+	dir = "/tmp/bxd-" + id // short: unix socket paths under it must fit 108 bytes
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	must(t, 10*time.Second, "ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		run(t, 10*time.Second, "ip", "netns", "del", ns)
+		// Mounts dockerd may have left (netns bind mounts), then the files.
+		run(t, 10*time.Second, "sh", "-c", "grep -o ' "+dir+"[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l")
+		os.RemoveAll(dir)
+	})
+	must(t, 10*time.Second, "ip", "-n", ns, "link", "set", "lo", "up")
+
+	build = filepath.Join(dir, "build")
+	os.MkdirAll(build, 0o755)
+	root, _ := filepath.Abs("../..")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(build, "bmpproxy"), "./cmd/bmpproxy")
+	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(build, "Dockerfile"), []byte("FROM scratch\nCOPY bmpproxy /bmpproxy\n"+
+		`ENTRYPOINT ["/bmpproxy", "inspect", "--listen", "`+listen+`", "--json", "--header-timeout", "1s"]`+"\n"), 0o644)
+	bin = filepath.Join(dir, "bmpproxy")
+	if err := os.Link(filepath.Join(build, "bmpproxy"), bin); err != nil {
+		t.Fatal(err)
+	}
+	return ns, dir, build, bin
+}
+
+// TestTransparentDockerBridge runs bmpproxy transparently on the host
+// side of a real Docker bridge: a router in its own namespace reaches
+// bmpproxy in dockerd's namespace, which dials the collector container
+// from the router's address. The container, built FROM scratch around
+// "bmpproxy inspect" with no PROXY header, must see the router itself.
+func TestTransparentDockerBridge(t *testing.T) {
+	if os.Getenv("BMPPROXY_DOCKER_E2E") != "1" {
+		t.Skip("set BMPPROXY_DOCKER_E2E=1 to run a real dockerd (root, docker.io, socat)")
+	}
+	const (
+		hostR6, rtr6 = "2001:db8:51::1", "2001:db8:51::2"
+		hostR4, rtr4 = "198.51.100.193", "198.51.100.194"
+	)
+	ns, dir, build, proxyBin := workspace(t, "[::]:"+port)
+	rtr := ns + "-r"
+	must(t, 10*time.Second, "ip", "netns", "add", rtr)
+	t.Cleanup(func() { run(t, 10*time.Second, "ip", "netns", "del", rtr) })
+	ip := func(args ...string) { must(t, 10*time.Second, "ip", args...) }
+	ip("-n", ns, "link", "add", "to-rtr", "type", "veth", "peer", "name", "eth0", "netns", rtr)
+	ip("-n", ns, "addr", "add", hostR6+"/64", "dev", "to-rtr", "nodad")
+	ip("-n", ns, "addr", "add", hostR4+"/26", "dev", "to-rtr")
+	ip("-n", ns, "link", "set", "to-rtr", "up")
+	ip("-n", rtr, "link", "set", "lo", "up")
+	ip("-n", rtr, "addr", "add", rtr6+"/64", "dev", "eth0", "nodad")
+	ip("-n", rtr, "addr", "add", rtr4+"/26", "dev", "eth0")
+	ip("-n", rtr, "link", "set", "eth0", "up")
+	ip("-n", rtr, "route", "add", "default", "via", hostR4)
+	ip("-n", rtr, "-6", "route", "add", "default", "via", hostR6)
+
+	e := startEngine(t, ns, dir, "/usr/sbin/docker-proxy", "")
+	defer e.stop()
+	e.mustDocker(5*time.Minute, "build", "-q", "-t", "bmpproxy-inspect6", build)
+	e.mustDocker(60*time.Second, "run", "-d", "--name", "collector", "bmpproxy-inspect6")
+	defer e.docker(30*time.Second, "rm", "-f", "collector")
+	addrs := strings.Fields(e.mustDocker(10*time.Second, "inspect", "-f",
+		"{{.NetworkSettings.IPAddress}} {{.NetworkSettings.GlobalIPv6Address}}", "collector"))
+	if len(addrs) != 2 {
+		t.Fatalf("container addresses %q: want IPv4 and IPv6", addrs)
+	}
+	c4, c6 := addrs[0], addrs[1]
+
+	must(t, 30*time.Second, "ip", "netns", "exec", ns, proxyBin, "transparent-setup", "--case", "docker", "--apply")
+	cfg := filepath.Join(dir, "bmpproxy.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`listeners:
+  - name: v6
+    listen: "[%s]:%s"
+    target: "[%s]:%s"
+    proxy_protocol: transparent
+  - name: v4
+    listen: "%s:%s"
+    target: "%s:%s"
+    proxy_protocol: transparent
+`, hostR6, port, c6, port, hostR4, port, c4, port)), 0o644)
+	logf, _ := os.Create(filepath.Join(dir, "bmpproxy.log"))
+	proxy := exec.Command("nsenter", "--net=/var/run/netns/"+ns, proxyBin, "--config", cfg)
+	proxy.Stdout, proxy.Stderr = logf, logf
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { proxy.Process.Kill(); proxy.Wait() }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(logf.Name())
+		if strings.Count(string(b), `"message":"listening"`) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bmpproxy did not start:\n%s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for _, c := range []struct{ src, dst string }{{rtr6, hostR6}, {rtr4, hostR4}} {
+		connect(t, rtr, c.src, c.dst, "hello from "+c.src+"\n")
+	}
+	var got []seen
+	deadline = time.Now().Add(20 * time.Second)
+	for len(got) < 2 {
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("collector reported %v\nbmpproxy:\n%s", got, b)
+		}
+		time.Sleep(300 * time.Millisecond)
+		logs, _ := e.docker(10*time.Second, "logs", "collector")
+		got = got[:0]
+		sc := bufio.NewScanner(strings.NewReader(logs))
+		for sc.Scan() {
+			var s seen
+			if json.Unmarshal(sc.Bytes(), &s) == nil && s.Peer != "" {
+				got = append(got, s)
+			}
+		}
+	}
+	t.Logf("collector container saw: %s and %s", got[0].Peer, got[1].Peer)
+	fmt.Printf("| transparent via a Docker bridge | %s | %s |\n", got[0].Peer, got[1].Peer)
+	var saw6, saw4 bool
+	for _, s := range got {
+		saw6 = saw6 || strings.HasPrefix(s.Peer, "["+rtr6+"]:")
+		saw4 = saw4 || strings.HasPrefix(s.Peer, rtr4+":")
+		if s.Proxy != "none" && s.Proxy != "" {
+			t.Errorf("collector saw a %s header; transparent sends none", s.Proxy)
+		}
+	}
+	if !saw6 || !saw4 {
+		t.Fatalf("collector saw %+v; want the routers' own addresses", got)
+	}
+	must(t, 30*time.Second, "ip", "netns", "exec", ns, proxyBin, "transparent-setup", "--case", "docker", "--remove")
 }
