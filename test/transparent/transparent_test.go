@@ -503,3 +503,34 @@ func pmbmpdSees(t *testing.T, tp *topo) {
 		})
 	}
 }
+
+// TestTransparentWithoutReturnRoute: with no return routing, the
+// collector's SYN-ACK never comes back; the dial times out, and the
+// closing line says what is missing.
+func TestTransparentWithoutReturnRoute(t *testing.T) {
+	tp := setup(t)
+	newEcho(t, tp.col, "["+col6+"]:7000")
+	p := tp.startProxy(`
+listeners:
+  - name: v6
+    listen: "[` + hubR6 + `]:5000"
+    target: "[` + col6 + `]:7000"
+    proxy_protocol: transparent
+    connect_timeout: 1s
+`)
+	waitListening(t, p, 1)
+	inNS(t, tp.rtr, func() {
+		c, err := net.DialTimeout("tcp", "["+hubR6+"]:5000", 5*time.Second)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.ReadAll(c)
+	})
+	waitFor(t, "the dial failure", func() bool { return strings.Contains(p.String(), `"reason":"dial failed"`) })
+	if !strings.Contains(p.String(), "set up the return routing with 'bmpproxy transparent-setup'") {
+		t.Fatalf("no hint in:\n%s", p)
+	}
+}
