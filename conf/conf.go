@@ -51,7 +51,8 @@ const (
 
 	DefaultBMPTimeout = 10 * time.Second
 
-	DefaultTransparentMark = 1
+	DefaultTransparentMark  = 1
+	DefaultTransparentTable = 100
 
 	DefaultKeepAliveIdle     = 15 * time.Second
 	DefaultKeepAliveInterval = 15 * time.Second
@@ -264,6 +265,14 @@ type Config struct {
 	// Admin is the address of the HTTP admin listener. The zero value
 	// means none.
 	Admin netip.AddrPort
+	// TransparentSetup, if set, is the return-routing case ("loopback",
+	// "namespace" or "docker") that bmpproxy applies, idempotently, at
+	// start in its own network namespace, for its transparent listeners.
+	// It is never removed automatically.
+	TransparentSetup string
+	// TransparentTable is the routing table the return routing uses.
+	// Zero means DefaultTransparentTable.
+	TransparentTable int
 	// DrainTimeout is how long open connections may run after a stop
 	// signal before they are closed. Zero means DefaultDrainTimeout; a
 	// negative value closes them at once.
@@ -282,6 +291,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = DefaultLogFormat
+	}
+	if c.TransparentTable == 0 {
+		c.TransparentTable = DefaultTransparentTable
 	}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
@@ -349,6 +361,28 @@ func (c *Config) Validate() error {
 	}
 	if c.Splice.MaxPipes < 0 {
 		add("splice.max_pipes", "must not be negative, got %d", c.Splice.MaxPipes)
+	}
+	if c.TransparentSetup != "" {
+		switch c.TransparentSetup {
+		case "loopback", "namespace", "docker":
+		default:
+			add("transparent_setup", "unknown case %q (want loopback, namespace or docker)", c.TransparentSetup)
+		}
+		if c.TransparentTable < 1 || c.TransparentTable > 252 {
+			add("transparent_table", "must be 1-252, got %d", c.TransparentTable)
+		}
+		marks := map[uint32]bool{}
+		for _, l := range c.Listeners {
+			if l.ProxyProtocol == ProxyTransparent {
+				marks[l.TransparentMark] = true
+			}
+		}
+		switch {
+		case len(marks) == 0:
+			add("transparent_setup", "set, but no listener has proxy_protocol: transparent")
+		case len(marks) > 1:
+			add("transparent_setup", "the transparent listeners must share one transparent_mark")
+		}
 	}
 	names := map[string]int{}
 	seen := map[netip.AddrPort]string{}
@@ -464,4 +498,15 @@ func parseLevel(s string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown level %q (want one of %s)", s, strings.Join(names, ", "))
+}
+
+// TransparentMark returns the mark of the transparent listeners, for
+// TransparentSetup; Validate makes sure they share one.
+func (c *Config) TransparentMark() uint32 {
+	for _, l := range c.Listeners {
+		if l.ProxyProtocol == ProxyTransparent {
+			return l.TransparentMark
+		}
+	}
+	return DefaultTransparentMark
 }

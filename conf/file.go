@@ -336,8 +336,10 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			}
 			c.Admin = a
 		},
-		"drain_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &c.DrainTimeout) },
-		"log":           func(v *yaml.Node, p string) { d.log(v, p, &c.Log) },
+		"drain_timeout":     func(v *yaml.Node, p string) { d.duration(v, p, &c.DrainTimeout) },
+		"transparent_setup": func(v *yaml.Node, p string) { d.str(v, p, &c.TransparentSetup) },
+		"transparent_table": func(v *yaml.Node, p string) { d.integer(v, p, &c.TransparentTable) },
+		"log":               func(v *yaml.Node, p string) { d.log(v, p, &c.Log) },
 		"splice": func(v *yaml.Node, p string) {
 			d.mapping(v, p, map[string]func(*yaml.Node, string){
 				"disabled":  func(v *yaml.Node, p string) { d.boolean(v, p, &c.Splice.Disabled) },

@@ -47,7 +47,7 @@ listeners:
 listener:
 	- name: bmp
 `),
-			want: `line 1: unknown field "listener" (known: admin, drain_timeout, listeners, log, splice)
+			want: `line 1: unknown field "listener" (known: admin, drain_timeout, listeners, log, splice, transparent_setup, transparent_table)
 listeners: at least one listener is required`,
 		},
 		{
@@ -192,6 +192,19 @@ line 10: listeners[0].tcp_keepalive: idle and interval must be at least 1s, got 
 line 10: listeners[0].tcp_keepalive.count: must be 1-127, got 200
 line 11: listeners[1].name: "bmp" is already used by listeners[0]
 line 14: listeners[1].log.format: unknown format "xml" (want json or console)`,
+		},
+		{
+			name: "transparent_setup without a transparent listener",
+			in: yml(`
+transparent_setup: cloud
+transparent_table: 300
+listeners:
+	- listen: "[::]:5000"
+		target: collector:5000
+`),
+			want: `line 1: transparent_setup: unknown case "cloud" (want loopback, namespace or docker)
+line 2: transparent_table: must be 1-252, got 300
+line 1: transparent_setup: set, but no listener has proxy_protocol: transparent`,
 		},
 		{
 			name: "two documents",

@@ -295,6 +295,12 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			stop()
 		}()
 		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", c.String("config")).Msg("starting")
+		if cfg.TransparentSetup != "" {
+			if err := applyTransparentSetup(cfg, log); err != nil {
+				log.Error().Err(err).Msg("cannot start")
+				return err
+			}
+		}
 		srv := &proxy.Server{
 			Config: cfg,
 			Logger: log,

@@ -352,11 +352,13 @@ func waitListening(t *testing.T, p *proxyProc, n int) {
 // becomes a transparent dial.
 func TestTwoHop(t *testing.T) {
 	tp := setup(t)
-	sh(t, "ip", "netns", "exec", tp.col, tp.bin, "transparent-setup", "--case", "loopback", "--table", "123", "--apply")
 	echo6 := newEcho(t, tp.col, "[::1]:7000")
 	echo4 := newEcho(t, tp.col, "127.0.0.1:7000")
 
+	// The inner bmpproxy sets up its own namespace's loopback routing.
 	inner := tp.startIn(tp.col, `
+transparent_setup: loopback
+transparent_table: 123
 listeners:
   - name: inner
     listen: "[::]:6000"
