@@ -19,6 +19,7 @@ import (
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/dockerproxy"
 	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/bmpproxy/bmpproxy/sdnotify"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -301,9 +302,25 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return err
 			}
 		}
+		notify := sdnotify.FromEnv(os.Getenv)
+		inherited, err := sdnotify.Listeners(os.Getenv, os.Unsetenv)
+		if err != nil {
+			log.Error().Err(err).Msg("cannot start")
+			return err
+		}
 		srv := &proxy.Server{
 			Config: cfg,
 			Logger: log,
+			Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
+				// A socket systemd bound for us (socket activation) is
+				// used as it is; the others are bound here.
+				if ln, ok := inherited[a.String()]; ok {
+					delete(inherited, a.String())
+					log.Info().Stringer("addr", a).Msg("using the socket passed by systemd")
+					return ln, nil
+				}
+				return proxy.Listen(ctx, a)
+			},
 			LogFor: func(l conf.Log) zerolog.Logger {
 				lg, err := newLogger(l, stderr)
 				if err != nil { // validated already; never here
@@ -312,12 +329,33 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return lg
 			},
 		}
-		reloads := watchReloads(ctx, srv, c.String("config"), log)
+		reloads := watchReloads(ctx, srv, c.String("config"), log, notify)
 		defer reloads()
 		// The admin listener, if it fails, stops the proxy through runCtx.
 		runCtx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		adminDone := startAdmin(runCtx, cancel, srv, cfg.Admin, log)
+		ready := make(chan struct{})
+		srv.Ready = func([]net.Addr) {
+			close(ready)
+			for a, ln := range inherited { // sockets the config does not name
+				log.Warn().Str("addr", a).Msg("closing a socket passed by systemd that no listener uses")
+				ln.Close()
+			}
+		}
+		notified := make(chan struct{})
+		go func() { // tells systemd: ready, then stopping
+			defer close(notified)
+			select {
+			case <-ready:
+				notify.Ready()
+			case <-runCtx.Done():
+				return
+			}
+			<-runCtx.Done()
+			notify.Stopping()
+		}()
+		defer func() { cancel(); <-notified }()
+		adminDone := startAdmin(runCtx, cancel, srv, cfg.Admin, log, ready)
 		if err := srv.Run(runCtx); err != nil {
 			log.Error().Err(err).Msg("cannot start")
 			return err
@@ -335,14 +373,12 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 // ready; the proxy's Stats may not be read before. If the admin listener
 // cannot be bound, it logs why and cancels the proxy through stop. The
 // returned channel yields its result after ctx is done.
-func startAdmin(ctx context.Context, stop context.CancelFunc, srv *proxy.Server, addr netip.AddrPort, log zerolog.Logger) <-chan error {
+func startAdmin(ctx context.Context, stop context.CancelFunc, srv *proxy.Server, addr netip.AddrPort, log zerolog.Logger, ready <-chan struct{}) <-chan error {
 	done := make(chan error, 1)
 	if !addr.IsValid() {
 		done <- nil
 		return done
 	}
-	ready := make(chan struct{})
-	srv.Ready = func([]net.Addr) { close(ready) }
 	go func() {
 		select {
 		case <-ready:
@@ -361,7 +397,7 @@ func startAdmin(ctx context.Context, stop context.CancelFunc, srv *proxy.Server,
 
 // watchReloads reloads the config file at path into srv on every SIGHUP
 // until ctx is done. The returned function stops it and waits for it.
-func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerolog.Logger) (stop func()) {
+func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerolog.Logger, notify sdnotify.Notifier) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(ctx)
@@ -379,12 +415,14 @@ func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerol
 				continue
 			}
 			log.Info().Str("config", path).Msg("SIGHUP: reloading")
+			notify.Reloading()
 			cfg, err := conf.Load(path)
 			if err != nil {
 				srv.ReloadFailed(err)
-				continue
+			} else {
+				srv.Reload(ctx, cfg) // logs its own outcome
 			}
-			srv.Reload(ctx, cfg) // logs its own outcome
+			notify.Ready()
 		}
 	}()
 	return func() {

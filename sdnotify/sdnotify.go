@@ -1,0 +1,110 @@
+// Package sdnotify speaks systemd's service protocols: readiness
+// notification over NOTIFY_SOCKET (sd_notify(3)) and socket activation
+// through LISTEN_FDS (sd_listen_fds(3)). Both are plain: a unix datagram
+// and inherited file descriptors.
+package sdnotify
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Notifier sends state changes to the service manager. The zero value,
+// and a Notifier from an environment without NOTIFY_SOCKET, sends nothing.
+type Notifier struct {
+	addr string // NOTIFY_SOCKET; "@" starts an abstract name
+}
+
+// FromEnv returns a Notifier for the NOTIFY_SOCKET in getenv.
+func FromEnv(getenv func(string) string) Notifier {
+	return Notifier{addr: getenv("NOTIFY_SOCKET")}
+}
+
+// Enabled reports whether a service manager listens.
+func (n Notifier) Enabled() bool { return n.addr != "" }
+
+// Notify sends state, such as "READY=1", in one datagram. Without a
+// service manager it does nothing and returns nil.
+func (n Notifier) Notify(state ...string) error {
+	if n.addr == "" {
+		return nil
+	}
+	addr := n.addr
+	if addr[0] == '@' {
+		addr = "\x00" + addr[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(strings.Join(state, "\n"))); err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	return nil
+}
+
+// Ready tells the manager that start-up (or a reload) is done.
+func (n Notifier) Ready() error {
+	return n.Notify("READY=1", "MAINPID="+strconv.Itoa(os.Getpid()))
+}
+
+// Reloading tells the manager a reload has begun, with the monotonic
+// timestamp systemd 253 and later require.
+func (n Notifier) Reloading() error {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	usec := ts.Sec*1e6 + ts.Nsec/1e3
+	return n.Notify("RELOADING=1", "MONOTONIC_USEC="+strconv.FormatInt(usec, 10))
+}
+
+// Stopping tells the manager the service is shutting down.
+func (n Notifier) Stopping() error { return n.Notify("STOPPING=1") }
+
+// Status sets the free-form status line systemctl shows.
+func (n Notifier) Status(s string) error { return n.Notify("STATUS=" + s) }
+
+// listenFDsStart is the first inherited fd (SD_LISTEN_FDS_START).
+const listenFDsStart = 3
+
+// Listeners returns the listening sockets passed by socket activation,
+// by their address, or nil when there are none for this process. The
+// variables are cleared so that children do not inherit them, and the fds
+// get CLOEXEC.
+func Listeners(getenv func(string) string, unsetenv func(string) error) (map[string]net.Listener, error) {
+	pid, err := strconv.Atoi(getenv("LISTEN_PID"))
+	if err != nil || pid != os.Getpid() {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(getenv("LISTEN_FDS"))
+	if err != nil || n <= 0 {
+		return nil, nil
+	}
+	names := strings.Split(getenv("LISTEN_FDNAMES"), ":")
+	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
+		unsetenv(v)
+	}
+	out := make(map[string]net.Listener, n)
+	for i := 0; i < n; i++ {
+		fd := listenFDsStart + i
+		syscall.CloseOnExec(fd)
+		name := strconv.Itoa(fd)
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		f := os.NewFile(uintptr(fd), name)
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("socket activation: fd %d (%s): %w", fd, name, err)
+		}
+		out[ln.Addr().String()] = ln
+	}
+	return out, nil
+}
