@@ -258,26 +258,8 @@ func TestTransparentNamespace(t *testing.T) {
 		proxy, src string
 		echo       *echoServer
 	}{{"[" + hubR6 + "]:5000", rtr6, echo6}, {hubR4 + ":5000", rtr4, echo4}} {
-		var c net.Conn
-		inNS(t, tp.rtr, func() {
-			var err error
-			if c, err = net.DialTimeout("tcp", tc.proxy, 5*time.Second); err != nil {
-				t.Error(err)
-			}
-		})
-		if c == nil {
-			t.FailNow()
-		}
-		payload := make([]byte, 1<<20)
-		rand.Read(payload)
-		go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		got, err := io.ReadAll(c)
-		c.Close()
-		if err != nil || !bytes.Equal(got, payload) {
-			t.Fatalf("%s: %d bytes back (%v), want the %d sent\n%s", tc.src, len(got), err, len(payload), out)
-		}
-		if peer, want := tc.echo.lastPeer(), c.LocalAddr().String(); peer != want {
+		local := tp.roundTrip(tc.proxy, 1<<20, out)
+		if peer, want := tc.echo.lastPeer(), local; peer != want {
 			t.Fatalf("collector saw %s, want the router's own %s", peer, want)
 		}
 	}
@@ -382,26 +364,8 @@ listeners:
 		proxy string
 		echo  *echoServer
 	}{{"[" + hubR6 + "]:5000", echo6}, {hubR4 + ":5000", echo4}} {
-		var c net.Conn
-		inNS(t, tp.rtr, func() {
-			var err error
-			if c, err = net.DialTimeout("tcp", tc.proxy, 5*time.Second); err != nil {
-				t.Error(err)
-			}
-		})
-		if c == nil {
-			t.FailNow()
-		}
-		payload := make([]byte, 256<<10)
-		rand.Read(payload)
-		go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		got, err := io.ReadAll(c)
-		c.Close()
-		if err != nil || !bytes.Equal(got, payload) {
-			t.Fatalf("%s: %d bytes back (%v)\nouter:\n%s\ninner:\n%s", tc.proxy, len(got), err, outer, inner)
-		}
-		if peer, want := tc.echo.lastPeer(), c.LocalAddr().String(); peer != want {
+		local := tp.roundTrip(tc.proxy, 256<<10, outer, inner)
+		if peer, want := tc.echo.lastPeer(), local; peer != want {
 			t.Fatalf("collector saw %s, want the router's own %s", peer, want)
 		}
 	}
@@ -535,4 +499,33 @@ listeners:
 	if !strings.Contains(p.String(), "set up the return routing with 'bmpproxy transparent-setup'") {
 		t.Fatalf("no hint in:\n%s", p)
 	}
+}
+
+// roundTrip connects from the router namespace to proxy, sends size
+// random bytes, half-closes, and checks that the same bytes come back. It
+// returns the router-side address of the connection. logs are printed on
+// failure.
+func (tp *topo) roundTrip(proxy string, size int, logs ...*proxyProc) string {
+	t := tp.t
+	t.Helper()
+	var c net.Conn
+	inNS(t, tp.rtr, func() {
+		var err error
+		if c, err = net.DialTimeout("tcp", proxy, 5*time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+	if c == nil {
+		t.FailNow()
+	}
+	defer c.Close()
+	payload := make([]byte, size)
+	rand.Read(payload)
+	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("%s: %d bytes back (%v), want the %d sent\nlogs: %v", proxy, len(got), err, size, logs)
+	}
+	return c.LocalAddr().String()
 }
