@@ -20,8 +20,22 @@ for p in frr gobgpd pmacct haproxy tshark iproute2; do
 done
 if ((${#need[@]})); then
 	echo "== apt-get install ${need[*]}"
+	# The packages must not start their daemons (frr, pmacct) in this
+	# namespace: the test starts its own, where it wants them.
+	guard=
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		guard=1
+	fi
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+	if [[ -n "$guard" ]]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+# Stray daemons from an earlier install would answer on the test's ports.
+if pgrep -x bgpd >/dev/null || pgrep -x pmbmpd >/dev/null; then
+	echo "interop: bgpd or pmbmpd is already running on this machine; stop it first" >&2
+	exit 1
 fi
 
 # Documentation prefixes only, and only if this machine does not route
