@@ -21,8 +21,7 @@ var Cases = []string{"loopback", "namespace", "docker"}
 // this host's local stack. Only the proxied connections are captured.
 type Plan struct {
 	nft   string     // an nft script, or empty
-	rules [][]string // ip arguments: rules (checked before adding) and routes (replace)
-	undo  [][]string // ip arguments that remove what rules added
+	rules [][]string // ip arguments: "-4|-6 rule add …" and "-4|-6 route replace … table T"
 }
 
 // New returns the plan for a case:
@@ -48,12 +47,6 @@ func New(kind string, mark, table int) (Plan, error) {
 			{"-6", "rule", "add", "from", "::1", "iif", "lo", "lookup", t},
 			{"-6", "route", "replace", "local", "::/0", "dev", "lo", "table", t},
 		}
-		p.undo = [][]string{
-			{"-4", "rule", "del", "from", "127.0.0.0/8", "iif", "lo", "lookup", t},
-			{"-4", "route", "flush", "table", t},
-			{"-6", "rule", "del", "from", "::1", "iif", "lo", "lookup", t},
-			{"-6", "route", "flush", "table", t},
-		}
 	case "namespace", "docker":
 		reply := strconv.Itoa(mark + 1)
 		p.nft = fmt.Sprintf(`table inet bmpproxy {
@@ -72,12 +65,6 @@ func New(kind string, mark, table int) (Plan, error) {
 			{"-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", t},
 			{"-6", "rule", "add", "fwmark", reply, "lookup", t},
 			{"-6", "route", "replace", "local", "::/0", "dev", "lo", "table", t},
-		}
-		p.undo = [][]string{
-			{"-4", "rule", "del", "fwmark", reply, "lookup", t},
-			{"-4", "route", "flush", "table", t},
-			{"-6", "rule", "del", "fwmark", reply, "lookup", t},
-			{"-6", "route", "flush", "table", t},
 		}
 	default:
 		return p, fmt.Errorf("unknown case %q (want loopback, namespace or docker)", kind)
@@ -130,17 +117,19 @@ func (p Plan) Apply(w io.Writer) error {
 // Remove deletes every rule copy, flushes the tables and deletes the nft
 // table; what is already gone is no error.
 func (p Plan) Remove(w io.Writer) error {
-	for _, r := range p.undo {
+	for _, r := range p.rules {
 		if r[1] == "rule" {
-			add := append(append([]string{}, r[:2]...), append([]string{"add"}, r[3:]...)...)
-			for ruleExists(add) {
-				if err := run1(w, "ip", r, ""); err != nil {
+			del := append([]string{r[0], "rule", "del"}, r[3:]...)
+			for ruleExists(r) {
+				if err := run1(w, "ip", del, ""); err != nil {
 					return err
 				}
 			}
 			continue
 		}
-		run1(w, "ip", r, "") // an empty table is fine
+		// "route replace … table T" is undone by flushing T; an empty
+		// table is fine.
+		run1(w, "ip", []string{r[0], "route", "flush", "table", r[len(r)-1]}, "")
 	}
 	if p.nft != "" {
 		if err := exec.Command("nft", "list", "table", "inet", "bmpproxy").Run(); err == nil {
@@ -163,9 +152,6 @@ func ruleExists(r []string) bool {
 		if k == "fwmark" {
 			n, _ := strconv.Atoi(v)
 			v = fmt.Sprintf("0x%x", n)
-		}
-		if k == "iif" {
-			k = "iif"
 		}
 		sel = append(sel, k+" "+v)
 	}
