@@ -185,19 +185,7 @@ func (s *Server) setup(job setupJob) {
 		return
 	}
 
-	var tc stream
-	if o.ProxyProtocol == conf.ProxyTransparent && s.Dial == nil {
-		var nc net.Conn
-		if nc, err = s.dialTransparent(job.ctx, c.target, o.ConnectTimeout, c.client, o.TransparentMark); err == nil {
-			var ok bool
-			if tc, ok = nc.(stream); !ok {
-				nc.Close()
-				err = errNotStream
-			}
-		}
-	} else {
-		tc, err = s.dial(job.ctx, c.target, o.ConnectTimeout)
-	}
+	tc, err := s.dial(job.ctx, o, c.client)
 	if err != nil {
 		s.stats.dialFailed.Add(1)
 		o.state.connectFailures.Add(1)
@@ -242,13 +230,23 @@ func (s *Server) setup(job setupJob) {
 	go s.pumpTargetToClient(c)
 }
 
-// dial connects to target (host:port) within timeout. A name is resolved
-// on every dial.
-func (s *Server) dial(ctx context.Context, target string, timeout time.Duration) (stream, error) {
+// dial connects to o's target within its connect timeout, resolving a
+// name on every dial. With proxy_protocol transparent it dials from
+// client's own address (transparent.go), unless the Dial hook is set.
+func (s *Server) dial(ctx context.Context, o *listenerOpts, client netip.AddrPort) (stream, error) {
+	timeout := o.ConnectTimeout
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	target, network := o.Target.String(), "tcp"
 	dial := s.Dial
-	if dial == nil {
+	transparent := dial == nil && o.ProxyProtocol == conf.ProxyTransparent
+	switch {
+	case transparent:
+		var d *net.Dialer
+		d, network = transparentDialer(client, o.TransparentMark)
+		target = loopbackFor(target, client)
+		dial = d.DialContext
+	case dial == nil:
 		// Keepalive on the target side is set as the listener says: by
 		// the idle sweeper once the connection has lived a sweep, so
 		// short connections skip the calls, or in setup if there is no
@@ -256,10 +254,16 @@ func (s *Server) dial(ctx context.Context, target string, timeout time.Duration)
 		d := net.Dialer{KeepAlive: -1}
 		dial = d.DialContext
 	}
-	nc, err := dial(ctx, "tcp", target)
+	nc, err := dial(ctx, network, target)
 	if err != nil {
 		var ne net.Error
-		if ctx.Err() == context.DeadlineExceeded || errors.As(err, &ne) && ne.Timeout() {
+		timedOut := ctx.Err() == context.DeadlineExceeded || errors.As(err, &ne) && ne.Timeout()
+		switch {
+		case transparent && timedOut:
+			return nil, fmt.Errorf("connect to %s transparently: no answer within %s (%w): %w", target, timeout, errNoReturnRoute, err)
+		case transparent:
+			return nil, fmt.Errorf("connect to %s transparently from %s: %w", target, client, err)
+		case timedOut:
 			return nil, fmt.Errorf("connect to %s: no answer within %s: %w", target, timeout, err)
 		}
 		return nil, fmt.Errorf("connect to %s: %w", target, err)

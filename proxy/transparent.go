@@ -1,13 +1,11 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
-	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"golang.org/x/sys/unix"
@@ -89,12 +87,6 @@ func transparentDialer(client netip.AddrPort, mark uint32) (*net.Dialer, string)
 // errNoReturnRoute explains a transparent dial that timed out.
 var errNoReturnRoute = errors.New("the target's replies do not come back to this host: set up the return routing with 'bmpproxy transparent-setup'")
 
-// dialTransparentHint wraps a transparent dial's timeout with the likely
-// cause.
-func dialTransparentHint(err error, target string, timeout time.Duration) error {
-	return fmt.Errorf("connect to %s transparently: no answer within %s (%w): %w", target, timeout, errNoReturnRoute, err)
-}
-
 // loopbackFor rewrites a loopback target to the client's family: an
 // IPv6 client cannot be dialed from to 127.0.0.1, nor an IPv4 one to ::1,
 // and a collector on loopback usually listens on both.
@@ -111,21 +103,4 @@ func loopbackFor(target string, client netip.AddrPort) string {
 		return net.JoinHostPort("127.0.0.1", port)
 	}
 	return net.JoinHostPort("::1", port)
-}
-
-// dialTransparent connects to target from client's address.
-func (s *Server) dialTransparent(ctx context.Context, target string, timeout time.Duration, client netip.AddrPort, mark uint32) (net.Conn, error) {
-	target = loopbackFor(target, client)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	d, network := transparentDialer(client, mark)
-	nc, err := d.DialContext(ctx, network, target)
-	if err != nil {
-		var ne net.Error
-		if ctx.Err() == context.DeadlineExceeded || errors.As(err, &ne) && ne.Timeout() {
-			return nil, dialTransparentHint(err, target, timeout)
-		}
-		return nil, fmt.Errorf("connect to %s transparently from %s: %w", target, client, err)
-	}
-	return nc, nil
 }
