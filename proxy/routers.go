@@ -24,21 +24,33 @@ const (
 	ReasonOther      = "other"
 )
 
-// refusalReasons lists the labels in a fixed order.
-var refusalReasons = [...]string{ReasonNotAllowed, ReasonLimit, ReasonHeader, ReasonBMP, ReasonOther}
+// refusal indexes the refusal reasons.
+type refusal int
 
-func refusalReason(err error) int {
+const (
+	refusedNotAllowed refusal = iota
+	refusedLimit
+	refusedHeader
+	refusedBMP
+	refusedOther
+	numRefusals
+)
+
+// refusalReasons are the labels of the refusals, by index.
+var refusalReasons = [numRefusals]string{ReasonNotAllowed, ReasonLimit, ReasonHeader, ReasonBMP, ReasonOther}
+
+func refusalOf(err error) refusal {
 	switch {
 	case errors.Is(err, errNotAllowed):
-		return 0
+		return refusedNotAllowed
 	case errors.Is(err, errLimit):
-		return 1
+		return refusedLimit
 	case errors.Is(err, errSpoofed), errors.Is(err, errNoHeader), errors.Is(err, errHeaderUnread):
-		return 2
+		return refusedHeader
 	case errors.Is(err, errNotBMP):
-		return 3
+		return refusedBMP
 	}
-	return 4
+	return refusedOther
 }
 
 // listenerState is kept per listener name, across reloads.
@@ -46,7 +58,7 @@ type listenerState struct {
 	active          atomic.Int64
 	accepted        atomic.Uint64
 	connectFailures atomic.Uint64
-	refused         [len(refusalReasons)]atomic.Uint64
+	refused         [numRefusals]atomic.Uint64
 	// Totals of ended connections; open ones are added at snapshot time.
 	fromClient, toClient, spliced, copied atomic.Int64
 }

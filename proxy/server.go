@@ -88,11 +88,6 @@ type Server struct {
 type counters struct {
 	accepted       atomic.Uint64
 	active         atomic.Int64
-	refused        atomic.Uint64 // every refusal, whatever the reason
-	notAllowed     atomic.Uint64
-	limited        atomic.Uint64
-	badHeader      atomic.Uint64
-	notBMP         atomic.Uint64
 	dialFailed     atomic.Uint64
 	acceptErrs     atomic.Uint64
 	parks          atomic.Uint64
@@ -121,19 +116,28 @@ type Stats struct {
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	st := Stats{
-		Accepted:          s.stats.accepted.Load(),
-		Active:            s.stats.active.Load(),
-		Refused:           s.stats.refused.Load(),
-		RefusedNotAllowed: s.stats.notAllowed.Load(),
-		RefusedLimit:      s.stats.limited.Load(),
-		RefusedHeader:     s.stats.badHeader.Load(),
-		RefusedBMP:        s.stats.notBMP.Load(),
-		DialFailures:      s.stats.dialFailed.Load(),
-		AcceptErrors:      s.stats.acceptErrs.Load(),
-		Parks:             s.stats.parks.Load(),
-		Reloads:           s.stats.reloads.Load(),
-		ReloadFailures:    s.stats.reloadFailures.Load(),
+		Accepted:       s.stats.accepted.Load(),
+		Active:         s.stats.active.Load(),
+		DialFailures:   s.stats.dialFailed.Load(),
+		AcceptErrors:   s.stats.acceptErrs.Load(),
+		Parks:          s.stats.parks.Load(),
+		Reloads:        s.stats.reloads.Load(),
+		ReloadFailures: s.stats.reloadFailures.Load(),
 	}
+	// Refusals are counted per listener name; the totals are their sums.
+	var refused [numRefusals]uint64
+	s.mu.Lock()
+	for _, ls := range s.states {
+		for i := range refused {
+			refused[i] += ls.refused[i].Load()
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range refused {
+		st.Refused += n
+	}
+	st.RefusedNotAllowed, st.RefusedLimit = refused[refusedNotAllowed], refused[refusedLimit]
+	st.RefusedHeader, st.RefusedBMP = refused[refusedHeader], refused[refusedBMP]
 	if s.Pump != nil {
 		st.Splice = s.Pump.Stats()
 	}
@@ -428,20 +432,10 @@ func (s *Server) refuse(o *listenerOpts, c net.Conn, client, local netip.AddrPor
 		Msg("connection closed")
 }
 
+// countRefusal counts a connection refused before dialing, under its
+// listener and reason.
 func (s *Server) countRefusal(o *listenerOpts, err error) {
-	s.stats.refused.Add(1)
-	i := refusalReason(err)
-	o.state.refused[i].Add(1)
-	switch refusalReasons[i] {
-	case ReasonNotAllowed:
-		s.stats.notAllowed.Add(1)
-	case ReasonLimit:
-		s.stats.limited.Add(1)
-	case ReasonHeader:
-		s.stats.badHeader.Add(1)
-	case ReasonBMP:
-		s.stats.notBMP.Add(1)
-	}
+	o.state.refused[refusalOf(err)].Add(1)
 }
 
 // IsReady reports whether every listener is open and accepting.
