@@ -6,7 +6,6 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -67,14 +66,9 @@ func Handler(p *proxy.Server) http.Handler {
 // Run serves until ctx is done, then shuts the HTTP server down. It
 // returns an error only if the address cannot be bound.
 func (s *Server) Run(ctx context.Context) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", s.Addr.String())
+	ln, err := proxy.Listen(ctx, s.Addr)
 	if err != nil {
-		var oe *net.OpError
-		if errors.As(err, &oe) && oe.Err != nil {
-			err = oe.Err
-		}
-		return fmt.Errorf("admin: listen on %s: %w", s.Addr, err)
+		return fmt.Errorf("admin: %w", err)
 	}
 	srv := &http.Server{
 		Handler:           Handler(s.Proxy),

@@ -124,7 +124,7 @@ func runTCP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol,
 			if inv.UseListenFD {
 				return listenerFromFD(env.ListenFD)
 			}
-			return listenTCP(ctx, a)
+			return proxy.ListenSingleStack(ctx, a)
 		},
 		Ready: func([]net.Addr) { st.report(nil) },
 	}
@@ -158,22 +158,8 @@ func isListening(f *os.File) error {
 	return nil
 }
 
-// listenTCP binds a as docker-proxy does for older daemons. An IPv6
-// address, "::" included, is IPv6 only: dockerd starts another proxy for
-// the IPv4 side of the same port.
-func listenTCP(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAlive: -1, Control: v6only(a)}
-	network := "tcp4"
-	if a.Addr().Is6() {
-		network = "tcp6"
-	}
-	ln, err := lc.Listen(ctx, network, a.String())
-	if err != nil {
-		return nil, unwrapOp(err, a)
-	}
-	return ln, nil
-}
-
+// v6only sets IPV6_V6ONLY on an IPv6 socket for a: dockerd starts
+// another proxy for the IPv4 side of the same port.
 func v6only(a netip.AddrPort) func(string, string, syscall.RawConn) error {
 	return func(_, _ string, c syscall.RawConn) error {
 		if !a.Addr().Is6() {

@@ -27,10 +27,21 @@ import (
 // Errors name the address, for example
 // "listen on [::]:5000: bind: address already in use".
 func Listen(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
+	return listen(ctx, addr, true)
+}
+
+// ListenSingleStack is Listen, except that "[::]:P" too sets IPV6_V6ONLY
+// and accepts IPv6 only, for a caller that has IPv4 served by another
+// socket (dockerd starts one proxy per family).
+func ListenSingleStack(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
+	return listen(ctx, addr, false)
+}
+
+func listen(ctx context.Context, addr netip.AddrPort, dualStack bool) (net.Listener, error) {
 	network, v6only := "tcp4", -1
 	if addr.Addr().Is6() {
 		network, v6only = "tcp6", 1
-		if addr.Addr().IsUnspecified() {
+		if dualStack && addr.Addr().IsUnspecified() {
 			v6only = 0
 		}
 	}
