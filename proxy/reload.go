@@ -74,19 +74,16 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 		for _, a := range c.Listen {
 			if l, ok := s.listeners[a]; ok && a.Port() != 0 {
 				kept[a] = true
-				prev := l.opts.Load()
-				if !reflect.DeepEqual(prev.Listener, *c) {
-					if prev.KeepAlive != c.KeepAlive {
-						if err := setListenerKeepAlive(l.ln, c.KeepAlive); err != nil {
-							errs = append(errs, fmt.Errorf("listener %q: keepalive on %s: %w", c.Name, a, err))
-						}
+				prev := l.opts.Swap(o) // even unchanged settings get a fresh logger
+				if prev.KeepAlive != c.KeepAlive {
+					if err := setListenerKeepAlive(l.ln, c.KeepAlive); err != nil {
+						errs = append(errs, fmt.Errorf("listener %q: keepalive on %s: %w", c.Name, a, err))
 					}
-					l.opts.Store(o)
+				}
+				if !reflect.DeepEqual(prev.Listener, *c) {
 					s.Logger.Info().Str("listener", c.Name).Stringer("addr", l.ln.Addr()).
 						Stringer("target", c.Target).Str("proxy_protocol", string(c.ProxyProtocol)).
 						Msg("listener updated; new connections use the new settings")
-				} else {
-					l.opts.Store(o) // same settings; a fresh logger all the same
 				}
 				continue
 			}
