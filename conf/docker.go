@@ -125,16 +125,7 @@ func ParseDockerRules(data []byte) (*DockerRules, error) {
 				},
 			})
 		},
-		"rules": func(v *yaml.Node, p string) {
-			if v.Kind != yaml.SequenceNode {
-				d.fail(v, p, "want a list of rules, got %s", kind(v))
-				return
-			}
-			r.Rules = make([]DockerRule, len(v.Content))
-			for i, item := range v.Content {
-				d.dockerRule(item, fmt.Sprintf("rules[%d]", i), &r.Rules[i])
-			}
-		},
+		"rules": func(v *yaml.Node, p string) { r.Rules = decodeList(d, v, p, "rules", d.dockerRule) },
 	})
 	if r.Log.Level == "" {
 		r.Log.Level = DefaultLogLevel

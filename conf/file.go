@@ -283,6 +283,20 @@ func (d *decoder) boolean(n *yaml.Node, path string, dst *bool) {
 	*dst = v
 }
 
+// decodeList decodes the list n, each item with decode at its own path;
+// anything but a list is an error naming what was wanted, and gives nil.
+func decodeList[T any](d *decoder, n *yaml.Node, path, what string, decode func(*yaml.Node, string, *T)) []T {
+	if n.Kind != yaml.SequenceNode {
+		d.fail(n, path, "want a list of %s, got %s", what, kind(n))
+		return nil
+	}
+	out := make([]T, len(n.Content))
+	for i, v := range n.Content {
+		decode(v, fmt.Sprintf("%s[%d]", path, i), &out[i])
+	}
+	return out
+}
+
 // list calls each for every item of n, or for n itself when it is a single
 // scalar: "listen: a" and "listen: [a, b]" both work.
 func (d *decoder) list(n *yaml.Node, path string, each func(v *yaml.Node, path string)) {
@@ -314,16 +328,7 @@ func (d *decoder) prefixes(n *yaml.Node, path string, dst *[]netip.Prefix) {
 
 func (d *decoder) config(n *yaml.Node, c *Config) {
 	d.mapping(n, "", map[string]func(*yaml.Node, string){
-		"listeners": func(v *yaml.Node, p string) {
-			if v.Kind != yaml.SequenceNode {
-				d.fail(v, p, "want a list of listeners, got %s", kind(v))
-				return
-			}
-			c.Listeners = make([]Listener, len(v.Content))
-			for i, item := range v.Content {
-				d.listener(item, fmt.Sprintf("listeners[%d]", i), &c.Listeners[i])
-			}
-		},
+		"listeners": func(v *yaml.Node, p string) { c.Listeners = decodeList(d, v, p, "listeners", d.listener) },
 		"admin": func(v *yaml.Node, p string) {
 			s, ok := d.scalar(v, p, `an address such as "127.0.0.1:9180"`)
 			if !ok {
