@@ -72,6 +72,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+stop_pid() { # stop_pid PID SIGNAL: signal a background job and reap it
+	kill -"$2" "$1"
+	wait "$1" 2>/dev/null || true
+}
+
 freeport() {
 	local p
 	for p in $(shuf -i 20000-29999 -n 100); do
@@ -280,13 +285,11 @@ CHECK=("$W/check" -dir "$W" -admin "127.0.0.1:$ADMIN" -tshark-port "$INS_TS")
 
 echo "== with PROXY v2: every collector must see the routers' real addresses"
 "${CHECK[@]}" -mode v2 -stage wait
-kill -INT "$TSHARK"
-wait "$TSHARK" 2>/dev/null || true
+stop_pid "$TSHARK" INT
 "${CHECK[@]}" -mode v2 -stage first
 
 echo "== kill the pmacct collector while both routers are connected, then restart it"
-kill -INT "$PMBMPD"
-wait "$PMBMPD" 2>/dev/null || true
+stop_pid "$PMBMPD" INT
 sleep 3
 mv "$W/pmbmpd.json" "$W/pmbmpd-before.json"
 start_pmbmpd
@@ -295,16 +298,13 @@ start_pmbmpd
 echo "== with proxy_protocol: none, the failure this project fixes must show"
 mv "$W/proxy.pcapng" "$W/proxy-v2.pcapng"
 start_tshark
-kill -INT "$PMBMPD"
-wait "$PMBMPD" 2>/dev/null || true
+stop_pid "$PMBMPD" INT
 mv "$W/pmbmpd.json" "$W/pmbmpd-restart.json"
 start_pmbmpd
-kill -TERM "$PROXY"
-wait "$PROXY" 2>/dev/null || true
+stop_pid "$PROXY" TERM
 proxy_config none
 start_proxy
 "${CHECK[@]}" -mode none -stage wait
-kill -INT "$TSHARK"
-wait "$TSHARK" 2>/dev/null || true
+stop_pid "$TSHARK" INT
 "${CHECK[@]}" -mode none -stage none
 echo "interop: pass"
