@@ -48,7 +48,8 @@ type conn struct {
 	up       splice.Counter // client → target payload bytes
 	down     splice.Counter // target → client payload bytes
 
-	cc stream // client socket
+	srv *Server // owner: resumes held directions when the connection fails
+	cc  stream  // client socket
 	// pending counts pump goroutines still running; the last one to end
 	// finishes the connection.
 	pending atomic.Int32
@@ -58,6 +59,7 @@ type conn struct {
 	cause     error  // first reason to end, nil for a clean close
 	stage     string // where cause happened: "dial", "client", "target", ...
 	aborted   bool
+	started   bool            // setup is done: the pumps run, or are held
 	idle      [2]idleState    // per direction (up, down); see idle.go
 	keepAlive bool            // keepalive set on tc (by the sweeper)
 	watcher   *splice.Watcher // set when the pumps start; nil: no parking
@@ -73,6 +75,13 @@ func (c *conn) fail(stage string, err error) {
 	c.aborted = true
 	tc := c.tc
 	parked := c.unparkLocked()
+	var held []dir
+	for d := range c.idle {
+		if c.idle[d].held {
+			c.idle[d].held = false
+			held = append(held, dir(d))
+		}
+	}
 	c.mu.Unlock()
 	// Parked directions resume before the sockets close, so their fds are
 	// still theirs when they leave the watcher; they then see the close.
@@ -84,6 +93,11 @@ func (c *conn) fail(stage string, err error) {
 	}
 	if tc != nil {
 		tc.Close()
+	}
+	// Held directions (a frozen server) have no goroutine to see the
+	// close; they get one.
+	for _, d := range held {
+		go c.srv.resume(c, d)
 	}
 }
 
@@ -132,6 +146,7 @@ func (s *Server) setup(job setupJob) {
 	o, nc := job.o, job.c
 	c := &conn{
 		id:       s.nextID.Add(1),
+		srv:      s,
 		opts:     o,
 		listener: o.Name,
 		client:   job.client,
@@ -225,6 +240,7 @@ func (s *Server) setup(job setupJob) {
 	s.wg.Add(2)
 	c.mu.Lock()
 	c.watcher = s.watcher
+	c.started = true // a frozen server holds the pumps at their start
 	c.mu.Unlock()
 	go s.pumpClientToTarget(c)
 	go s.pumpTargetToClient(c)
@@ -286,11 +302,15 @@ func (s *Server) pumpTargetToClient(c *conn) { s.pump(c, down) }
 
 // pump runs direction d until it ends, or until it has been quiet long
 // enough to be parked in the watcher, which then holds the goroutine's
-// WaitGroup count and resumes it on a fresh goroutine.
+// WaitGroup count and resumes it on a fresh goroutine. While the server
+// is frozen for a handover, the direction is held instead, at the start
+// or at its next read (handover.go).
 func (s *Server) pump(c *conn, d dir) {
 	src, dst, count := c.ends(d)
 	for {
-		src.SetReadDeadline(time.Time{}) // clear a nudge from the sweeper
+		if s.hold(c, d, true) {
+			return
+		}
 		err := s.Pump.Copy(dst, src, count)
 		if isNudge(err) {
 			if s.park(c, d) {
@@ -299,6 +319,10 @@ func (s *Server) pump(c *conn, d dir) {
 			continue
 		}
 		s.pumpDone(c, err, d)
+		c.mu.Lock()
+		c.idle[d].gone = true
+		c.mu.Unlock()
+		s.noteSettled()
 		s.wg.Done()
 		return
 	}

@@ -51,7 +51,9 @@ type idleState struct {
 	seen   int64  // bytes moved at the last sweep
 	quiet  bool   // no byte moved since the sweep before that
 	parked uint64 // watcher key while parked, 0 otherwise
-	ended  bool
+	ended  bool   // the direction has ended (pumpDone ran or is running)
+	gone   bool   // its goroutine is done with it: ended, and pumpDone returned
+	held   bool   // held without a goroutine while frozen (handover.go)
 }
 
 // startParking starts the idle watcher and its sweeper, unless IdleAfter
@@ -117,8 +119,8 @@ func (s *Server) park(c *conn, d dir) bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.aborted {
-		return false
+	if c.aborted || s.frozen.Load() {
+		return false // the pump goes on, or holds (see pump)
 	}
 	key, err := s.watcher.Watch(rc, func() { go s.resume(c, d) })
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,13 +60,26 @@ type Server struct {
 	// LogFor returns the logger for a listener's connection lines, given
 	// its log settings (defaults applied). Nil means Logger at that level.
 	LogFor func(conf.Log) zerolog.Logger
+	// Inherit, if set, is a predecessor's snapshot (see Upgrade): Run
+	// adopts its listeners and connections instead of opening anew the
+	// addresses it has, then calls Takeover before serving.
+	Inherit *Snapshot
+	// Takeover is called by Run, with Inherit set, once everything is
+	// adopted and before any byte moves. It returns when this process may
+	// serve, or an error, and then Run releases the inherited sockets
+	// without shutting them down and returns it. Nil means go at once.
+	Takeover func() error
 
 	watcher *splice.Watcher // nil when parking is disabled
 	workers *setupWorkers
 
 	initOnce sync.Once
-	reloads  chan reloadReq // served by Run
-	stopped  chan struct{}  // closed when Run stops serving reloads
+	reloads  chan reloadReq  // served by Run
+	upgrades chan upgradeReq // served by Run
+	stopped  chan struct{}   // closed when Run stops serving reloads and upgrades
+
+	frozen  atomic.Bool   // set during a handover; see handover.go
+	settled chan struct{} // a frozen connection settled or ended
 
 	// Owned by the Run goroutine.
 	listeners map[netip.AddrPort]*listener // by bound address
@@ -93,6 +107,10 @@ type counters struct {
 	parks          atomic.Uint64
 	reloads        atomic.Uint64
 	reloadFailures atomic.Uint64
+
+	upgrades        atomic.Uint64 // handovers that ended in this process
+	upgradeFailures atomic.Uint64
+	carried         atomic.Uint64 // connections received from predecessors
 }
 
 // Stats is a snapshot of the server's counters.
@@ -110,6 +128,9 @@ type Stats struct {
 	Parks             uint64 // times a direction was parked
 	Reloads           uint64 // reloads applied in full
 	ReloadFailures    uint64 // reloads rejected or applied in part
+	Upgrades          uint64 // upgrades that handed this server over, counted by the successor
+	UpgradeFailures   uint64 // upgrades that failed; the predecessor kept serving
+	CarriedOver       uint64 // connections received from predecessors, over all upgrades
 	Splice            splice.Stats
 }
 
@@ -121,8 +142,11 @@ func (s *Server) Stats() Stats {
 		DialFailures:   s.stats.dialFailed.Load(),
 		AcceptErrors:   s.stats.acceptErrs.Load(),
 		Parks:          s.stats.parks.Load(),
-		Reloads:        s.stats.reloads.Load(),
-		ReloadFailures: s.stats.reloadFailures.Load(),
+		Reloads:         s.stats.reloads.Load(),
+		ReloadFailures:  s.stats.reloadFailures.Load(),
+		Upgrades:        s.stats.upgrades.Load(),
+		UpgradeFailures: s.stats.upgradeFailures.Load(),
+		CarriedOver:     s.stats.carried.Load(),
 	}
 	// Refusals are counted per listener name; the totals are their sums.
 	var refused [numRefusals]uint64
@@ -166,9 +190,11 @@ type listenerOpts struct {
 // Run opens every listener, serves until ctx is done, then stops
 // accepting, lets open connections run for Config.DrainTimeout, closes
 // the rest and returns nil once every goroutine has ended. An error is
-// returned only if a listener cannot be opened; then nothing is served.
-// Run applies reloads (see Reload) on its own goroutine, which alone owns
-// the set of listeners.
+// returned only if a listener cannot be opened (or, with Inherit, the
+// takeover fails); then nothing is served. After a successful Upgrade it
+// returns ErrHandedOver, having let go of every socket. Run applies
+// reloads and upgrades on its own goroutine, which alone owns the set of
+// listeners.
 func (s *Server) Run(ctx context.Context) error {
 	s.init()
 	defer close(s.stopped)
@@ -194,18 +220,33 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := checkTransparent(s.Config); err != nil {
 		return err
 	}
-	lns, err := s.openListeners(ctx, s.Config)
-	if err != nil {
-		return err
-	}
 	stopParking, err := s.startParking()
 	if err != nil {
-		for _, l := range lns {
-			l.ln.Close()
-		}
 		return err
 	}
 	defer stopParking()
+	var inherited inheritedListeners
+	if s.Inherit != nil {
+		if inherited, err = s.adopt(); err != nil {
+			return err
+		}
+	}
+	lns, err := s.openListeners(ctx, s.Config, inherited)
+	if err != nil {
+		inherited.close()
+		s.release()
+		return err
+	}
+	if s.Inherit != nil {
+		for a := range inherited { // addresses the configuration no longer has
+			s.Logger.Warn().Stringer("addr", a).Msg("upgrade: closing an inherited listener the configuration does not name")
+		}
+		inherited.close()
+		if err := s.takeOver(lns); err != nil {
+			return err
+		}
+		s.resumeHeld()
+	}
 	addrs := make([]net.Addr, len(lns))
 	for i, l := range lns {
 		addrs[i] = l.ln.Addr()
@@ -222,16 +263,27 @@ func (s *Server) Run(ctx context.Context) error {
 		s.Ready(addrs)
 	}
 
-	for {
+	handedOver := false
+	for !handedOver {
 		select {
 		case req := <-s.reloads:
 			req.done <- s.apply(ctx, connCtx, req.cfg)
+			continue
+		case req := <-s.upgrades:
+			err := s.upgrade(ctx, connCtx, req)
+			handedOver = err == nil
+			req.done <- err
 			continue
 		case <-ctx.Done():
 		}
 		break
 	}
 	s.ready.Store(false)
+	if handedOver {
+		s.release()
+		s.wg.Wait() // every direction was held: returns at once
+		return ErrHandedOver
+	}
 	for _, l := range s.listeners {
 		l.ln.Close()
 	}
@@ -243,7 +295,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) init() {
 	s.initOnce.Do(func() {
 		s.reloads = make(chan reloadReq)
+		s.upgrades = make(chan upgradeReq)
 		s.stopped = make(chan struct{})
+		s.settled = make(chan struct{}, 1)
 	})
 }
 
@@ -257,6 +311,11 @@ func (s *Server) serve(ctx, connCtx context.Context, l *listener) {
 		Stringer("target", o.Target).
 		Str("proxy_protocol", string(o.ProxyProtocol)).
 		Msg("listening")
+	s.startAccepting(ctx, connCtx, l)
+}
+
+// startAccepting starts l's accept loop.
+func (s *Server) startAccepting(ctx, connCtx context.Context, l *listener) {
 	s.accepting.Add(1)
 	go func() {
 		defer s.accepting.Done()
@@ -286,13 +345,20 @@ func (s *Server) newOpts(c *conf.Listener) *listenerOpts {
 }
 
 // openListeners opens every address of every listener in cfg, or none.
-func (s *Server) openListeners(ctx context.Context, cfg *conf.Config) ([]*listener, error) {
+// An address in inherited (a predecessor's socket) is taken from there.
+func (s *Server) openListeners(ctx context.Context, cfg *conf.Config, inherited inheritedListeners) ([]*listener, error) {
 	var lns []*listener
 	for i := range cfg.Listeners {
 		c := &cfg.Listeners[i]
 		o := s.newOpts(c)
 		for _, a := range c.Listen {
-			l, err := s.open(ctx, a, o)
+			var l *listener
+			var err error
+			if ln, b, ok := inherited.take(c.Name, a); ok {
+				l, err = s.adoptListener(ln, b, o)
+			} else {
+				l, err = s.open(ctx, a, o)
+			}
 			if err != nil {
 				for _, l := range lns {
 					l.ln.Close()
@@ -320,6 +386,18 @@ func (s *Server) open(ctx context.Context, a netip.AddrPort, o *listenerOpts) (*
 		return nil, fmt.Errorf("listener %q: keepalive on %s: %w", o.Name, a, err)
 	}
 	l := &listener{addr: boundAddr(ln, a), ln: ln}
+	l.opts.Store(o)
+	return l, nil
+}
+
+// adoptListener takes a predecessor's listening socket for a, applying
+// o's keepalive settings, which may have changed.
+func (s *Server) adoptListener(ln net.Listener, a netip.AddrPort, o *listenerOpts) (*listener, error) {
+	if err := setListenerKeepAlive(ln, o.KeepAlive); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listener %q: keepalive on %s: %w", o.Name, a, err)
+	}
+	l := &listener{addr: a, ln: ln}
 	l.opts.Store(o)
 	return l, nil
 }
@@ -382,6 +460,9 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
+			}
+			if s.frozen.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				return // a handover; the socket stays open and queues
 			}
 			s.stats.acceptErrs.Add(1)
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
@@ -462,4 +543,5 @@ func (s *Server) untrack(c *conn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.stats.active.Add(-1)
+	s.noteSettled()
 }

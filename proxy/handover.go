@@ -1,0 +1,673 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/conf"
+)
+
+// Handover: an upgrade moves every listening socket and every connection
+// to a successor process without closing any of them (see docs/upgrade.md
+// and package handoff for the process side).
+//
+// The server is first frozen:
+//   - Accept loops stop; the listening sockets stay open and the kernel
+//     queues new connections on them.
+//   - Every direction is held. A running direction is woken by a read
+//     deadline in the past, as for idle parking; it sees the deadline only
+//     at its next read, after its pipe has drained, so a held direction
+//     has no byte in flight. A parked direction is woken and held at once.
+//   - A connection still in setup is waited for; it is held when its
+//     pumps would start.
+//
+// A held direction has no goroutine; it keeps its WaitGroup count. The
+// snapshot then names each socket's descriptor, and the successor rebuilds
+// the connections from them. If the successor takes over, every held
+// direction and listener is released without shutdown(2) and Run returns
+// ErrHandedOver. Otherwise the server thaws: held directions resume and
+// the accept loops start again. Until then nothing has read or written a
+// byte, so either way nothing is lost.
+
+// ErrHandedOver is returned by Run after a successor took over.
+var ErrHandedOver = errors.New("proxy: handed over to a successor")
+
+// DefaultFreezeTimeout bounds how long Upgrade waits for the server to
+// freeze: for pipes to drain and connections in setup to finish.
+const DefaultFreezeTimeout = 10 * time.Second
+
+// Snapshot describes a frozen server for its successor. Descriptors are
+// indexes into FDs. It is plain data, encoded as JSON between processes.
+type Snapshot struct {
+	Listeners []SnapshotListener        `json:"listeners"`
+	Conns     []SnapshotConn            `json:"conns"`
+	States    map[string]SnapshotCounts `json:"listener_counters"`
+	Server    SnapshotServer            `json:"server_counters"`
+	// Closed are the recently closed BMP sessions, oldest first.
+	Closed []RouterStatus `json:"closed_routers"`
+	// LastEnd is when each router's last session ended.
+	LastEnd map[netip.Addr]time.Time `json:"last_session_end"`
+	NextID  uint64                   `json:"next_conn_id"`
+	// Extra are listening sockets the caller adds, such as the admin
+	// listener; Run neither makes nor reads them.
+	Extra []SnapshotListener `json:"extra_listeners,omitempty"`
+	// FDs are the descriptors: the live ones of the frozen server in the
+	// predecessor, the inherited ones in the successor.
+	FDs []int `json:"-"`
+}
+
+// SnapshotListener is one listening socket.
+type SnapshotListener struct {
+	Name string         `json:"name"`
+	Addr netip.AddrPort `json:"addr"`
+	FD   int            `json:"fd"`
+}
+
+// SnapshotConn is one connection pair and its state.
+type SnapshotConn struct {
+	ID       uint64         `json:"id"`
+	Listener string         `json:"listener"`
+	Via      netip.AddrPort `json:"via"`
+	Client   netip.AddrPort `json:"client"`
+	Local    netip.AddrPort `json:"local"`
+	Target   string         `json:"target"`
+	Upstream string         `json:"upstream"`
+	Start    time.Time      `json:"start"`
+	BMP      bool           `json:"bmp"`
+	Session  bool           `json:"session"`
+	SysName  string         `json:"sys_name,omitempty"`
+	SysDescr string         `json:"sys_descr,omitempty"`
+	Term     string         `json:"termination_reason,omitempty"`
+	// Up and Down are the bytes delivered each way: spliced, copied.
+	Up   [2]int64 `json:"up"`
+	Down [2]int64 `json:"down"`
+	// Ended says which directions have ended (up, down): their FIN was
+	// already passed on.
+	Ended    [2]bool `json:"ended"`
+	ClientFD int     `json:"client_fd"`
+	TargetFD int     `json:"target_fd"`
+}
+
+// SnapshotCounts are one listener name's counters of ended connections.
+type SnapshotCounts struct {
+	Accepted        uint64            `json:"accepted"`
+	ConnectFailures uint64            `json:"connect_failures"`
+	Refused         map[string]uint64 `json:"refused"`
+	FromClient      int64             `json:"bytes_from_client"`
+	ToClient        int64             `json:"bytes_to_client"`
+	Spliced         int64             `json:"bytes_spliced"`
+	Copied          int64             `json:"bytes_copied"`
+}
+
+// SnapshotServer are the server-wide counters.
+type SnapshotServer struct {
+	Accepted        uint64 `json:"accepted"`
+	DialFailures    uint64 `json:"dial_failures"`
+	AcceptErrors    uint64 `json:"accept_errors"`
+	Parks           uint64 `json:"parks"`
+	Reloads         uint64 `json:"reloads"`
+	ReloadFailures  uint64 `json:"reload_failures"`
+	Upgrades        uint64 `json:"upgrades"`
+	UpgradeFailures uint64 `json:"upgrade_failures"`
+	CarriedOver     uint64 `json:"carried_over"`
+}
+
+// Handoff gives a frozen server's snapshot to a successor. It returns nil
+// only once the successor runs and owns the sockets; then the server lets
+// go of them. On error the successor must be gone or never have touched
+// the sockets: the server resumes.
+type Handoff func(ctx context.Context, snap *Snapshot) error
+
+type upgradeReq struct {
+	ctx  context.Context
+	h    Handoff
+	done chan error
+}
+
+// Upgrade freezes the server, hands it to a successor through h and
+// returns nil once the successor took over; Run then returns
+// ErrHandedOver. On failure the server resumes, the failure is counted
+// and logged, and the error is returned.
+func (s *Server) Upgrade(ctx context.Context, h Handoff) error {
+	s.init()
+	req := upgradeReq{ctx: ctx, h: h, done: make(chan error, 1)}
+	select {
+	case s.upgrades <- req:
+	case <-s.stopped:
+		return errNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-req.done
+}
+
+// UpgradeFailed records an upgrade that failed before reaching the
+// server.
+func (s *Server) UpgradeFailed(err error) {
+	s.stats.upgradeFailures.Add(1)
+	s.Logger.Error().Err(err).Msg("upgrade failed; this process keeps serving")
+}
+
+// upgrade runs on the Run goroutine.
+func (s *Server) upgrade(ctx, connCtx context.Context, req upgradeReq) error {
+	start := time.Now()
+	s.Logger.Info().Int64("connections", s.stats.active.Load()).Msg("upgrade: freezing")
+	snap, err := s.freeze(req.ctx)
+	if err == nil {
+		frozen := time.Since(start)
+		s.Logger.Info().Int("connections", len(snap.Conns)).Int("listeners", len(snap.Listeners)).
+			Stringer("freeze", frozen.Round(time.Microsecond)).Msg("upgrade: frozen; starting the successor")
+		if err = req.h(req.ctx, snap); err == nil {
+			s.Logger.Info().Int("connections", len(snap.Conns)).
+				Stringer("pause", time.Since(start).Round(time.Microsecond)).
+				Msg("upgrade: the successor took over; letting go")
+			return nil
+		}
+	}
+	s.thaw(ctx, connCtx)
+	s.stats.upgradeFailures.Add(1)
+	s.Logger.Error().Err(err).Stringer("pause", time.Since(start).Round(time.Microsecond)).
+		Msg("upgrade failed; this process keeps serving")
+	return err
+}
+
+// freeze stops accepting, holds every direction and returns the snapshot,
+// or thaws nothing and returns an error if the server does not settle
+// within DefaultFreezeTimeout (the caller thaws).
+func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
+	s.frozen.Store(true)
+	for _, l := range s.listeners {
+		if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
+			dl.SetDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop
+		}
+	}
+	s.accepting.Wait()
+
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.freeze()
+	}
+
+	timer := time.NewTimer(DefaultFreezeTimeout)
+	defer timer.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		setup, busy := s.unsettled()
+		if setup+busy == 0 {
+			break
+		}
+		select {
+		case <-s.settled:
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("freeze: %w", ctx.Err())
+		case <-timer.C:
+			return nil, fmt.Errorf("freeze: not settled after %s: %d connections still in setup, %d directions still delivering bytes in flight",
+				DefaultFreezeTimeout, setup, busy)
+		}
+	}
+	return s.snapshot(), nil
+}
+
+// freeze holds c's directions: running ones at their next read, parked
+// ones at once.
+func (c *conn) freeze() {
+	c.mu.Lock()
+	if c.aborted || !c.started {
+		c.mu.Unlock()
+		return // ending, or held when setup starts its pumps
+	}
+	for d := range c.idle {
+		st := &c.idle[d]
+		if st.ended || st.held || st.parked != 0 {
+			continue
+		}
+		src, _, _ := c.endsLocked(dir(d))
+		src.SetReadDeadline(time.Unix(1, 0))
+	}
+	wake := c.unparkLocked() // they resume, see the freeze and hold
+	c.mu.Unlock()
+	for _, w := range wake {
+		w()
+	}
+}
+
+// unsettled counts connections still in setup and directions neither held
+// nor gone. A failing connection counts until it is untracked. Once both
+// counts are zero, no goroutine touches a tracked connection: each
+// direction is held, or ended cleanly with its FIN passed on.
+func (s *Server) unsettled() (setup, busy int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.mu.Lock()
+		switch {
+		case c.aborted:
+			busy++
+		case !c.started:
+			setup++
+		default:
+			for d := range c.idle {
+				if !c.idle[d].gone && !c.idle[d].held {
+					busy++
+				}
+			}
+		}
+		c.mu.Unlock()
+	}
+	return setup, busy
+}
+
+// noteSettled wakes freeze to look again.
+func (s *Server) noteSettled() {
+	if s.frozen.Load() {
+		select {
+		case s.settled <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// hold keeps direction d of c without a goroutine while the server is
+// frozen. It reports false, and the caller goes on, if the server is not
+// frozen or c is ending. With clear, it also clears a past nudge when it
+// does not hold, atomically with the check.
+func (s *Server) hold(c *conn, d dir, clear bool) bool {
+	c.mu.Lock()
+	if s.frozen.Load() && !c.aborted {
+		c.idle[d].held = true
+		c.mu.Unlock()
+		s.noteSettled()
+		return true
+	}
+	if clear {
+		src, _, _ := c.endsLocked(d)
+		src.SetReadDeadline(time.Time{}) // clear a nudge from the sweeper
+	}
+	c.mu.Unlock()
+	return false
+}
+
+// snapshot describes the frozen server. The descriptors are the live
+// sockets' own; they stay valid because nothing runs until thaw or
+// release.
+func (s *Server) snapshot() *Snapshot {
+	snap := &Snapshot{
+		States:  map[string]SnapshotCounts{},
+		LastEnd: map[netip.Addr]time.Time{},
+		NextID:  s.nextID.Load(),
+		Server: SnapshotServer{
+			Accepted:        s.stats.accepted.Load(),
+			DialFailures:    s.stats.dialFailed.Load(),
+			AcceptErrors:    s.stats.acceptErrs.Load(),
+			Parks:           s.stats.parks.Load(),
+			Reloads:         s.stats.reloads.Load(),
+			ReloadFailures:  s.stats.reloadFailures.Load(),
+			Upgrades:        s.stats.upgrades.Load(),
+			UpgradeFailures: s.stats.upgradeFailures.Load(),
+			CarriedOver:     s.stats.carried.Load(),
+		},
+	}
+	addFD := func(sc syscall.Conn) int {
+		fd := -1
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Control(func(f uintptr) { fd = int(f) })
+		}
+		snap.FDs = append(snap.FDs, fd)
+		return len(snap.FDs) - 1
+	}
+	addrs := make([]netip.AddrPort, 0, len(s.listeners))
+	for a := range s.listeners {
+		addrs = append(addrs, a)
+	}
+	sort.Slice(addrs, func(i, j int) bool { return addrs[i].String() < addrs[j].String() })
+	for _, a := range addrs {
+		l := s.listeners[a]
+		sc, ok := l.ln.(syscall.Conn)
+		if !ok {
+			continue // not a socket of ours; the successor opens its own
+		}
+		snap.Listeners = append(snap.Listeners, SnapshotListener{Name: l.opts.Load().Name, Addr: a, FD: addFD(sc)})
+	}
+
+	s.mu.Lock()
+	for name, st := range s.states {
+		sc := SnapshotCounts{
+			Accepted:        st.accepted.Load(),
+			ConnectFailures: st.connectFailures.Load(),
+			Refused:         make(map[string]uint64, numRefusals),
+			FromClient:      st.fromClient.Load(),
+			ToClient:        st.toClient.Load(),
+			Spliced:         st.spliced.Load(),
+			Copied:          st.copied.Load(),
+		}
+		for i, r := range refusalReasons {
+			sc.Refused[r] = st.refused[i].Load()
+		}
+		snap.States[name] = sc
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	sort.Slice(conns, func(i, j int) bool { return conns[i].id < conns[j].id })
+	for _, c := range conns {
+		c.mu.Lock()
+		sc := SnapshotConn{
+			ID: c.id, Listener: c.listener, Via: c.via, Client: c.client, Local: c.local,
+			Target: c.target, Upstream: c.upstream, Start: c.start,
+			BMP: c.bmp, Session: c.session.Load(),
+			SysName: c.router.SysName, SysDescr: c.router.SysDescr, Term: c.router.TermReason,
+			Up:    [2]int64{c.up.Spliced.Load(), c.up.Copied.Load()},
+			Down:  [2]int64{c.down.Spliced.Load(), c.down.Copied.Load()},
+			Ended: [2]bool{c.idle[up].gone, c.idle[down].gone},
+		}
+		cc, tc := c.cc, c.tc
+		c.mu.Unlock()
+		sc.ClientFD, sc.TargetFD = addFD(cc), addFD(tc)
+		snap.Conns = append(snap.Conns, sc)
+	}
+
+	s.routers.mu.Lock()
+	snap.Closed = append([]RouterStatus(nil), s.routers.closed...)
+	for a, t := range s.routers.lastEnd {
+		snap.LastEnd[a] = t
+	}
+	s.routers.mu.Unlock()
+	return snap
+}
+
+// thaw undoes freeze: held directions resume and accept loops start
+// again.
+func (s *Server) thaw(ctx, connCtx context.Context) {
+	s.frozen.Store(false)
+	s.resumeHeld()
+	for _, l := range s.listeners {
+		if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
+			dl.SetDeadline(time.Time{})
+		}
+		s.startAccepting(ctx, connCtx, l)
+	}
+}
+
+// resumeHeld starts every held direction on a fresh goroutine, which
+// inherits the held WaitGroup count.
+func (s *Server) resumeHeld() {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		var resume []dir
+		for d := range c.idle {
+			if c.idle[d].held {
+				c.idle[d].held = false
+				resume = append(resume, dir(d))
+			}
+		}
+		c.mu.Unlock()
+		for _, d := range resume {
+			go s.resume(c, d)
+		}
+	}
+}
+
+// release lets go of everything after a successor took over: listeners
+// and connections are closed without shutdown(2), so their peers see
+// nothing, and no closing line is written: the successor writes it.
+func (s *Server) release() {
+	for a, l := range s.listeners {
+		l.ln.Close()
+		delete(s.listeners, a)
+	}
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		c.aborted = true
+		held := 0
+		for d := range c.idle {
+			if c.idle[d].held {
+				c.idle[d].held = false
+				held++
+			}
+		}
+		c.mu.Unlock()
+		c.cc.Close()
+		if c.tc != nil {
+			c.tc.Close()
+		}
+		s.untrack(c)
+		c.opts.state.active.Add(-1)
+		for range held {
+			s.wg.Done()
+		}
+	}
+}
+
+// inheritedListeners are a predecessor's listening sockets, by bound
+// address, not yet taken by a configured listener.
+type inheritedListeners map[netip.AddrPort]inheritedListener
+
+type inheritedListener struct {
+	name string
+	ln   net.Listener
+}
+
+// take returns the inherited socket for listener name's configured
+// address a, and removes it. For a port-0 address, the socket of the same
+// listener name on the same IP address is taken: the port the
+// predecessor was given.
+func (in inheritedListeners) take(name string, a netip.AddrPort) (net.Listener, netip.AddrPort, bool) {
+	if il, ok := in[a]; ok {
+		delete(in, a)
+		return il.ln, a, true
+	}
+	if a.Port() != 0 {
+		return nil, a, false
+	}
+	for b, il := range in {
+		if il.name == name && b.Addr() == a.Addr() {
+			delete(in, b)
+			return il.ln, b, true
+		}
+	}
+	return nil, a, false
+}
+
+func (in inheritedListeners) close() {
+	for a, il := range in {
+		il.ln.Close()
+		delete(in, a)
+	}
+}
+
+// adopt rebuilds the predecessor's listeners and connections from
+// s.Inherit. Connections are held until takeOver; listeners are returned
+// for openListeners. On error everything adopted so far is released
+// without shutdown(2): the predecessor still owns the sockets.
+func (s *Server) adopt() (inheritedListeners, error) {
+	snap := s.Inherit
+	lns := inheritedListeners{}
+	fail := func(err error) (inheritedListeners, error) {
+		lns.close()
+		s.release()
+		return nil, fmt.Errorf("take over: %w", err)
+	}
+	file := func(i int, name string) (*os.File, error) {
+		if i < 0 || i >= len(snap.FDs) || snap.FDs[i] < 0 {
+			return nil, fmt.Errorf("%s: no descriptor %d", name, i)
+		}
+		return os.NewFile(uintptr(snap.FDs[i]), name), nil
+	}
+	for _, sl := range snap.Listeners {
+		f, err := file(sl.FD, "listener "+sl.Addr.String())
+		if err != nil {
+			return fail(err)
+		}
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return fail(fmt.Errorf("listener %s: %w", sl.Addr, err))
+		}
+		lns[sl.Addr] = inheritedListener{name: sl.Name, ln: ln}
+	}
+
+	s.nextID.Store(snap.NextID)
+	st := snap.Server
+	s.stats.accepted.Store(st.Accepted)
+	s.stats.dialFailed.Store(st.DialFailures)
+	s.stats.acceptErrs.Store(st.AcceptErrors)
+	s.stats.parks.Store(st.Parks)
+	s.stats.reloads.Store(st.Reloads)
+	s.stats.reloadFailures.Store(st.ReloadFailures)
+	s.stats.upgrades.Store(st.Upgrades)
+	s.stats.upgradeFailures.Store(st.UpgradeFailures)
+	s.stats.carried.Store(st.CarriedOver)
+	s.mu.Lock()
+	for name, sc := range snap.States {
+		ls := new(listenerState)
+		ls.accepted.Store(sc.Accepted)
+		ls.connectFailures.Store(sc.ConnectFailures)
+		for i, r := range refusalReasons {
+			ls.refused[i].Store(sc.Refused[r])
+		}
+		ls.fromClient.Store(sc.FromClient)
+		ls.toClient.Store(sc.ToClient)
+		ls.spliced.Store(sc.Spliced)
+		ls.copied.Store(sc.Copied)
+		s.states[name] = ls
+	}
+	s.mu.Unlock()
+	s.routers.mu.Lock()
+	s.routers.closed = append([]RouterStatus(nil), snap.Closed...)
+	s.routers.lastEnd = make(map[netip.Addr]time.Time, len(snap.LastEnd))
+	for a, t := range snap.LastEnd {
+		s.routers.lastEnd[a] = t
+	}
+	s.routers.mu.Unlock()
+
+	opts := map[string]*listenerOpts{}
+	for i := range s.Config.Listeners {
+		c := &s.Config.Listeners[i]
+		opts[c.Name] = s.newOpts(c)
+	}
+	for _, sc := range snap.Conns {
+		o := opts[sc.Listener]
+		if o == nil {
+			// The listener is gone from the configuration; its
+			// connections run on with the defaults, as after a reload.
+			cfg := conf.Config{Listeners: []conf.Listener{{Name: sc.Listener}}, Log: s.Config.Log}
+			cfg.ApplyDefaults()
+			o = s.newOpts(&cfg.Listeners[0])
+			opts[sc.Listener] = o
+		}
+		c := &conn{
+			id: sc.ID, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
+			target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
+			router:  routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
+			srv: s, started: true, watcher: s.watcher,
+		}
+		c.up.Spliced.Store(sc.Up[0])
+		c.up.Copied.Store(sc.Up[1])
+		c.down.Spliced.Store(sc.Down[0])
+		c.down.Copied.Store(sc.Down[1])
+		var err error
+		if c.cc, err = adoptStream(file(sc.ClientFD, "client "+sc.Client.String())); err == nil {
+			c.tc, err = adoptStream(file(sc.TargetFD, "target "+sc.Upstream))
+			if err != nil {
+				c.cc.Close()
+			}
+		}
+		if err != nil {
+			return fail(fmt.Errorf("connection %d from %s: %w", sc.ID, sc.Client, err))
+		}
+		o.state.active.Add(1)
+		s.track(c)
+		if sc.Session {
+			c.session.Store(true)
+		}
+		var pending int32
+		for d := range c.idle {
+			c.idle[d].ended, c.idle[d].gone = sc.Ended[d], sc.Ended[d]
+			if !sc.Ended[d] {
+				c.idle[d].held = true
+				pending++
+			}
+		}
+		if pending == 0 {
+			// Not in a snapshot of a settled server: such a connection
+			// has finished and is untracked.
+			return fail(fmt.Errorf("connection %d from %s: both directions ended", sc.ID, sc.Client))
+		}
+		c.pending.Store(pending)
+		s.wg.Add(int(pending))
+	}
+	return lns, nil
+}
+
+// adoptStream makes a connection of an inherited descriptor; the file is
+// closed, the connection holds a duplicate.
+func adoptStream(f *os.File, err error) (stream, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	st, ok := nc.(stream)
+	if !ok {
+		nc.Close()
+		return nil, errNotStream
+	}
+	return st, nil
+}
+
+// takeOver runs in the successor's Run once everything is adopted and
+// lns are open: it asks s.Takeover for the go-ahead, then counts the
+// upgrade. On error the adopted sockets are released and the predecessor
+// keeps serving.
+func (s *Server) takeOver(lns []*listener) error {
+	if s.Takeover != nil {
+		if err := s.Takeover(); err != nil {
+			for _, l := range lns {
+				l.ln.Close()
+			}
+			s.release()
+			return fmt.Errorf("take over: %w", err)
+		}
+	}
+	s.stats.upgrades.Add(1)
+	s.stats.carried.Add(uint64(len(s.Inherit.Conns)))
+	names := make([]string, len(lns))
+	for i, l := range lns {
+		names[i] = l.addr.String()
+	}
+	s.Logger.Info().Int("connections", len(s.Inherit.Conns)).Str("listeners", strings.Join(names, " ")).
+		Uint64("upgrades", s.stats.upgrades.Load()).Msg("upgrade: took over from the predecessor")
+	return nil
+}
