@@ -47,7 +47,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDocker(args[1:], stdout, stderr)
 	}
 	app := newApp(stdout, stderr)
-	app.EnableBashCompletion = true // contrib/completion: --generate-bash-completion
 	err := app.Run(args)
 	if err == nil {
 		return exitOK
@@ -67,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "bmpproxy",
 		Usage: "dual-stack TCP proxy that tells BMP collectors the real router address",
 		UsageText: "bmpproxy --listen '[::]:5000' --target collector:5000 [options]\n" +
@@ -90,6 +89,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 	}
+	app.Commands = append(app.Commands, healthcheckCommand(stdout, stderr))
+	app.EnableBashCompletion = true // contrib/completion asks --generate-bash-completion
+	return app
 }
 
 func serveFlags() []cli.Flag {
