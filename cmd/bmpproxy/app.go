@@ -66,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "bmpproxy",
 		Usage: "dual-stack TCP proxy that tells BMP collectors the real router address",
 		UsageText: "bmpproxy --listen '[::]:5000' --target collector:5000 [options]\n" +
@@ -89,6 +89,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 	}
+	app.Commands = append(app.Commands, healthcheckCommand(stdout, stderr))
+	app.EnableBashCompletion = true // contrib/completion asks --generate-bash-completion
+	return app
 }
 
 func serveFlags() []cli.Flag {
@@ -477,21 +480,28 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 	return usagef("%s", msg)
 }
 
-// versionString reports the module version, the VCS revision when the
-// binary was built from a checkout, and the Go version.
+// versionString reports the version and commit stamped at link time (see
+// version.go), else the module version and the VCS revision from the
+// build info, and the Go version.
 func versionString() string {
-	version, commit := "(devel)", "unknown"
+	v, c := "(devel)", "unknown"
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if bi.Main.Version != "" {
-			version = bi.Main.Version
+			v = bi.Main.Version
 		}
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" {
-				commit = s.Value
+				c = s.Value
 			}
 		}
 	}
-	return fmt.Sprintf("bmpproxy %s commit %s %s %s/%s", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if version != "" {
+		v = version
+	}
+	if commit != "" {
+		c = commit
+	}
+	return fmt.Sprintf("bmpproxy %s commit %s %s %s/%s", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 // isTerminal reports whether w is a terminal, so console logs are coloured

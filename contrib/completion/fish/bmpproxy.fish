@@ -1,0 +1,48 @@
+# fish completion for bmpproxy.
+# Generated from the CLI definitions by `make docs`; do not edit.
+# bmpproxy fish shell completion
+
+function __fish_bmpproxy_no_subcommand --description 'Test if there has been any subcommand yet'
+    for i in (commandline -opc)
+        if contains -- $i check inspect transparent-setup healthcheck
+            return 1
+        end
+    end
+    return 0
+end
+
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l config -s c -r -d 'YAML file with the listeners and settings; not combined with the flags below'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l listen -s l -r -d 'address to accept on; repeat for more. \'[::]:P\' (or \':P\') is dual-stack and accepts IPv4 and IPv6, \'0.0.0.0:P\' is IPv4 only, any other address listens on itself only'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l target -s t -r -d 'collector address as host:port; a name is resolved again for every connection (required)'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l proxy-protocol -r -d 'header sent to the target before any payload: v2, v1 or none'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l connect-timeout -r -d 'how long to wait for the target to answer before closing the client'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l drain-timeout -r -d 'after SIGINT or SIGTERM, how long open connections may continue before they are closed'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l log-level -r -d 'one of trace, debug, info, warn, error, disabled'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l log-format -r -d 'json or console'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l splice -d 'move bytes with splice(2); --splice=false copies through user space'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l max-pipes -r -d 'bound on kernel pipes in use at once (2 fds each); directions beyond it copy through user space'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l bmp -d 'BMP pre-check: refuse a client whose first bytes are not a BMP v3 message, before dialing'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l admin-listen -r -d 'address for the HTTP admin listener (/metrics, /routers, /healthz, /readyz); off when empty'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l version -d 'print the version and exit'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l help -s h -d 'show help'
+complete -c bmpproxy -n '__fish_seen_subcommand_from check' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'check' -d 'validate a configuration file and print it with every default filled in'
+complete -c bmpproxy -n '__fish_seen_subcommand_from check' -f -l config -s c -r -d 'YAML configuration file (required)'
+complete -c bmpproxy -n '__fish_seen_subcommand_from inspect' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'inspect' -d 'receive connections and print the PROXY header and BMP messages each one carried'
+complete -c bmpproxy -n '__fish_seen_subcommand_from inspect' -f -l listen -s l -r -d 'address to accept on; repeat for more (\'[::]:P\' is dual-stack)'
+complete -c bmpproxy -n '__fish_seen_subcommand_from inspect' -f -l json -d 'print one JSON object per connection instead of text'
+complete -c bmpproxy -n '__fish_seen_subcommand_from inspect' -f -l header-timeout -r -d 'how long to wait for a PROXY header before treating the stream as having none'
+complete -c bmpproxy -n '__fish_seen_subcommand_from inspect' -f -l log-level -r -d 'one of trace, debug, info, warn, error, disabled'
+complete -c bmpproxy -n '__fish_seen_subcommand_from inspect' -f -l log-format -r -d 'json or console'
+complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'transparent-setup' -d 'print, apply or remove the return routing that proxy_protocol: transparent needs'
+complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l case -r -d 'where the collector is: loopback (this host), namespace (another netns routed through this one) or docker (a bridge network)'
+complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l mark -r -d 'the transparent_mark of the listeners; replies are marked mark+1'
+complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l table -r -d 'the routing table that delivers replies locally'
+complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l apply -d 'apply the commands'
+complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l remove -d 'remove what --apply added'
+complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'healthcheck' -d 'ask a running bmpproxy\'s admin listener for /healthz (for a container HEALTHCHECK)'
+complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l url -r -d 'admin URL to GET; use /readyz to also require every listener open'
+complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l timeout -r -d 'how long to wait for the answer'
