@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/proxy"
@@ -24,8 +25,16 @@ type Server struct {
 	Addr   netip.AddrPort
 	Proxy  *proxy.Server
 	Logger zerolog.Logger
+	// Listen opens the listening socket. Nil means proxy.Listen.
+	Listen func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
 	// Ready, if set, is called with the bound address once it accepts.
 	Ready func(net.Addr)
+	// Version is what GET /version reports.
+	Version string
+	// Upgrade, if set, serves POST /upgrade: it hands this process over
+	// to the binary at its path and returns the successor's pid and
+	// version. Nil disables the endpoint.
+	Upgrade func(ctx context.Context) (pid int, version string, err error)
 }
 
 // Handler returns the admin endpoints:
@@ -35,7 +44,39 @@ type Server struct {
 //   - GET /healthz: 200 while the process serves HTTP.
 //   - GET /readyz: 200 once every listener is open, 503 before and while
 //     stopping.
-func Handler(p *proxy.Server) http.Handler {
+//   - GET /version: JSON, the running binary's version and pid.
+//   - POST /upgrade: hand over to the binary at this one's path (see
+//     docs/upgrade.md); JSON, the successor's pid and version, or 500 and
+//     the reason, with this process still serving.
+func (s *Server) Handler() http.Handler {
+	mux := Handler(s.Proxy)
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"version": s.Version, "pid": os.Getpid()})
+	})
+	if s.Upgrade != nil {
+		mux.HandleFunc("POST /upgrade", func(w http.ResponseWriter, r *http.Request) {
+			pid, version, err := s.Upgrade(r.Context())
+			if err != nil {
+				writeJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error(), "pid": os.Getpid(), "version": s.Version})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"pid": pid, "version": version, "previous_pid": os.Getpid()})
+		})
+	}
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Handler returns the read-only endpoints: /metrics, /routers, /healthz
+// and /readyz.
+func Handler(p *proxy.Server) *http.ServeMux {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(p), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
@@ -66,12 +107,16 @@ func Handler(p *proxy.Server) http.Handler {
 // Run serves until ctx is done, then shuts the HTTP server down. It
 // returns an error only if the address cannot be bound.
 func (s *Server) Run(ctx context.Context) error {
-	ln, err := proxy.Listen(ctx, s.Addr)
+	listen := s.Listen
+	if listen == nil {
+		listen = proxy.Listen
+	}
+	ln, err := listen(ctx, s.Addr)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           Handler(s.Proxy),
+		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       time.Minute,
 	}

@@ -10,7 +10,8 @@ type collector struct {
 	p *proxy.Server
 
 	accepted, refused, active, bytes, connectFailures, headerErrors, bmpRejections,
-	dataPath, pipesInUse, pipesIdle, parked, reloads, reloadFailures, acceptErrors *prometheus.Desc
+	dataPath, pipesInUse, pipesIdle, parked, reloads, reloadFailures, acceptErrors,
+	upgrades, upgradeFailures, carriedOver *prometheus.Desc
 }
 
 func newCollector(p *proxy.Server) *collector {
@@ -33,12 +34,16 @@ func newCollector(p *proxy.Server) *collector {
 		reloads:         d("reloads_total", "Configuration reloads applied in full."),
 		reloadFailures:  d("reload_failures_total", "Configuration reloads rejected or applied in part."),
 		acceptErrors:    d("accept_errors_total", "Failed accept calls, such as EMFILE."),
+		upgrades:        d("upgrades_total", "Upgrades that handed every socket to a new process, counted across upgrades."),
+		upgradeFailures: d("upgrade_failures_total", "Upgrades that failed; the running process kept serving."),
+		carriedOver:     d("sessions_carried_over_total", "Connections handed to a new process by upgrades, summed over upgrades."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.accepted, c.refused, c.active, c.bytes, c.connectFailures, c.headerErrors,
-		c.bmpRejections, c.dataPath, c.pipesInUse, c.pipesIdle, c.parked, c.reloads, c.reloadFailures, c.acceptErrors} {
+		c.bmpRejections, c.dataPath, c.pipesInUse, c.pipesIdle, c.parked, c.reloads, c.reloadFailures, c.acceptErrors,
+		c.upgrades, c.upgradeFailures, c.carriedOver} {
 		ch <- d
 	}
 }
@@ -71,4 +76,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reloads, float64(st.Reloads))
 	counter(c.reloadFailures, float64(st.ReloadFailures))
 	counter(c.acceptErrors, float64(st.AcceptErrors))
+	counter(c.upgrades, float64(st.Upgrades))
+	counter(c.upgradeFailures, float64(st.UpgradeFailures))
+	counter(c.carriedOver, float64(st.CarriedOver))
 }

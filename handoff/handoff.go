@@ -144,6 +144,11 @@ func (sp Spawn) Start() (*Successor, error) {
 	go s.reap()
 
 	if err := s.send(message{Kind: "offer", FDs: len(sp.FDs), State: state}); err != nil {
+		select {
+		case <-s.exited:
+			return nil, s.fail(fmt.Errorf("successor exited before taking over: %s", s.state))
+		case <-time.After(time.Second):
+		}
 		return nil, s.fail(fmt.Errorf("send state: %w", err))
 	}
 	m, err := s.recv()
@@ -200,7 +205,7 @@ func (s *Successor) fail(err error) error {
 	case <-s.exited:
 	case <-time.After(5 * time.Second): // SIGKILL cannot be ignored; not expected
 	}
-	if err != nil && s.state != nil && !killedBySelf(s.state) {
+	if err != nil && s.state != nil && !killedBySelf(s.state) && !strings.Contains(err.Error(), s.state.String()) {
 		err = fmt.Errorf("%w (successor %s)", err, s.state)
 	}
 	return err

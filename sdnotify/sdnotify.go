@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,19 +36,27 @@ func (n Notifier) Notify(state ...string) error {
 	if n.addr == "" {
 		return nil
 	}
-	addr := n.addr
-	if addr[0] == '@' {
-		addr = "\x00" + addr[1:]
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	c, err := n.dial()
 	if err != nil {
-		return fmt.Errorf("sd_notify: %w", err)
+		return err
 	}
 	defer c.Close()
 	if _, err := c.Write([]byte(strings.Join(state, "\n"))); err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
 	}
 	return nil
+}
+
+func (n Notifier) dial() (*net.UnixConn, error) {
+	addr := n.addr
+	if addr[0] == '@' {
+		addr = "\x00" + addr[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("sd_notify: %w", err)
+	}
+	return c, nil
 }
 
 // Ready tells the manager that start-up (or a reload) is done.
@@ -62,6 +71,59 @@ func (n Notifier) Reloading() error {
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	usec := ts.Sec*1e6 + ts.Nsec/1e3
 	return n.Notify("RELOADING=1", "MONOTONIC_USEC="+strconv.FormatInt(usec, 10))
+}
+
+// MainPID tells the manager that pid is the service's main process now,
+// and waits until the manager has read it (Barrier), so that this process
+// may exit without the manager taking the service for dead.
+func (n Notifier) MainPID(pid int, timeout time.Duration) error {
+	if err := n.Notify("MAINPID=" + strconv.Itoa(pid)); err != nil {
+		return err
+	}
+	return n.Barrier(timeout)
+}
+
+// Barrier waits until the manager has processed every notification sent
+// before it (sd_notify_barrier(3)): it passes the write end of a pipe
+// with BARRIER=1, and the manager closes it once it has read that far.
+func (n Notifier) Barrier(timeout time.Duration) error {
+	if n.addr == "" {
+		return nil
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return fmt.Errorf("sd_notify barrier: %w", err)
+	}
+	defer unix.Close(p[0])
+	c, err := n.dial()
+	if err != nil {
+		unix.Close(p[1])
+		return err
+	}
+	_, _, err = c.WriteMsgUnix([]byte("BARRIER=1"), unix.UnixRights(p[1]), nil)
+	c.Close()
+	unix.Close(p[1]) // the manager holds the only other copy
+	if err != nil {
+		return fmt.Errorf("sd_notify barrier: %w", err)
+	}
+	fds := []unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("sd_notify barrier: the service manager did not answer within %s", timeout)
+		}
+		k, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sd_notify barrier: %w", err)
+		}
+		if k > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+			return nil
+		}
+	}
 }
 
 // Stopping tells the manager the service is shutting down.

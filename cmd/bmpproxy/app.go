@@ -72,20 +72,23 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		UsageText: "bmpproxy --listen '[::]:5000' --target collector:5000 [options]\n" +
 			"bmpproxy --config FILE\n" +
 			"bmpproxy check --config FILE\n" +
-			"bmpproxy inspect --listen ADDR",
+			"bmpproxy inspect --listen ADDR\n" +
+			"bmpproxy upgrade --pid PID | --admin HOST:PORT",
 		Description: "bmpproxy accepts BMP sessions from routers over IPv4 and IPv6 on one socket and forwards\n" +
 			"each to the collector, prefixed with a PROXY protocol header (v2 by default) that carries\n" +
 			"the router's real address. Bytes move with splice(2). Every flag can also be set through\n" +
 			"the environment variable shown beside it.\n\n" +
 			"With --config, the listeners and every other setting come from a YAML file instead\n" +
 			"(see examples/openbmp-aio.yaml); SIGHUP reloads it without touching open connections.\n\n" +
+			"SIGUSR2 (or 'bmpproxy upgrade', or POST /upgrade on the admin listener) hands every listener\n" +
+			"and open session to the binary now at this one's path, without closing any (docs/upgrade.md).\n\n" +
 			"Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 on a runtime failure, 2 on bad usage.",
 		Writer:         stdout,
 		ErrWriter:      stderr,
 		HideVersion:    true,
 		Flags:          serveFlags(),
 		Action:         serveAction(stdout, stderr),
-		Commands:       []*cli.Command{checkCommand(stdout, stderr), inspectCommand(stdout, stderr), transparentSetupCommand(stdout, stderr)},
+		Commands:       []*cli.Command{checkCommand(stdout, stderr), inspectCommand(stdout, stderr), transparentSetupCommand(stdout, stderr), upgradeCommand(stdout, stderr)},
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 	}
@@ -278,10 +281,21 @@ func flagNames(msg string) string {
 }
 
 func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
-	return func(c *cli.Context) error {
+	return func(c *cli.Context) (err error) {
 		if c.Bool("version") {
 			fmt.Fprintln(stdout, versionString())
 			return nil
+		}
+		// A successor (docs/upgrade.md) tells its predecessor why it
+		// cannot take over, whatever stops it before that.
+		succ, err := successorFromEnv()
+		if err != nil {
+			return err
+		}
+		defer func() { succ.fail(err) }()
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find this binary's path: %w", err)
 		}
 		cfg, err := loadConfig(c)
 		if err != nil {
@@ -298,7 +312,8 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			<-ctx.Done()
 			stop()
 		}()
-		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", c.String("config")).Msg("starting")
+		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", c.String("config")).
+			Bool("successor", succ != nil).Msg("starting")
 		if cfg.TransparentSetup != "" {
 			if err := applyTransparentSetup(cfg, log); err != nil {
 				log.Error().Err(err).Msg("cannot start")
@@ -332,11 +347,16 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return lg
 			},
 		}
+		if succ != nil {
+			srv.Inherit, srv.Takeover = succ.snap, succ.takeover
+		}
 		reloads := watchReloads(ctx, srv, c.String("config"), log, notify)
 		defer reloads()
 		// The admin listener, if it fails, stops the proxy through runCtx.
 		runCtx, cancel := context.WithCancel(ctx)
 		defer cancel()
+		up := &upgrader{exe: exe, args: os.Args, srv: srv, log: log, notify: notify, ctx: runCtx}
+		defer up.watchUpgrades(runCtx)()
 		ready := make(chan struct{})
 		srv.Ready = func([]net.Addr) {
 			close(ready)
@@ -355,11 +375,38 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return
 			}
 			<-runCtx.Done()
-			notify.Stopping()
+			if !up.handedOver.Load() { // the successor is the main process now
+				notify.Stopping()
+			}
 		}()
 		defer func() { cancel(); <-notified }()
-		adminDone := startAdmin(runCtx, cancel, srv, cfg.Admin, log, ready)
-		if err := srv.Run(runCtx); err != nil {
+		adminDone := startAdmin(runCtx, cancel, &admin.Server{
+			Addr:    cfg.Admin,
+			Proxy:   srv,
+			Logger:  log,
+			Version: versionString(),
+			Upgrade: func(context.Context) (int, string, error) { return up.upgrade() },
+			Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
+				ln, ok := succ.adminListener(a)
+				if !ok {
+					var err error
+					if ln, err = proxy.Listen(ctx, a); err != nil {
+						return nil, err
+					}
+				}
+				up.admin.Store(&ln)
+				return ln, nil
+			},
+		}, ready)
+		err = srv.Run(runCtx)
+		succ.closeUnused()
+		if errors.Is(err, proxy.ErrHandedOver) {
+			log.Info().Int64("successor_pid", up.successor.Load()).Msg("handed over; exiting")
+			cancel()
+			<-adminDone
+			return nil
+		}
+		if err != nil {
 			log.Error().Err(err).Msg("cannot start")
 			return err
 		}
@@ -372,13 +419,13 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 	}
 }
 
-// startAdmin runs the admin listener, if addr is set, once the proxy is
-// ready; the proxy's Stats may not be read before. If the admin listener
-// cannot be bound, it logs why and cancels the proxy through stop. The
-// returned channel yields its result after ctx is done.
-func startAdmin(ctx context.Context, stop context.CancelFunc, srv *proxy.Server, addr netip.AddrPort, log zerolog.Logger, ready <-chan struct{}) <-chan error {
+// startAdmin runs the admin listener, if its address is set, once the
+// proxy is ready; the proxy's Stats may not be read before. If the admin
+// listener cannot be bound, it logs why and cancels the proxy through
+// stop. The returned channel yields its result after ctx is done.
+func startAdmin(ctx context.Context, stop context.CancelFunc, as *admin.Server, ready <-chan struct{}) <-chan error {
 	done := make(chan error, 1)
-	if !addr.IsValid() {
+	if !as.Addr.IsValid() {
 		done <- nil
 		return done
 	}
@@ -389,7 +436,7 @@ func startAdmin(ctx context.Context, stop context.CancelFunc, srv *proxy.Server,
 			done <- nil
 			return
 		}
-		err := (&admin.Server{Addr: addr, Proxy: srv, Logger: log}).Run(ctx)
+		err := as.Run(ctx)
 		if err != nil {
 			stop()
 		}

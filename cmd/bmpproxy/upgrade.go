@@ -1,0 +1,346 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/handoff"
+	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/bmpproxy/bmpproxy/sdnotify"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+)
+
+// upgradeReadyTimeout bounds how long a successor may take to rebuild the
+// state and report ready, and to confirm after "go".
+const upgradeReadyTimeout = 15 * time.Second
+
+// adminName names the admin listening socket in a handover snapshot.
+const adminName = "admin"
+
+// upgrader hands this process over to the binary now at its own path
+// (docs/upgrade.md). One upgrade runs at a time.
+type upgrader struct {
+	exe    string   // the binary's path, resolved at start
+	args   []string // this process's argv, given to the successor as is
+	srv    *proxy.Server
+	log    zerolog.Logger
+	notify sdnotify.Notifier
+	ctx    context.Context // the serving context: a stop aborts an upgrade
+
+	admin      atomic.Pointer[net.Listener] // the admin socket, passed along when set
+	mu         sync.Mutex
+	handedOver atomic.Bool
+	successor  atomic.Int64 // pid, once handed over
+}
+
+// errUpgradeRunning refuses a second concurrent upgrade.
+var errUpgradeRunning = errors.New("an upgrade is already running")
+
+// upgrade hands over and returns the successor's pid and version, or
+// the reason it failed; then this process serves on.
+func (u *upgrader) upgrade() (pid int, version string, err error) {
+	if !u.mu.TryLock() {
+		return 0, "", errUpgradeRunning
+	}
+	defer u.mu.Unlock()
+	if u.handedOver.Load() {
+		return 0, "", errors.New("already handed over")
+	}
+	u.log.Info().Str("binary", u.exe).Msg("upgrade requested")
+	err = u.srv.Upgrade(u.ctx, func(ctx context.Context, snap *proxy.Snapshot) error {
+		if ln := u.admin.Load(); ln != nil {
+			if fd, ok := socketFD(*ln); ok {
+				snap.FDs = append(snap.FDs, fd)
+				snap.Extra = append(snap.Extra, proxy.SnapshotListener{
+					Name: adminName, Addr: addrPortOf((*ln).Addr()), FD: len(snap.FDs) - 1,
+				})
+			}
+		}
+		succ, err := handoff.Spawn{
+			Path: u.exe, Args: u.args, Env: os.Environ(),
+			FDs: snap.FDs, State: snap, ReadyTimeout: upgradeReadyTimeout,
+		}.Start()
+		if err != nil {
+			return fmt.Errorf("successor %s: %w", u.exe, err)
+		}
+		u.log.Info().Int("successor_pid", succ.Pid).Str("successor_version", succ.Version).
+			Msg("upgrade: the successor rebuilt the state; telling it to go")
+		if err := succ.Commit(); err != nil {
+			return fmt.Errorf("successor %s (pid %d): %w", u.exe, succ.Pid, err)
+		}
+		u.handedOver.Store(true)
+		u.successor.Store(int64(succ.Pid))
+		pid, version = succ.Pid, succ.Version
+		if err := u.notify.MainPID(pid, 5*time.Second); err != nil {
+			u.log.Warn().Err(err).Int("successor_pid", pid).Msg("upgrade: could not tell the service manager the new main pid")
+		}
+		return nil
+	})
+	return pid, version, err
+}
+
+// watchUpgrades upgrades on every SIGUSR2 until ctx is done. The returned
+// function stops it and waits for it.
+func (u *upgrader) watchUpgrades(ctx context.Context) (stop func()) {
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-usr2:
+			}
+			u.log.Info().Msg("SIGUSR2: upgrading")
+			if _, _, err := u.upgrade(); errors.Is(err, errUpgradeRunning) {
+				u.log.Warn().Msg("SIGUSR2 ignored: an upgrade is already running")
+			}
+			if u.handedOver.Load() {
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(usr2)
+		cancel()
+		<-done
+	}
+}
+
+// successorState is a predecessor's handover, when this process was
+// started as a successor.
+type successorState struct {
+	pred *handoff.Predecessor
+	snap *proxy.Snapshot
+	done atomic.Bool // took over, or gave up: the predecessor was told
+}
+
+// successorFromEnv returns the handover this process was started for, or
+// nil for an ordinary start.
+func successorFromEnv() (*successorState, error) {
+	pred, err := handoff.FromEnv()
+	if err != nil || pred == nil {
+		return nil, err
+	}
+	snap := new(proxy.Snapshot)
+	if err := json.Unmarshal(pred.State, snap); err != nil {
+		err = fmt.Errorf("handover state: %w", err)
+		pred.Fail(err)
+		return nil, err
+	}
+	snap.FDs = pred.FDs
+	return &successorState{pred: pred, snap: snap}, nil
+}
+
+// takeover reports ready to the predecessor and waits for "go".
+func (s *successorState) takeover() error {
+	s.done.Store(true)
+	return s.pred.Ready(versionString(), 2*upgradeReadyTimeout)
+}
+
+// fail tells the predecessor why this process cannot take over, unless
+// it was told already.
+func (s *successorState) fail(err error) {
+	if s != nil && err != nil && !s.done.Swap(true) {
+		s.pred.Fail(err)
+	}
+}
+
+// adminListener returns the predecessor's admin socket for addr, if it
+// passed one; a port-0 address takes the socket on the same IP.
+func (s *successorState) adminListener(addr netip.AddrPort) (net.Listener, bool) {
+	if s == nil {
+		return nil, false
+	}
+	for i, e := range s.snap.Extra {
+		if e.Name != adminName || e.FD < 0 || e.FD >= len(s.snap.FDs) {
+			continue
+		}
+		if e.Addr != addr && (addr.Port() != 0 || e.Addr.Addr() != addr.Addr()) {
+			continue
+		}
+		s.snap.Extra = append(s.snap.Extra[:i], s.snap.Extra[i+1:]...)
+		f := os.NewFile(uintptr(s.snap.FDs[e.FD]), "admin "+e.Addr.String())
+		ln, err := net.FileListener(f)
+		f.Close()
+		return ln, err == nil
+	}
+	return nil, false
+}
+
+// closeUnused closes passed sockets that nothing took, such as the admin
+// socket of an admin address the configuration no longer has.
+func (s *successorState) closeUnused() {
+	if s == nil {
+		return
+	}
+	for _, e := range s.snap.Extra {
+		if e.FD >= 0 && e.FD < len(s.snap.FDs) {
+			syscall.Close(s.snap.FDs[e.FD])
+		}
+	}
+	s.snap.Extra = nil
+}
+
+func socketFD(ln net.Listener) (int, bool) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return 0, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd, fd >= 0
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// upgradeCommand is "bmpproxy upgrade": it asks a running bmpproxy to hand
+// over to the binary at its path, by signal or through the admin listener.
+func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:  "upgrade",
+		Usage: "hand a running bmpproxy's listeners and open sessions to the binary now at its path",
+		UsageText: "bmpproxy upgrade --pid PID\n" +
+			"bmpproxy upgrade --admin HOST:PORT",
+		Description: "With --pid, sends SIGUSR2 and waits until that process has handed over and exited;\n" +
+			"its successor is a child it started, and is reported. With --admin, asks the admin listener\n" +
+			"(POST /upgrade) and prints the successor's pid and version. Either way a failed upgrade\n" +
+			"leaves the running process serving every session, and the reason is in its log.",
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "pid", Usage: "process to upgrade"},
+			&cli.StringFlag{Name: "admin", Usage: "admin listener address of the process to upgrade, host:port"},
+			&cli.DurationFlag{Name: "timeout", Value: time.Minute, Usage: "how long to wait for the handover"},
+		},
+		Action: func(c *cli.Context) error {
+			pid, admin := c.Int("pid"), c.String("admin")
+			if (pid == 0) == (admin == "") {
+				return usagef("upgrade: give exactly one of --pid and --admin")
+			}
+			if admin != "" {
+				return upgradeByAdmin(stdout, admin, c.Duration("timeout"))
+			}
+			return upgradeByPid(stdout, pid, c.Duration("timeout"))
+		},
+	}
+}
+
+// upgradeByPid sends SIGUSR2 to pid and waits for it to exit, which it
+// does only once a successor runs.
+func upgradeByPid(stdout io.Writer, pid int, timeout time.Duration) error {
+	if pid <= 1 {
+		return usagef("upgrade: --pid %d: not a bmpproxy process to signal", pid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		return fmt.Errorf("upgrade: signal pid %d: %w", pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	successor := 0
+	for time.Now().Before(deadline) {
+		// The successor is the child it starts; remember it while the
+		// predecessor is still there to be asked.
+		if kids := children(pid); len(kids) > 0 {
+			successor = kids[len(kids)-1]
+		}
+		if !alive(pid) {
+			if successor == 0 {
+				return fmt.Errorf("upgrade: pid %d exited without a successor; see its log", pid)
+			}
+			fmt.Fprintf(stdout, "pid %d handed over to pid %d\n", pid, successor)
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("upgrade: pid %d still runs after %s: the upgrade failed or is still going; see its log", pid, timeout)
+}
+
+// children lists pid's child processes.
+func children(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) S ...: the state follows the last ')'.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+// upgradeByAdmin posts to the admin listener's /upgrade and prints the
+// result.
+func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return usagef("upgrade: --admin %q: want host:port with an IP address: %v", addr, err)
+	}
+	return postUpgrade(stdout, ap, timeout)
+}
+
+// postUpgrade asks the admin listener at ap to upgrade and prints the
+// result.
+func postUpgrade(stdout io.Writer, ap netip.AddrPort, timeout time.Duration) error {
+	client := &http.Client{Timeout: timeout}
+	resp, err := client.Post("http://"+ap.String()+"/upgrade", "application/json", nil)
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Pid         int    `json:"pid"`
+		PreviousPid int    `json:"previous_pid"`
+		Version     string `json:"version"`
+		Error       string `json:"error"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&r); err != nil {
+		return fmt.Errorf("upgrade: %s: %s answered %s: %w", ap, "POST /upgrade", resp.Status, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("upgrade failed; pid %d keeps serving: %s", r.Pid, r.Error)
+	}
+	fmt.Fprintf(stdout, "pid %d handed over to pid %d (%s)\n", r.PreviousPid, r.Pid, r.Version)
+	return nil
+}
