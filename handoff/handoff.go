@@ -205,10 +205,21 @@ func (s *Successor) fail(err error) error {
 	case <-s.exited:
 	case <-time.After(5 * time.Second): // SIGKILL cannot be ignored; not expected
 	}
-	if err != nil && s.state != nil && !killedBySelf(s.state) && !strings.Contains(err.Error(), s.state.String()) {
-		err = fmt.Errorf("%w (successor %s)", err, s.state)
+	if st := s.exitState(); err != nil && st != nil && !killedBySelf(st) && !strings.Contains(err.Error(), st.String()) {
+		err = fmt.Errorf("%w (successor %s)", err, st)
 	}
 	return err
+}
+
+// exitState is the successor's exit status once it has been reaped, and
+// nil before.
+func (s *Successor) exitState() *os.ProcessState {
+	select {
+	case <-s.exited:
+		return s.state
+	default:
+		return nil
+	}
 }
 
 // killedBySelf reports an exit caused by fail's own SIGKILL.

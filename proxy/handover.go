@@ -180,8 +180,8 @@ func (s *Server) upgrade(ctx, connCtx context.Context, req upgradeReq) error {
 }
 
 // freeze stops accepting, holds every direction and returns the snapshot,
-// or thaws nothing and returns an error if the server does not settle
-// within DefaultFreezeTimeout (the caller thaws).
+// or returns an error if the server does not settle within the freeze
+// timeout (the caller thaws).
 func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 	s.frozen.Store(true)
 	for _, l := range s.listeners {
@@ -201,7 +201,11 @@ func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 		c.freeze()
 	}
 
-	timer := time.NewTimer(DefaultFreezeTimeout)
+	timeout := s.FreezeTimeout
+	if timeout <= 0 {
+		timeout = DefaultFreezeTimeout
+	}
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -217,7 +221,7 @@ func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 			return nil, fmt.Errorf("freeze: %w", ctx.Err())
 		case <-timer.C:
 			return nil, fmt.Errorf("freeze: not settled after %s: %d connections still in setup, %d directions still delivering bytes in flight",
-				DefaultFreezeTimeout, setup, busy)
+				timeout, setup, busy)
 		}
 	}
 	return s.snapshot(), nil

@@ -64,6 +64,9 @@ type Server struct {
 	// adopts its listeners and connections instead of opening anew the
 	// addresses it has, then calls Takeover before serving.
 	Inherit *Snapshot
+	// FreezeTimeout bounds how long Upgrade waits for every direction to
+	// be held (see handover.go). Zero means DefaultFreezeTimeout.
+	FreezeTimeout time.Duration
 	// Takeover is called by Run, with Inherit set, once everything is
 	// adopted and before any byte moves. It returns when this process may
 	// serve, or an error, and then Run releases the inherited sockets
