@@ -591,8 +591,8 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		c := &conn{
 			id: sc.ID, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
 			target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
-			router:  routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
-			srv: s, started: true, watcher: s.watcher,
+			router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
+			srv:    s, started: true, watcher: s.watcher,
 		}
 		c.up.Spliced.Store(sc.Up[0])
 		c.up.Copied.Store(sc.Up[1])

@@ -140,11 +140,11 @@ type Stats struct {
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	st := Stats{
-		Accepted:       s.stats.accepted.Load(),
-		Active:         s.stats.active.Load(),
-		DialFailures:   s.stats.dialFailed.Load(),
-		AcceptErrors:   s.stats.acceptErrs.Load(),
-		Parks:          s.stats.parks.Load(),
+		Accepted:        s.stats.accepted.Load(),
+		Active:          s.stats.active.Load(),
+		DialFailures:    s.stats.dialFailed.Load(),
+		AcceptErrors:    s.stats.acceptErrs.Load(),
+		Parks:           s.stats.parks.Load(),
 		Reloads:         s.stats.reloads.Load(),
 		ReloadFailures:  s.stats.reloadFailures.Load(),
 		Upgrades:        s.stats.upgrades.Load(),
