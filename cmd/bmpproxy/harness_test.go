@@ -169,7 +169,10 @@ func startCmd(t *testing.T, n int, cmd *exec.Cmd) *proc {
 	}
 	p := &proc{t: t, cmd: cmd, logs: &logLines{}, out: &logLines{}, done: make(chan struct{})}
 	// If the test binary dies (a timeout), the proxy dies with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = new(syscall.SysProcAttr)
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,388 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/bmp"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+)
+
+// buildVersion builds the binary with version stamped, as make release
+// does, into dir.
+func buildVersion(t *testing.T, dir, version string) string {
+	t.Helper()
+	out := filepath.Join(dir, "bmpproxy-"+version)
+	args := []string{"build", "-o", out, "-ldflags", "-X main.version=" + version}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, ".")...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", version, err, b)
+	}
+	return out
+}
+
+// install puts src at dst the way a package manager does: a new file
+// renamed over the old one, which the running process keeps executing.
+func install(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hashCollector stands in for a BMP collector: it reads the PROXY v2
+// header, hashes everything after it, and once the router half-closes,
+// answers with the SHA-256 and closes.
+func hashCollector(t *testing.T) *testtarget.Target {
+	return testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
+		h := sha256.New()
+		if _, err := io.Copy(h, r); err != nil {
+			return
+		}
+		c.Write(h.Sum(nil))
+		c.CloseWrite()
+	})
+}
+
+// router plays one BMP session: an Initiation, then random bytes at a
+// steady rate until stop, then a half-close; the collector's hash of
+// what it received must match.
+type router struct {
+	name string
+	addr string // local address, as /routers shows it
+	err  error
+}
+
+func (r *router) run(proxyAddr string, stop <-chan struct{}, wg *sync.WaitGroup, started chan<- struct{}) {
+	defer wg.Done()
+	c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+	if err != nil {
+		r.err = err
+		started <- struct{}{}
+		return
+	}
+	defer c.Close()
+	r.addr = c.LocalAddr().String()
+	h := sha256.New()
+	w := io.MultiWriter(c, h)
+	_, r.err = w.Write(bmp.EncodeInitiation("upgrade test", r.name))
+	started <- struct{}{}
+	chunk := make([]byte, 2048)
+	tick := time.NewTicker(20 * time.Millisecond) // 100 KiB/s per router
+	defer tick.Stop()
+	for i := 0; r.err == nil && i < 3000; i++ { // at most 60 s
+		select {
+		case <-stop:
+			i = 3000
+			continue
+		case <-tick.C:
+		}
+		rand.Read(chunk)
+		_, r.err = w.Write(chunk)
+	}
+	if r.err != nil {
+		return
+	}
+	if r.err = c.(*net.TCPConn).CloseWrite(); r.err != nil {
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(c)
+	switch {
+	case err != nil:
+		r.err = fmt.Errorf("reading the collector's hash: %w", err)
+	case !bytes.Equal(got, h.Sum(nil)):
+		r.err = fmt.Errorf("the collector's hash %x is not that of the %s bytes sent", got, r.name)
+	}
+}
+
+// connectLoop opens a short BMP session every few milliseconds until stop
+// and counts those that did not complete; a refused connect is one.
+func connectLoop(proxyAddr string, stop <-chan struct{}, ok, failed *atomic.Int64, firstErr *atomic.Value, done chan<- struct{}) {
+	defer close(done)
+	msg := bmp.EncodeInitiation("connect loop", "probe")
+	want := sha256.Sum256(msg)
+	for i := 0; i < 20000; i++ { // bounded: at most 20,000 sessions
+		select {
+		case <-stop:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		err := func() error {
+			c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(msg); err != nil {
+				return err
+			}
+			c.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, want[:]) {
+				return fmt.Errorf("short session answered %x", got)
+			}
+			return nil
+		}()
+		if err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err)
+			continue
+		}
+		ok.Add(1)
+	}
+}
+
+// freshGet is GET on a new connection: a kept-alive one may belong to
+// the process that handed over.
+func freshGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// adminVersion is GET /version.
+func adminVersion(t *testing.T, admin string) (pid int, version string) {
+	t.Helper()
+	code, body := freshGet(t, "http://"+admin+"/version")
+	var v struct {
+		Pid     int    `json:"pid"`
+		Version string `json:"version"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &v) != nil {
+		t.Fatalf("/version: %d %s", code, body)
+	}
+	return v.Pid, v.Version
+}
+
+// sessionStarts is GET /routers: each connected router's start time.
+func sessionStarts(t *testing.T, admin string) map[string]string {
+	t.Helper()
+	_, body := freshGet(t, "http://"+admin+"/routers")
+	var r struct {
+		Routers []struct {
+			Router, State, SysName string
+			Since                  string `json:"connected_since"`
+		} `json:"routers"`
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("/routers: %v\n%s", err, body)
+	}
+	out := map[string]string{}
+	for _, x := range r.Routers {
+		if x.State == "connected" && x.SysName != "probe" {
+			out[x.Router] = x.Since
+		}
+	}
+	return out
+}
+
+// waitExit waits for pid to be gone or a zombie.
+func waitExit(t *testing.T, pid int) {
+	t.Helper()
+	waitUntil(t, fmt.Sprintf("pid %d to exit", pid), func() bool { return !alive(pid) })
+}
+
+// TestUpgradeUnderLoad is the zero-drop upgrade: 50 BMP sessions stream
+// through the real binary while it is upgraded three times (by SIGUSR2,
+// POST /upgrade and "bmpproxy upgrade --pid"), once to a binary with
+// another version, and then fails to upgrade to a binary that exits at
+// once. Every session must end with the collector's hash matching, a
+// connect loop running throughout must never fail, and /routers must
+// keep every session's start time.
+func TestUpgradeUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	binA := buildVersion(t, dir, "v0.0.1-upgrade-a")
+	binB := buildVersion(t, dir, "v0.0.2-upgrade-b")
+	exe := filepath.Join(dir, "bin", "bmpproxy")
+	os.MkdirAll(filepath.Dir(exe), 0o755)
+	install(t, binA, exe)
+
+	coll := hashCollector(t)
+	cmd := exec.Command(exe, "--listen", "127.0.0.1:0", "--target", coll.Addr(), "--bmp",
+		"--admin-listen", "127.0.0.1:0", "--log-level", "info")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	// Successors stay in the process group: cleanup kills them all,
+	// whichever serves when a test fails.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := startCmd(t, 1, cmd)
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	proxyAddr := p.addr(0)
+	admin := p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
+
+	const sessions = 50
+	stop := make(chan struct{})
+	routers := make([]router, sessions)
+	var wg sync.WaitGroup
+	started := make(chan struct{}, sessions)
+	for i := range routers {
+		routers[i].name = fmt.Sprintf("r%02d", i)
+		wg.Add(1)
+		go routers[i].run(proxyAddr, stop, &wg, started)
+	}
+	for range sessions {
+		<-started
+	}
+	var loopOK, loopFailed atomic.Int64
+	var loopErr atomic.Value
+	loopDone := make(chan struct{})
+	go connectLoop(proxyAddr, stop, &loopOK, &loopFailed, &loopErr, loopDone)
+	stopped := false
+	stopAll := func() {
+		if !stopped {
+			stopped = true
+			close(stop)
+			wg.Wait()
+			<-loopDone
+		}
+	}
+	t.Cleanup(stopAll)
+
+	waitUntil(t, "50 sessions in /routers", func() bool { return len(sessionStarts(t, admin)) == sessions })
+	before := sessionStarts(t, admin)
+	time.Sleep(300 * time.Millisecond)
+
+	// upgraded waits until the admin listener answers from a new process
+	// with version, and the old one has exited.
+	upgraded := func(how string, old int, version string) int {
+		t.Helper()
+		var pid int
+		waitUntil(t, how+": a new pid on /version", func() bool {
+			pid, _ = adminVersion(t, admin)
+			return pid != old
+		})
+		if _, v := adminVersion(t, admin); !strings.Contains(v, version) {
+			t.Fatalf("%s: /version says %q, want %s", how, v, version)
+		}
+		waitExit(t, old)
+		time.Sleep(300 * time.Millisecond) // stream under the new process
+		return pid
+	}
+
+	// 1: SIGUSR2, same binary.
+	pid0 := cmd.Process.Pid
+	syscall.Kill(pid0, syscall.SIGUSR2)
+	pid1 := upgraded("SIGUSR2", pid0, "upgrade-a")
+
+	// 2: POST /upgrade through "bmpproxy upgrade --admin", to another build.
+	install(t, binB, exe)
+	out, err := exec.Command(binA, "upgrade", "--admin", admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "upgrade-b") {
+		t.Fatalf("bmpproxy upgrade --admin: %v\n%s", err, out)
+	}
+	pid2 := upgraded("POST /upgrade", pid1, "upgrade-b")
+	if out, err := exec.Command(exe, "--version").Output(); err != nil || !strings.Contains(string(out), "v0.0.2-upgrade-b") {
+		t.Fatalf("--version after the upgrade: %q, %v", out, err)
+	}
+
+	// 3: "bmpproxy upgrade --pid".
+	out, err = exec.Command(binA, "upgrade", "--pid", strconv.Itoa(pid2)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("pid %d handed over to pid", pid2)) {
+		t.Fatalf("bmpproxy upgrade --pid: %v\n%s", err, out)
+	}
+	pid3 := upgraded("upgrade --pid", pid2, "upgrade-b")
+
+	after := sessionStarts(t, admin)
+	for r, since := range before {
+		if after[r] != since {
+			t.Errorf("router %s: connected_since %q after the upgrades, was %q", r, after[r], since)
+		}
+	}
+	if len(after) != sessions {
+		t.Errorf("/routers lists %d connected sessions after the upgrades, want %d", len(after), sessions)
+	}
+	_, body := freshGet(t, "http://"+admin+"/metrics")
+	if n := metric(body, "bmpproxy_upgrades_total"); n != 3 {
+		t.Errorf("bmpproxy_upgrades_total = %v, want 3", n)
+	}
+	if n := metric(body, "bmpproxy_sessions_carried_over_total"); n < 3*sessions {
+		t.Errorf("bmpproxy_sessions_carried_over_total = %v, want at least %d", n, 3*sessions)
+	}
+
+	// 4: a binary that exits at once: the upgrade fails, the sessions
+	// stream on under pid3, and the failure is logged and counted.
+	os.WriteFile(exe+".new", []byte("#!/bin/sh\necho broken build >&2\nexit 1\n"), 0o755)
+	os.Rename(exe+".new", exe)
+	syscall.Kill(pid3, syscall.SIGUSR2)
+	failed := p.waitLog(t, "upgrade failed; this process keeps serving", 1)[0]
+	if e, _ := failed["error"].(string); !strings.Contains(e, "exit status 1") {
+		t.Errorf("the failure line says %q; want the successor's exit status", e)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if pid, _ := adminVersion(t, admin); pid != pid3 {
+		t.Fatalf("after the failed upgrade pid %d serves, want %d", pid, pid3)
+	}
+	_, body = freshGet(t, "http://"+admin+"/metrics")
+	if n := metric(body, "bmpproxy_upgrade_failures_total"); n != 1 {
+		t.Errorf("bmpproxy_upgrade_failures_total = %v, want 1", n)
+	}
+
+	stopAll()
+	for _, r := range routers {
+		if r.err != nil {
+			t.Errorf("session %s (%s): %v", r.name, r.addr, r.err)
+		}
+	}
+	if n := loopFailed.Load(); n > 0 {
+		t.Errorf("connect loop: %d of %d sessions failed; first: %v", n, n+loopOK.Load(), loopErr.Load())
+	}
+	t.Logf("connect loop: %d sessions, none failed", loopOK.Load())
+	if loopOK.Load() < 50 {
+		t.Errorf("connect loop completed only %d sessions", loopOK.Load())
+	}
+	// Each session ends with one closing line, written by the process
+	// that served it last.
+	waitUntil(t, "closing lines", func() bool { return len(p.logs.match("connection closed")) >= sessions })
+	var closedBMP int
+	for _, l := range p.logs.match("connection closed") {
+		if l["sys_name"] != "probe" {
+			closedBMP++
+			if l["reason"] != "closed" {
+				t.Errorf("closing line %v", l)
+			}
+		}
+	}
+	if closedBMP != sessions {
+		t.Errorf("%d closing lines for the %d sessions", closedBMP, sessions)
+	}
+	syscall.Kill(pid3, syscall.SIGTERM)
+	waitExit(t, pid3)
+}
