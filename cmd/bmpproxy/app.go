@@ -394,6 +394,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 						return nil, err
 					}
 				}
+				ln = newPausableListener(ln)
 				up.admin.Store(&ln)
 				return ln, nil
 			},

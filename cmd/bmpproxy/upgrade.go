@@ -65,6 +65,14 @@ func (u *upgrader) upgrade() (pid int, version string, err error) {
 	u.log.Info().Str("binary", u.exe).Msg("upgrade requested")
 	err = u.srv.Upgrade(u.ctx, func(ctx context.Context, snap *proxy.Snapshot) error {
 		if ln := u.admin.Load(); ln != nil {
+			if pl, ok := (*ln).(*pausableListener); ok {
+				pl.pause()
+				defer func() {
+					if !u.handedOver.Load() {
+						pl.unpause()
+					}
+				}()
+			}
 			if fd, ok := socketFD(*ln); ok {
 				snap.FDs = append(snap.FDs, fd)
 				snap.Extra = append(snap.Extra, proxy.SnapshotListener{
@@ -348,4 +356,76 @@ func postUpgrade(stdout io.Writer, ap netip.AddrPort, timeout time.Duration) err
 	}
 	fmt.Fprintf(stdout, "pid %d handed over to pid %d (%s)\n", r.PreviousPid, r.Pid, r.Version)
 	return nil
+}
+
+// pausableListener is the admin listening socket. During an upgrade it
+// stops accepting, without closing, so that connections queue in the
+// kernel for whichever process serves next: the predecessor must not
+// accept a request it would exit before answering.
+type pausableListener struct {
+	*net.TCPListener
+	mu     sync.Mutex
+	paused bool
+	closed bool
+	resume chan struct{} // closed by unpause and Close
+}
+
+func newPausableListener(ln net.Listener) net.Listener {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return ln
+	}
+	return &pausableListener{TCPListener: tl, resume: make(chan struct{})}
+}
+
+// Accept waits while paused.
+func (l *pausableListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.TCPListener.Accept()
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return c, err
+		}
+		l.mu.Lock()
+		paused, resume := l.paused, l.resume
+		l.mu.Unlock()
+		if !paused {
+			continue // unpaused meanwhile; the deadline is cleared
+		}
+		<-resume
+	}
+}
+
+// pause stops Accept; connections queue.
+func (l *pausableListener) pause() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.paused || l.closed {
+		return
+	}
+	l.paused = true
+	l.TCPListener.SetDeadline(time.Unix(1, 0)) // wakes a blocked Accept
+}
+
+// unpause lets Accept go on.
+func (l *pausableListener) unpause() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.paused || l.closed {
+		return
+	}
+	l.paused = false
+	l.TCPListener.SetDeadline(time.Time{})
+	close(l.resume)
+	l.resume = make(chan struct{})
+}
+
+// Close closes the socket and ends a paused Accept.
+func (l *pausableListener) Close() error {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		close(l.resume)
+	}
+	l.mu.Unlock()
+	return l.TCPListener.Close()
 }

@@ -4,7 +4,7 @@
 
 function __fish_bmpproxy_no_subcommand --description 'Test if there has been any subcommand yet'
     for i in (commandline -opc)
-        if contains -- $i check inspect transparent-setup healthcheck
+        if contains -- $i check inspect transparent-setup upgrade healthcheck
             return 1
         end
     end
@@ -42,6 +42,11 @@ complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l ma
 complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l table -r -d 'the routing table that delivers replies locally'
 complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l apply -d 'apply the commands'
 complete -c bmpproxy -n '__fish_seen_subcommand_from transparent-setup' -f -l remove -d 'remove what --apply added'
+complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'upgrade' -d 'hand a running bmpproxy\'s listeners and open sessions to the binary now at its path'
+complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l pid -r -d 'process to upgrade'
+complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l admin -r -d 'admin listener address of the process to upgrade, host:port'
+complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l timeout -r -d 'how long to wait for the handover'
 complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l help -s h -d 'show help'
 complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'healthcheck' -d 'ask a running bmpproxy\'s admin listener for /healthz (for a container HEALTHCHECK)'
 complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l url -r -d 'admin URL to GET; use /readyz to also require every listener open'
