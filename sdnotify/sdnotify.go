@@ -95,13 +95,15 @@ func (n Notifier) Barrier(timeout time.Duration) error {
 		return fmt.Errorf("sd_notify barrier: %w", err)
 	}
 	defer unix.Close(p[0])
-	c, err := n.dial()
+	// A connected datagram socket cannot carry ancillary data in Go's net
+	// package; send it unconnected.
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		unix.Close(p[1])
-		return err
+		return fmt.Errorf("sd_notify barrier: %w", err)
 	}
-	_, _, err = c.WriteMsgUnix([]byte("BARRIER=1"), unix.UnixRights(p[1]), nil)
-	c.Close()
+	err = unix.Sendmsg(s, []byte("BARRIER=1"), unix.UnixRights(p[1]), &unix.SockaddrUnix{Name: n.addr}, 0)
+	unix.Close(s)
 	unix.Close(p[1]) // the manager holds the only other copy
 	if err != nil {
 		return fmt.Errorf("sd_notify barrier: %w", err)

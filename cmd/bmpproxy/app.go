@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/dockerproxy"
 	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/bmpproxy/bmpproxy/reaper"
 	"github.com/bmpproxy/bmpproxy/sdnotify"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
@@ -31,6 +33,12 @@ const (
 	exitError = 1 // a runtime failure: a port in use, a listener that cannot open
 	exitUsage = 2 // bad flags, bad values, bad environment variables
 )
+
+// exitStatus is an exit code passed on as it is: PID 1's, after the
+// process it handed over to exited (package reaper).
+type exitStatus int
+
+func (e exitStatus) Error() string { return "exit status " + strconv.Itoa(int(e)) }
 
 // usageError marks an error as the user's invocation being wrong.
 type usageError struct{ msg string }
@@ -60,6 +68,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if errors.As(err, &ce) {
 		fmt.Fprintf(stderr, "bmpproxy: %v\n", ce.err)
 		return exitUsage
+	}
+	var es exitStatus
+	if errors.As(err, &es) {
+		return int(es)
 	}
 	fmt.Fprintf(stderr, "bmpproxy: %v\n", err)
 	return exitError
@@ -321,6 +333,17 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			}
 		}
 		notify := sdnotify.FromEnv(os.Getenv)
+		// As a container's PID 1, this process must outlive its
+		// handover: successors report to it (package reaper).
+		var initSock *reaper.Socket
+		if os.Getpid() == 1 {
+			if initSock, err = reaper.Listen(); err != nil {
+				log.Error().Err(err).Msg("cannot start")
+				return err
+			}
+			defer initSock.Close()
+			os.Setenv("NOTIFY_SOCKET", initSock.Addr)
+		}
 		inherited, err := sdnotify.Listeners(os.Getenv, os.Unsetenv)
 		if err != nil {
 			log.Error().Err(err).Msg("cannot start")
@@ -356,7 +379,8 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		runCtx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		up := &upgrader{exe: exe, args: os.Args, srv: srv, log: log, notify: notify, ctx: runCtx}
-		defer up.watchUpgrades(runCtx)()
+		stopUpgrades := up.watchUpgrades(runCtx)
+		defer stopUpgrades()
 		ready := make(chan struct{})
 		srv.Ready = func([]net.Addr) {
 			close(ready)
@@ -402,9 +426,19 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		err = srv.Run(runCtx)
 		succ.closeUnused()
 		if errors.Is(err, proxy.ErrHandedOver) {
-			log.Info().Int64("successor_pid", up.successor.Load()).Msg("handed over; exiting")
 			cancel()
 			<-adminDone
+			if initSock != nil {
+				// Signals are the serving process's now.
+				stopUpgrades()
+				reloads()
+				stop()
+				if code := initSock.Serve(int(up.successor.Load()), log); code != 0 {
+					return exitStatus(code)
+				}
+				return nil
+			}
+			log.Info().Int64("successor_pid", up.successor.Load()).Msg("handed over; exiting")
 			return nil
 		}
 		if err != nil {
