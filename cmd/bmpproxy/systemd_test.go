@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"golang.org/x/sys/unix"
 )
 
 // TestSystemdNotify runs the binary with a NOTIFY_SOCKET the test reads,
@@ -97,4 +98,123 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatalf("echo %q, %v", buf, err)
 	}
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// fakeManager is the service manager's end of NOTIFY_SOCKET. It reads
+// datagrams, and acknowledges a BARRIER=1 by closing the passed fd after
+// ackDelay, as systemd closes it once it has read that far.
+type fakeManager struct {
+	conn *net.UnixConn
+	msgs chan string
+}
+
+func newFakeManager(t *testing.T, ackDelay time.Duration) (*fakeManager, string) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &fakeManager{conn: conn, msgs: make(chan string, 64)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf, oob := make([]byte, 4096), make([]byte, 256)
+		for {
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+			for _, cm := range msgs {
+				fds, _ := unix.ParseUnixRights(&cm)
+				time.Sleep(ackDelay)
+				for _, fd := range fds {
+					unix.Close(fd)
+				}
+			}
+			m.msgs <- string(buf[:n])
+		}
+	}()
+	t.Cleanup(func() { conn.Close(); <-done })
+	return m, sock
+}
+
+func (m *fakeManager) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case s := <-m.msgs:
+		return s
+	case <-time.After(15 * time.Second):
+		t.Fatal("no notification")
+		return ""
+	}
+}
+
+// TestSystemdNotifyUpgrade checks the notify protocol through an
+// upgrade: the predecessor names its successor with MAINPID and waits,
+// with BARRIER=1, until the manager has read it before it exits; the
+// successor reports READY=1 itself; STOPPING=1 comes only from the
+// process that really stops.
+func TestSystemdNotifyUpgrade(t *testing.T) {
+	const ackDelay = 500 * time.Millisecond
+	mgr, sock := newFakeManager(t, ackDelay)
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	cmd := exec.Command(binPath(), "--listen", "127.0.0.1:0", "--target", tg.Addr())
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "GORACE=atexit_sleep_ms=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := startCmd(t, 1, cmd)
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	pid0 := cmd.Process.Pid
+	if got := mgr.next(t); got != "READY=1\nMAINPID="+strconv.Itoa(pid0) {
+		t.Fatalf("first notification %q", got)
+	}
+	c := dialT(t, "tcp", p.addr(0))
+	c.Write([]byte("before "))
+
+	cmd.Process.Signal(syscall.SIGUSR2)
+	var succ int
+	var sawBarrier, sawReady bool
+	for !(sawBarrier && sawReady) {
+		got := mgr.next(t)
+		switch {
+		case strings.HasPrefix(got, "MAINPID="):
+			succ, _ = strconv.Atoi(strings.TrimPrefix(got, "MAINPID="))
+			if succ == pid0 || succ == 0 {
+				t.Fatalf("MAINPID=%d after the upgrade", succ)
+			}
+		case got == "BARRIER=1":
+			if succ == 0 {
+				t.Fatal("BARRIER=1 before MAINPID")
+			}
+			sawBarrier = true
+			// The barrier was acknowledged only now, ackDelay after it
+			// came: the predecessor must have waited for it.
+			if !alive(pid0) && !strings.Contains(p.logs.String(), "handed over; exiting") {
+				t.Fatal("the predecessor exited before its barrier was acknowledged")
+			}
+		case strings.HasPrefix(got, "READY=1\nMAINPID="):
+			sawReady = true
+		case got == "STOPPING=1":
+			t.Fatal("STOPPING=1 from the process that handed over")
+		default:
+			t.Fatalf("unexpected notification %q", got)
+		}
+	}
+	lines := p.waitLog(t, "handed over; exiting", 1)
+	if lines[0]["successor_pid"].(float64) != float64(succ) {
+		t.Fatalf("handed over to %v, MAINPID said %d", lines[0]["successor_pid"], succ)
+	}
+	waitUntil(t, "the predecessor to exit", func() bool { return !alive(pid0) })
+
+	c.Write([]byte("after"))
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "before after" {
+		t.Fatalf("echo across the upgrade: %q, %v", b, err)
+	}
+	syscall.Kill(succ, syscall.SIGTERM)
+	if got := mgr.next(t); got != "STOPPING=1" {
+		t.Fatalf("on SIGTERM to the successor: %q", got)
+	}
+	waitUntil(t, "the successor to exit", func() bool { return !alive(succ) })
 }
