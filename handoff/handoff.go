@@ -3,9 +3,11 @@
 // connections.
 //
 // The predecessor forks and execs the successor with the sockets inherited:
-// exactly the listed descriptors have close-on-exec cleared, as fds
-// FirstFD, FirstFD+1, …, in list order. A control socket (fd ControlFD)
-// carries the state document and a two-phase commit:
+// exactly the listed descriptors, and a control socket, have close-on-exec
+// cleared for the exec, and keep their numbers, so nothing is renumbered
+// and no extra descriptor is needed however many there are. EnvFD names
+// the control socket, and the offer lists the descriptors. The control
+// socket carries the state document and a two-phase commit:
 //
 //	predecessor → successor  offer: the state and the number of fds
 //	successor → predecessor  ready (or error): the state is rebuilt, nothing moved yet
@@ -21,6 +23,9 @@
 //     holds them.
 //   - The successor gives up, touching nothing, when the control socket
 //     ends before "go".
+//   - Between clearing close-on-exec and restoring it, no other fork may
+//     happen in the predecessor, or the child would inherit the sockets
+//     too: the caller starts no other process during Start.
 package handoff
 
 import (
@@ -42,12 +47,6 @@ import (
 // control socket's descriptor.
 const EnvFD = "BMPPROXY_HANDOFF_FD"
 
-// Descriptor layout in the successor.
-const (
-	ControlFD = 3
-	FirstFD   = 4
-)
-
 // maxMessage bounds one control message: a state document of a few
 // hundred bytes per connection for 100,000 connections fits easily.
 const maxMessage = 256 << 20
@@ -55,7 +54,7 @@ const maxMessage = 256 << 20
 // message is one line on the control socket.
 type message struct {
 	Kind    string          `json:"kind"` // offer, ready, error, go, running
-	FDs     int             `json:"fds,omitempty"`
+	FDs     []int           `json:"fds,omitempty"`
 	State   json.RawMessage `json:"state,omitempty"`
 	Pid     int             `json:"pid,omitempty"`
 	Version string          `json:"version,omitempty"`
@@ -71,7 +70,8 @@ type Spawn struct {
 	// sockets they name are passed here instead.
 	Env []string
 	// FDs are the descriptors to pass, in the order the state refers to
-	// them. They must stay open until Start returns.
+	// them; the successor has them at the same numbers. They must stay
+	// open until Start returns, and must not be 0, 1 or 2.
 	FDs []int
 	// State is encoded as JSON into the offer.
 	State any
@@ -110,11 +110,7 @@ func (sp Spawn) Start() (*Successor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	files := make([]uintptr, 0, FirstFD+len(sp.FDs))
-	files = append(files, 0, 1, 2, uintptr(pair[1]))
-	for _, fd := range sp.FDs {
-		files = append(files, uintptr(fd))
-	}
+	ctrlChild := pair[1]
 	env := make([]string, 0, len(sp.Env)+1)
 	for _, kv := range sp.Env {
 		if k, _, _ := strings.Cut(kv, "="); k == EnvFD || strings.HasPrefix(k, "LISTEN_") {
@@ -122,12 +118,32 @@ func (sp Spawn) Start() (*Successor, error) {
 		}
 		env = append(env, kv)
 	}
-	env = append(env, EnvFD+"="+strconv.Itoa(ControlFD))
-	// ForkExec dup2s files[i] onto fd i in the child and clears
-	// close-on-exec on exactly those; every other descriptor of this
-	// process is close-on-exec and does not reach the successor.
-	pid, err := syscall.ForkExec(sp.Path, sp.Args, &syscall.ProcAttr{Env: env, Files: files})
-	unix.Close(pair[1])
+	env = append(env, EnvFD+"="+strconv.Itoa(ctrlChild))
+	inherit := append(append(make([]int, 0, len(sp.FDs)+1), sp.FDs...), ctrlChild)
+	setCloexec := func(fds []int, on bool) error {
+		flag := 0
+		if on {
+			flag = unix.FD_CLOEXEC
+		}
+		for _, fd := range fds {
+			if fd <= 2 {
+				return fmt.Errorf("descriptor %d: not passable", fd)
+			}
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, flag); err != nil {
+				return fmt.Errorf("descriptor %d: %w", fd, err)
+			}
+		}
+		return nil
+	}
+	var pid int
+	err = setCloexec(inherit, false)
+	if err == nil {
+		// Only stdio is mapped; every other descriptor keeps its number
+		// and is closed at exec unless it is one of inherit.
+		pid, err = syscall.ForkExec(sp.Path, sp.Args, &syscall.ProcAttr{Env: env, Files: []uintptr{0, 1, 2}})
+	}
+	setCloexec(inherit, true) // later children must not get them
+	unix.Close(ctrlChild)
 	if err != nil {
 		unix.Close(pair[0])
 		return nil, fmt.Errorf("start %s: %w", sp.Path, err)
@@ -143,7 +159,7 @@ func (sp Spawn) Start() (*Successor, error) {
 	s.r = bufio.NewReader(s.ctrl)
 	go s.reap()
 
-	if err := s.send(message{Kind: "offer", FDs: len(sp.FDs), State: state}); err != nil {
+	if err := s.send(message{Kind: "offer", FDs: sp.FDs, State: state}); err != nil {
 		select {
 		case <-s.exited:
 			return nil, s.fail(fmt.Errorf("successor exited before taking over: %s", s.state))
@@ -331,8 +347,12 @@ func FromEnv() (*Predecessor, error) {
 		return nil, fmt.Errorf("read the handoff offer: got %q", m.Kind)
 	}
 	p.State = m.State
-	for i := range m.FDs {
-		fd := FirstFD + i
+	for _, fd := range m.FDs {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			p.Fail(fmt.Errorf("descriptor %d: not an inherited socket", fd))
+			return nil, fmt.Errorf("read the handoff offer: descriptor %d is not an inherited socket", fd)
+		}
 		unix.CloseOnExec(fd)
 		p.FDs = append(p.FDs, fd)
 	}
@@ -369,13 +389,4 @@ func (p *Predecessor) Fail(err error) {
 	p.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
 	writeMessage(p.ctrl, message{Kind: "error", Error: err.Error()})
 	p.ctrl.Close()
-}
-
-// File returns the passed descriptor at index i, for net.FileConn or
-// net.FileListener. The *os.File owns the descriptor.
-func (p *Predecessor) File(i int, name string) (*os.File, error) {
-	if i < 0 || i >= len(p.FDs) {
-		return nil, fmt.Errorf("descriptor index %d out of range (%d passed)", i, len(p.FDs))
-	}
-	return os.NewFile(uintptr(p.FDs[i]), name), nil
 }

@@ -44,9 +44,14 @@ var ErrHandedOver = errors.New("proxy: handed over to a successor")
 // freeze: for pipes to drain and connections in setup to finish.
 const DefaultFreezeTimeout = 10 * time.Second
 
+// SnapshotFormat is the version of Snapshot this binary writes and reads.
+// A change that an older binary would misread must increase it.
+const SnapshotFormat = 1
+
 // Snapshot describes a frozen server for its successor. Descriptors are
 // indexes into FDs. It is plain data, encoded as JSON between processes.
 type Snapshot struct {
+	Format    int                       `json:"format"` // SnapshotFormat
 	Listeners []SnapshotListener        `json:"listeners"`
 	Conns     []SnapshotConn            `json:"conns"`
 	States    map[string]SnapshotCounts `json:"listener_counters"`
@@ -311,6 +316,7 @@ func (s *Server) hold(c *conn, d dir, clear bool) bool {
 // release.
 func (s *Server) snapshot() *Snapshot {
 	snap := &Snapshot{
+		Format:  SnapshotFormat,
 		States:  map[string]SnapshotCounts{},
 		LastEnd: map[netip.Addr]time.Time{},
 		NextID:  s.nextID.Load(),
@@ -519,6 +525,9 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		lns.close()
 		s.release()
 		return nil, fmt.Errorf("take over: %w", err)
+	}
+	if snap.Format != SnapshotFormat {
+		return fail(fmt.Errorf("the predecessor's state is format %d; this binary reads format %d", snap.Format, SnapshotFormat))
 	}
 	file := func(i int, name string) (*os.File, error) {
 		if i < 0 || i >= len(snap.FDs) || snap.FDs[i] < 0 {
