@@ -260,7 +260,8 @@ func (s *Successor) recv() (message, error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return m, fmt.Errorf("successor did not answer within %s", s.timeout)
 	}
-	if errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		// Reset: it exited with the offer unread.
 		select {
 		case <-s.exited:
 			return m, fmt.Errorf("successor exited before taking over: %s", s.state)

@@ -1,0 +1,220 @@
+package handoff
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+)
+
+// The test binary is also the successor: with childEnv set, TestMain plays
+// a successor instead of running the tests.
+const childEnv = "HANDOFF_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(child())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// child takes the offer, writes "hi <i>" to each passed socket, and
+// reports, in place of a version, the socket descriptors it holds.
+func child() int {
+	p, err := FromEnv()
+	if err != nil || p == nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 3
+	}
+	var sockets []int
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		if link, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(link, "socket:") {
+			sockets = append(sockets, fd)
+		}
+	}
+	report, _ := json.Marshal(map[string]any{"sockets": sockets, "fds": p.FDs, "state": string(p.State)})
+	for i, fd := range p.FDs {
+		unix.Write(fd, []byte("hi "+strconv.Itoa(i)))
+	}
+	if err := p.Ready(string(report), 5*time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 4
+	}
+	return 0
+}
+
+// socketPair returns two connected sockets as files; both are closed at
+// cleanup.
+func socketPair(t *testing.T) (a, b *os.File) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b = os.NewFile(uintptr(fds[0]), "a"), os.NewFile(uintptr(fds[1]), "b")
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestHandoffPassesExactlyTheListedSockets starts a successor with two of
+// three sockets listed: it gets those two at the same numbers, and no
+// other socket of this process but the control socket.
+func TestHandoffPassesExactlyTheListedSockets(t *testing.T) {
+	var fds []int
+	var peers []*os.File
+	for range 2 {
+		a, b := socketPair(t)
+		fds = append(fds, int(a.Fd()))
+		peers = append(peers, b)
+	}
+	unlisted, _ := socketPair(t)
+	exe, _ := os.Executable()
+	succ, err := Spawn{
+		Path: exe, Args: []string{exe}, Env: append(os.Environ(), childEnv+"=1", "LISTEN_FDS=1"),
+		FDs: fds, State: map[string]int{"answer": 42}, ReadyTimeout: 10 * time.Second,
+	}.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var report struct {
+		Sockets, FDs []int
+		State        string
+	}
+	if err := json.Unmarshal([]byte(succ.Version), &report); err != nil {
+		t.Fatalf("report %q: %v", succ.Version, err)
+	}
+	if err := succ.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(report.FDs, fds) {
+		t.Errorf("successor was offered fds %v, want %v at the same numbers", report.FDs, fds)
+	}
+	if report.State != `{"answer":42}` {
+		t.Errorf("state %q", report.State)
+	}
+	for _, fd := range report.Sockets {
+		if fd == int(unlisted.Fd()) {
+			t.Errorf("the unlisted socket %d reached the successor", fd)
+		}
+	}
+	if got := len(report.Sockets); got != len(fds)+1 { // the listed ones and the control socket
+		t.Errorf("successor holds %d sockets %v, want the %d listed and the control socket", got, report.Sockets, len(fds))
+	}
+	for i, peer := range peers {
+		buf := make([]byte, 16)
+		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := peer.Read(buf)
+		if want := "hi " + strconv.Itoa(i); err != nil || string(buf[:n]) != want {
+			t.Errorf("socket %d: read %q, %v; want %q from the successor", i, buf[:n], err, want)
+		}
+	}
+	// Close-on-exec is back on the passed sockets here.
+	for _, fd := range fds {
+		if flags, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("fd %d left without close-on-exec", fd)
+		}
+	}
+	waitExit(t, succ)
+}
+
+func waitExit(t *testing.T, s *Successor) {
+	t.Helper()
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("successor did not exit")
+	}
+}
+
+// TestHandoffFailures: every way a successor can fail before running
+// is an error that says how, with the successor gone.
+func TestHandoffFailures(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		// bash: dash cannot redirect to a descriptor above 9.
+		if err := os.WriteFile(p, []byte("#!/bin/bash\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	notExec := filepath.Join(dir, "garbage")
+	os.WriteFile(notExec, []byte("\x00\x01garbage"), 0o755)
+	for _, tc := range []struct {
+		name, path, want string
+	}{
+		{"missing", filepath.Join(dir, "nope"), "no such file or directory"},
+		{"not an executable", notExec, "exec format error"},
+		{"exits at once", script("exit3", "exit 3"), "exited before taking over: exit status 3"},
+		{"hangs", script("hang", "exec sleep 30"), "successor did not answer within 300ms"},
+		{"garbage on the control socket", script("junk", `printf 'junk\n' >&$`+EnvFD+`; exec sleep 30`), "bad control message"},
+		{"refuses", script("refuse", `printf '{"kind":"error","error":"state format 9"}\n' >&$`+EnvFD+`; exec sleep 30`), "successor refused the handoff: state format 9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := socketPair(t)
+			_, err := Spawn{
+				Path: tc.path, Args: []string{tc.path}, Env: os.Environ(),
+				FDs: []int{int(a.Fd())}, State: "s", ReadyTimeout: 300 * time.Millisecond,
+			}.Start()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestPredecessorGone: a successor whose predecessor goes away before
+// "go" gives up.
+func TestPredecessorGone(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := os.NewFile(uintptr(fds[0]), "parent")
+	t.Setenv(EnvFD, strconv.Itoa(fds[1]))
+	parent.Write([]byte(`{"kind":"offer","state":{}}` + "\n"))
+	p, err := FromEnv()
+	if err != nil || p == nil {
+		t.Fatalf("FromEnv = %v, %v", p, err)
+	}
+	if _, ok := os.LookupEnv(EnvFD); ok {
+		t.Error(EnvFD + " left in the environment")
+	}
+	parent.Close()
+	if err := p.Ready("v", 5*time.Second); err == nil {
+		t.Fatal("Ready succeeded with the predecessor gone")
+	}
+}
+
+// TestFromEnvErrors: a bad EnvFD is an error naming it, not a crash.
+func TestFromEnvErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, _ := os.CreateTemp(t.TempDir(), "notasocket")
+	defer f.Close()
+	for _, tc := range []struct{ value, want string }{
+		{"x", `BMPPROXY_HANDOFF_FD="x": not a descriptor`},
+		{"-1", `BMPPROXY_HANDOFF_FD="-1": not a descriptor`},
+		{strconv.Itoa(int(f.Fd())), "not a socket"},
+		{"987", "BMPPROXY_HANDOFF_FD=987: not a socket"},
+	} {
+		t.Setenv(EnvFD, tc.value)
+		if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s=%s: %v, want %q", EnvFD, tc.value, err, tc.want)
+		}
+	}
+}
