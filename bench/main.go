@@ -4,6 +4,7 @@
 //
 //	go run ./bench            # the full run (as root; peers from bench/install.sh)
 //	go run ./bench -smoke     # every peer, small sizes: checks the harness itself
+//	go run ./bench upgrade    # the accept pause of an upgrade against open connections
 //
 // The proxy under test is pinned to CPU 0; the load generator and the sink
 // run on CPU 1. A sink parses each peer's PROXY header, checks it carries
@@ -50,6 +51,15 @@ func main() {
 		fs.Parse(os.Args[2:])
 		if err := runSink(*addr); err != nil {
 			fmt.Fprintln(os.Stderr, "sink:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "upgrade" {
+		// The pause of an upgrade against open connections:
+		// bench upgrade -conns 0,1000,5000
+		if err := runUpgradeBench(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "upgrade:", err)
 			os.Exit(1)
 		}
 		return

@@ -1,14 +1,18 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -587,7 +591,13 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		c := &s.Config.Listeners[i]
 		opts[c.Name] = s.newOpts(c)
 	}
-	for _, sc := range snap.Conns {
+	// Making connections of the descriptors is most of a takeover's time
+	// (a handful of system calls each); it runs on every CPU.
+	streams, err := adoptStreams(snap, file)
+	if err != nil {
+		return fail(err)
+	}
+	for i, sc := range snap.Conns {
 		o := opts[sc.Listener]
 		if o == nil {
 			// The listener is gone from the configuration; its
@@ -607,16 +617,8 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		c.up.Copied.Store(sc.Up[1])
 		c.down.Spliced.Store(sc.Down[0])
 		c.down.Copied.Store(sc.Down[1])
-		var err error
-		if c.cc, err = adoptStream(file(sc.ClientFD, "client "+sc.Client.String())); err == nil {
-			c.tc, err = adoptStream(file(sc.TargetFD, "target "+sc.Upstream))
-			if err != nil {
-				c.cc.Close()
-			}
-		}
-		if err != nil {
-			return fail(fmt.Errorf("connection %d from %s: %w", sc.ID, sc.Client, err))
-		}
+		c.cc, c.tc = streams[i][0], streams[i][1]
+		streams[i] = [2]stream{} // owned by c from here; release closes it
 		o.state.active.Add(1)
 		s.track(c)
 		if sc.Session {
@@ -639,6 +641,63 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		s.wg.Add(int(pending))
 	}
 	return lns, nil
+}
+
+// adoptStreams makes the client and target connections of every
+// connection in snap, on GOMAXPROCS workers. On error every connection
+// made is closed, without shutdown(2).
+func adoptStreams(snap *Snapshot, file func(int, string) (*os.File, error)) ([][2]stream, error) {
+	out := make([][2]stream, len(snap.Conns))
+	errs := make([]error, len(snap.Conns))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(snap.Conns)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(snap.Conns) {
+					return
+				}
+				sc := &snap.Conns[i]
+				cc, err := adoptStream(file(sc.ClientFD, "client "+sc.Client.String()))
+				if err != nil {
+					errs[i] = fmt.Errorf("connection %d from %s: client socket: %w", sc.ID, sc.Client, err)
+					continue
+				}
+				tc, err := adoptStream(file(sc.TargetFD, "target "+sc.Upstream))
+				if err != nil {
+					cc.Close()
+					errs[i] = fmt.Errorf("connection %d from %s: target socket: %w", sc.ID, sc.Client, err)
+					continue
+				}
+				out[i] = [2]stream{cc, tc}
+			}
+		}()
+	}
+	wg.Wait()
+	var first error
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			first = cmp.Or(first, err)
+			failed++
+		}
+	}
+	if first != nil {
+		if failed > 1 {
+			first = fmt.Errorf("%w (and %d more connections)", first, failed-1)
+		}
+		for _, st := range out {
+			if st[0] != nil {
+				st[0].Close()
+				st[1].Close()
+			}
+		}
+		return nil, first
+	}
+	return out, nil
 }
 
 // adoptStream makes a connection of an inherited descriptor; the file is

@@ -393,3 +393,36 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	syscall.Kill(pid3, syscall.SIGTERM)
 	waitExit(t, pid3)
 }
+
+// TestUpgradeRefusedBySuccessor: a successor that cannot load the
+// configuration file, edited since the start, refuses the handover and
+// says why; the running process keeps its session and serves on.
+func TestUpgradeRefusedBySuccessor(t *testing.T) {
+	dir := t.TempDir()
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	path := writeConfig(t, dir, "listeners:\n  - listen: \"127.0.0.1:0\"\n    target: \""+tg.Addr()+"\"\n")
+	cmd := exec.Command(binPath(), "--config", path)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := startCmd(t, 1, cmd)
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	c := dialT(t, "tcp", p.addr(0))
+	c.Write([]byte("one "))
+
+	os.WriteFile(path, []byte("listeners:\n  - listen: \"127.0.0.1:0\"\n    taget: x\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGUSR2)
+	failed := p.waitLog(t, "upgrade failed; this process keeps serving", 1)[0]
+	if e, _ := failed["error"].(string); !strings.Contains(e, "successor refused the handoff") || !strings.Contains(e, `unknown field "taget"`) {
+		t.Fatalf("the failure says %q; want the successor's reason", e)
+	}
+	c.Write([]byte("two"))
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "one two" {
+		t.Fatalf("echo across the failed upgrade: %q, %v", b, err)
+	}
+	if !alive(cmd.Process.Pid) {
+		t.Fatal("the process exited after a failed upgrade")
+	}
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
