@@ -121,8 +121,14 @@ func upgradeRun(bin string, n, rounds int) (upgradeResult, error) {
 			sinkWG.Add(1)
 			go func() {
 				defer sinkWG.Done()
-				k, _ := io.Copy(io.Discard, c)
-				got.Add(k)
+				buf := make([]byte, 512)
+				for {
+					k, err := c.Read(buf)
+					got.Add(int64(k))
+					if err != nil {
+						return
+					}
+				}
 			}()
 		}
 	}()
