@@ -87,6 +87,10 @@ func (u *upgrader) upgrade() (pid int, version string, err error) {
 		if err != nil {
 			return fmt.Errorf("successor %s: %w", u.exe, err)
 		}
+		if err := ctx.Err(); err != nil { // stopping: keep the sessions here, for the drain
+			succ.Abort()
+			return fmt.Errorf("stopping: %w", err)
+		}
 		u.log.Info().Int("successor_pid", succ.Pid).Str("successor_version", succ.Version).
 			Msg("upgrade: the successor rebuilt the state; telling it to go")
 		if err := succ.Commit(); err != nil {
