@@ -433,6 +433,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				stopUpgrades()
 				reloads()
 				stop()
+				debug.FreeOSMemory() // PID 1 holds nothing now but this loop
 				if code := initSock.Serve(int(up.successor.Load()), log); code != 0 {
 					return exitStatus(code)
 				}
