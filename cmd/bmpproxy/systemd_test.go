@@ -100,21 +100,27 @@ func TestSocketActivation(t *testing.T) {
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
 }
 
-// fakeManager is the service manager's end of NOTIFY_SOCKET. It reads
-// datagrams, and acknowledges a BARRIER=1 by closing the passed fd after
-// ackDelay, as systemd closes it once it has read that far.
+// fakeManager is the service manager's end of NOTIFY_SOCKET. It passes
+// on each datagram with the descriptors that came with it; closing the
+// one sent with BARRIER=1 acknowledges the barrier, as systemd does once
+// it has read that far.
 type fakeManager struct {
 	conn *net.UnixConn
-	msgs chan string
+	msgs chan notification
 }
 
-func newFakeManager(t *testing.T, ackDelay time.Duration) (*fakeManager, string) {
+type notification struct {
+	text string
+	fds  []int
+}
+
+func newFakeManager(t *testing.T) (*fakeManager, string) {
 	sock := filepath.Join(t.TempDir(), "notify")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &fakeManager{conn: conn, msgs: make(chan string, 64)}
+	m := &fakeManager{conn: conn, msgs: make(chan notification, 64)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -124,29 +130,40 @@ func newFakeManager(t *testing.T, ackDelay time.Duration) (*fakeManager, string)
 			if err != nil {
 				return
 			}
+			var fds []int
 			msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
 			for _, cm := range msgs {
-				fds, _ := unix.ParseUnixRights(&cm)
-				time.Sleep(ackDelay)
-				for _, fd := range fds {
-					unix.Close(fd)
-				}
+				f, _ := unix.ParseUnixRights(&cm)
+				fds = append(fds, f...)
 			}
-			m.msgs <- string(buf[:n])
+			m.msgs <- notification{string(buf[:n]), fds}
 		}
 	}()
-	t.Cleanup(func() { conn.Close(); <-done })
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+		for {
+			select {
+			case n := <-m.msgs:
+				for _, fd := range n.fds {
+					unix.Close(fd)
+				}
+			default:
+				return
+			}
+		}
+	})
 	return m, sock
 }
 
-func (m *fakeManager) next(t *testing.T) string {
+func (m *fakeManager) next(t *testing.T) notification {
 	t.Helper()
 	select {
-	case s := <-m.msgs:
-		return s
+	case n := <-m.msgs:
+		return n
 	case <-time.After(15 * time.Second):
 		t.Fatal("no notification")
-		return ""
+		return notification{}
 	}
 }
 
@@ -156,8 +173,7 @@ func (m *fakeManager) next(t *testing.T) string {
 // successor reports READY=1 itself; STOPPING=1 comes only from the
 // process that really stops.
 func TestSystemdNotifyUpgrade(t *testing.T) {
-	const ackDelay = 500 * time.Millisecond
-	mgr, sock := newFakeManager(t, ackDelay)
+	mgr, sock := newFakeManager(t)
 	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
 	cmd := exec.Command(binPath(), "--listen", "127.0.0.1:0", "--target", tg.Addr())
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "GORACE=atexit_sleep_ms=0")
@@ -165,7 +181,7 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	p := startCmd(t, 1, cmd)
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 	pid0 := cmd.Process.Pid
-	if got := mgr.next(t); got != "READY=1\nMAINPID="+strconv.Itoa(pid0) {
+	if got := mgr.next(t).text; got != "READY=1\nMAINPID="+strconv.Itoa(pid0) {
 		t.Fatalf("first notification %q", got)
 	}
 	c := dialT(t, "tcp", p.addr(0))
@@ -175,7 +191,8 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	var succ int
 	var sawBarrier, sawReady bool
 	for !(sawBarrier && sawReady) {
-		got := mgr.next(t)
+		n := mgr.next(t)
+		got := n.text
 		switch {
 		case strings.HasPrefix(got, "MAINPID="):
 			succ, _ = strconv.Atoi(strings.TrimPrefix(got, "MAINPID="))
@@ -187,11 +204,15 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 				t.Fatal("BARRIER=1 before MAINPID")
 			}
 			sawBarrier = true
-			// The barrier was acknowledged only now, ackDelay after it
-			// came: the predecessor must have waited for it.
-			if !alive(pid0) && !strings.Contains(p.logs.String(), "handed over; exiting") {
+			if len(n.fds) != 1 {
+				t.Fatalf("BARRIER=1 came with %d descriptors, want 1", len(n.fds))
+			}
+			// Unacknowledged, the predecessor must wait.
+			time.Sleep(500 * time.Millisecond)
+			if !alive(pid0) {
 				t.Fatal("the predecessor exited before its barrier was acknowledged")
 			}
+			unix.Close(n.fds[0])
 		case strings.HasPrefix(got, "READY=1\nMAINPID="):
 			sawReady = true
 		case got == "STOPPING=1":
@@ -213,7 +234,7 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 		t.Fatalf("echo across the upgrade: %q, %v", b, err)
 	}
 	syscall.Kill(succ, syscall.SIGTERM)
-	if got := mgr.next(t); got != "STOPPING=1" {
+	if got := mgr.next(t).text; got != "STOPPING=1" {
 		t.Fatalf("on SIGTERM to the successor: %q", got)
 	}
 	waitUntil(t, "the successor to exit", func() bool { return !alive(succ) })
