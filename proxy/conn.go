@@ -75,13 +75,7 @@ func (c *conn) fail(stage string, err error) {
 	c.aborted = true
 	tc := c.tc
 	parked := c.unparkLocked()
-	var held []dir
-	for d := range c.idle {
-		if c.idle[d].held {
-			c.idle[d].held = false
-			held = append(held, dir(d))
-		}
-	}
+	held := c.takeHeldLocked()
 	c.mu.Unlock()
 	// Parked directions resume before the sockets close, so their fds are
 	// still theirs when they leave the watcher; they then see the close.

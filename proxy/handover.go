@@ -59,7 +59,7 @@ type Snapshot struct {
 	Listeners []SnapshotListener        `json:"listeners"`
 	Conns     []SnapshotConn            `json:"conns"`
 	States    map[string]SnapshotCounts `json:"listener_counters"`
-	Server    SnapshotServer            `json:"server_counters"`
+	Server    Counters                  `json:"server_counters"`
 	// Closed are the recently closed BMP sessions, oldest first.
 	Closed []RouterStatus `json:"closed_routers"`
 	// LastEnd is when each router's last session ended.
@@ -114,19 +114,6 @@ type SnapshotCounts struct {
 	ToClient        int64             `json:"bytes_to_client"`
 	Spliced         int64             `json:"bytes_spliced"`
 	Copied          int64             `json:"bytes_copied"`
-}
-
-// SnapshotServer are the server-wide counters.
-type SnapshotServer struct {
-	Accepted        uint64 `json:"accepted"`
-	DialFailures    uint64 `json:"dial_failures"`
-	AcceptErrors    uint64 `json:"accept_errors"`
-	Parks           uint64 `json:"parks"`
-	Reloads         uint64 `json:"reloads"`
-	ReloadFailures  uint64 `json:"reload_failures"`
-	Upgrades        uint64 `json:"upgrades"`
-	UpgradeFailures uint64 `json:"upgrade_failures"`
-	CarriedOver     uint64 `json:"carried_over"`
 }
 
 // Handoff gives a frozen server's snapshot to a successor. It returns nil
@@ -200,12 +187,7 @@ func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 	}
 	s.accepting.Wait()
 
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.tracked()
 	for _, c := range conns {
 		c.freeze()
 	}
@@ -295,6 +277,19 @@ func (s *Server) noteSettled() {
 	}
 }
 
+// takeHeldLocked clears c's held directions and returns them: the caller
+// owns their WaitGroup counts. c.mu is held.
+func (c *conn) takeHeldLocked() []dir {
+	var held []dir
+	for d := range c.idle {
+		if c.idle[d].held {
+			c.idle[d].held = false
+			held = append(held, dir(d))
+		}
+	}
+	return held
+}
+
 // hold keeps direction d of c without a goroutine while the server is
 // frozen. It reports false, and the caller goes on, if the server is not
 // frozen or c is ending. With clear, it also clears a past nudge when it
@@ -324,17 +319,7 @@ func (s *Server) snapshot() *Snapshot {
 		States:  map[string]SnapshotCounts{},
 		LastEnd: map[netip.Addr]time.Time{},
 		NextID:  s.nextID.Load(),
-		Server: SnapshotServer{
-			Accepted:        s.stats.accepted.Load(),
-			DialFailures:    s.stats.dialFailed.Load(),
-			AcceptErrors:    s.stats.acceptErrs.Load(),
-			Parks:           s.stats.parks.Load(),
-			Reloads:         s.stats.reloads.Load(),
-			ReloadFailures:  s.stats.reloadFailures.Load(),
-			Upgrades:        s.stats.upgrades.Load(),
-			UpgradeFailures: s.stats.upgradeFailures.Load(),
-			CarriedOver:     s.stats.carried.Load(),
-		},
+		Server:  s.stats.saved(),
 	}
 	addFD := func(sc syscall.Conn) int {
 		fd := -1
@@ -374,11 +359,8 @@ func (s *Server) snapshot() *Snapshot {
 		}
 		snap.States[name] = sc
 	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
 	s.mu.Unlock()
+	conns := s.tracked()
 	sort.Slice(conns, func(i, j int) bool { return conns[i].id < conns[j].id })
 	for _, c := range conns {
 		c.mu.Lock()
@@ -422,23 +404,12 @@ func (s *Server) thaw(ctx, connCtx context.Context) {
 // resumeHeld starts every held direction on a fresh goroutine, which
 // inherits the held WaitGroup count.
 func (s *Server) resumeHeld() {
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.tracked()
 	for _, c := range conns {
 		c.mu.Lock()
-		var resume []dir
-		for d := range c.idle {
-			if c.idle[d].held {
-				c.idle[d].held = false
-				resume = append(resume, dir(d))
-			}
-		}
+		held := c.takeHeldLocked()
 		c.mu.Unlock()
-		for _, d := range resume {
+		for _, d := range held {
 			go s.resume(c, d)
 		}
 	}
@@ -452,22 +423,11 @@ func (s *Server) release() {
 		l.ln.Close()
 		delete(s.listeners, a)
 	}
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.tracked()
 	for _, c := range conns {
 		c.mu.Lock()
 		c.aborted = true
-		held := 0
-		for d := range c.idle {
-			if c.idle[d].held {
-				c.idle[d].held = false
-				held++
-			}
-		}
+		held := c.takeHeldLocked()
 		c.mu.Unlock()
 		c.cc.Close()
 		if c.tc != nil {
@@ -475,7 +435,7 @@ func (s *Server) release() {
 		}
 		s.untrack(c)
 		c.opts.state.active.Add(-1)
-		for range held {
+		for range held { // their WaitGroup counts
 			s.wg.Done()
 		}
 	}
@@ -553,16 +513,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 	}
 
 	s.nextID.Store(snap.NextID)
-	st := snap.Server
-	s.stats.accepted.Store(st.Accepted)
-	s.stats.dialFailed.Store(st.DialFailures)
-	s.stats.acceptErrs.Store(st.AcceptErrors)
-	s.stats.parks.Store(st.Parks)
-	s.stats.reloads.Store(st.Reloads)
-	s.stats.reloadFailures.Store(st.ReloadFailures)
-	s.stats.upgrades.Store(st.Upgrades)
-	s.stats.upgradeFailures.Store(st.UpgradeFailures)
-	s.stats.carried.Store(st.CarriedOver)
+	s.stats.restore(snap.Server)
 	s.mu.Lock()
 	for name, sc := range snap.States {
 		ls := new(listenerState)

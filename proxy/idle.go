@@ -170,12 +170,7 @@ func (s *Server) sweepIdle(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		conns := make([]*conn, 0, len(s.conns))
-		for c := range s.conns {
-			conns = append(conns, c)
-		}
-		s.mu.Unlock()
+		conns := s.tracked()
 		for _, c := range conns {
 			c.sweep()
 		}

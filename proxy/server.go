@@ -116,41 +116,63 @@ type counters struct {
 	carried         atomic.Uint64 // connections received from predecessors
 }
 
+// Counters are the server-wide counters that carry over an upgrade.
+type Counters struct {
+	Accepted        uint64 `json:"accepted"`         // connections accepted
+	DialFailures    uint64 `json:"dial_failures"`    // connections closed because the target could not be reached
+	AcceptErrors    uint64 `json:"accept_errors"`    // failed accept calls (EMFILE and the like)
+	Parks           uint64 `json:"parks"`            // times a direction was parked
+	Reloads         uint64 `json:"reloads"`          // reloads applied in full
+	ReloadFailures  uint64 `json:"reload_failures"`  // reloads rejected or applied in part
+	Upgrades        uint64 `json:"upgrades"`         // upgrades that handed the server over, counted by the successor
+	UpgradeFailures uint64 `json:"upgrade_failures"` // upgrades that failed; the predecessor kept serving
+	CarriedOver     uint64 `json:"carried_over"`     // connections received from predecessors, over all upgrades
+}
+
+// saved reads the counters that carry over an upgrade.
+func (c *counters) saved() Counters {
+	return Counters{
+		Accepted:        c.accepted.Load(),
+		DialFailures:    c.dialFailed.Load(),
+		AcceptErrors:    c.acceptErrs.Load(),
+		Parks:           c.parks.Load(),
+		Reloads:         c.reloads.Load(),
+		ReloadFailures:  c.reloadFailures.Load(),
+		Upgrades:        c.upgrades.Load(),
+		UpgradeFailures: c.upgradeFailures.Load(),
+		CarriedOver:     c.carried.Load(),
+	}
+}
+
+// restore sets the counters a predecessor saved.
+func (c *counters) restore(v Counters) {
+	c.accepted.Store(v.Accepted)
+	c.dialFailed.Store(v.DialFailures)
+	c.acceptErrs.Store(v.AcceptErrors)
+	c.parks.Store(v.Parks)
+	c.reloads.Store(v.Reloads)
+	c.reloadFailures.Store(v.ReloadFailures)
+	c.upgrades.Store(v.Upgrades)
+	c.upgradeFailures.Store(v.UpgradeFailures)
+	c.carried.Store(v.CarriedOver)
+}
+
 // Stats is a snapshot of the server's counters.
 type Stats struct {
-	Accepted          uint64 // connections accepted
+	Counters
 	Active            int64  // connections open now
 	Refused           uint64 // connections closed before dialing, for any reason below
 	RefusedNotAllowed uint64 // client outside allow
 	RefusedLimit      uint64 // listener at max_connections
 	RefusedHeader     uint64 // spoofed, missing or unreadable inbound PROXY header
 	RefusedBMP        uint64 // failed the BMP pre-check
-	DialFailures      uint64 // connections closed because the target could not be reached
-	AcceptErrors      uint64 // failed accept calls (EMFILE and the like)
 	Parked            int    // directions parked in the idle watcher, without a goroutine
-	Parks             uint64 // times a direction was parked
-	Reloads           uint64 // reloads applied in full
-	ReloadFailures    uint64 // reloads rejected or applied in part
-	Upgrades          uint64 // upgrades that handed this server over, counted by the successor
-	UpgradeFailures   uint64 // upgrades that failed; the predecessor kept serving
-	CarriedOver       uint64 // connections received from predecessors, over all upgrades
 	Splice            splice.Stats
 }
 
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
-	st := Stats{
-		Accepted:        s.stats.accepted.Load(),
-		Active:          s.stats.active.Load(),
-		DialFailures:    s.stats.dialFailed.Load(),
-		AcceptErrors:    s.stats.acceptErrs.Load(),
-		Parks:           s.stats.parks.Load(),
-		Reloads:         s.stats.reloads.Load(),
-		ReloadFailures:  s.stats.reloadFailures.Load(),
-		Upgrades:        s.stats.upgrades.Load(),
-		UpgradeFailures: s.stats.upgradeFailures.Load(),
-		CarriedOver:     s.stats.carried.Load(),
-	}
+	st := Stats{Counters: s.stats.saved(), Active: s.stats.active.Load()}
 	// Refusals are counted per listener name; the totals are their sums.
 	var refused [numRefusals]uint64
 	s.mu.Lock()
@@ -539,6 +561,17 @@ func (s *Server) track(c *conn) {
 	if closing {
 		c.abort(errShutdown)
 	}
+}
+
+// tracked returns the tracked connections as of now.
+func (s *Server) tracked() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
 }
 
 func (s *Server) untrack(c *conn) {

@@ -484,8 +484,30 @@ func startAdmin(ctx context.Context, stop context.CancelFunc, as *admin.Server, 
 // watchReloads reloads the config file at path into srv on every SIGHUP
 // until ctx is done. The returned function stops it and waits for it.
 func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerolog.Logger, notify sdnotify.Notifier) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	return onSignal(ctx, syscall.SIGHUP, func(ctx context.Context) bool {
+		if path == "" {
+			log.Warn().Msg("SIGHUP ignored: there is no --config file to reload")
+			return true
+		}
+		log.Info().Str("config", path).Msg("SIGHUP: reloading")
+		notify.Reloading()
+		cfg, err := conf.Load(path)
+		if err != nil {
+			srv.ReloadFailed(err)
+		} else {
+			srv.Reload(ctx, cfg) // logs its own outcome
+		}
+		notify.Ready()
+		return true
+	})
+}
+
+// onSignal calls f, on a goroutine of its own, for each sig until ctx is
+// done or f returns false. The returned function stops it and waits for
+// it; it may be called more than once.
+func onSignal(ctx context.Context, sig os.Signal, f func(context.Context) bool) (stop func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sig)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -494,25 +516,15 @@ func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerol
 			select {
 			case <-ctx.Done():
 				return
-			case <-hup:
+			case <-ch:
 			}
-			if path == "" {
-				log.Warn().Msg("SIGHUP ignored: there is no --config file to reload")
-				continue
+			if !f(ctx) {
+				return
 			}
-			log.Info().Str("config", path).Msg("SIGHUP: reloading")
-			notify.Reloading()
-			cfg, err := conf.Load(path)
-			if err != nil {
-				srv.ReloadFailed(err)
-			} else {
-				srv.Reload(ctx, cfg) // logs its own outcome
-			}
-			notify.Ready()
 		}
 	}()
 	return func() {
-		signal.Stop(hup)
+		signal.Stop(ch)
 		cancel()
 		<-done
 	}

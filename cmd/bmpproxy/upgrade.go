@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -107,35 +106,17 @@ func (u *upgrader) upgrade() (pid int, version string, err error) {
 	return pid, version, err
 }
 
-// watchUpgrades upgrades on every SIGUSR2 until ctx is done. The returned
-// function stops it and waits for it.
+// watchUpgrades upgrades on every SIGUSR2 until ctx is done or the
+// process has handed over. The returned function stops it and waits for
+// it.
 func (u *upgrader) watchUpgrades(ctx context.Context) (stop func()) {
-	usr2 := make(chan os.Signal, 1)
-	signal.Notify(usr2, syscall.SIGUSR2)
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-usr2:
-			}
-			u.log.Info().Msg("SIGUSR2: upgrading")
-			if _, _, err := u.upgrade(); errors.Is(err, errUpgradeRunning) {
-				u.log.Warn().Msg("SIGUSR2 ignored: an upgrade is already running")
-			}
-			if u.handedOver.Load() {
-				return
-			}
+	return onSignal(ctx, syscall.SIGUSR2, func(context.Context) bool {
+		u.log.Info().Msg("SIGUSR2: upgrading")
+		if _, _, err := u.upgrade(); errors.Is(err, errUpgradeRunning) {
+			u.log.Warn().Msg("SIGUSR2 ignored: an upgrade is already running")
 		}
-	}()
-	return func() {
-		signal.Stop(usr2)
-		cancel()
-		<-done
-	}
+		return !u.handedOver.Load()
+	})
 }
 
 // successorState is a predecessor's handover, when this process was
