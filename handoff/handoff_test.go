@@ -1,6 +1,8 @@
 package handoff
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -217,4 +219,27 @@ func TestFromEnvErrors(t *testing.T) {
 			t.Errorf("%s=%s: %v, want %q", EnvFD, tc.value, err, tc.want)
 		}
 	}
+}
+
+// FuzzReadMessage: whatever a successor or predecessor writes on the
+// control socket, reading it ends in a message that encodes again, or in
+// an error; never in a panic.
+func FuzzReadMessage(f *testing.F) {
+	f.Add([]byte(`{"kind":"offer","fds":[4,5],"state":{"a":1}}` + "\n"))
+	f.Add([]byte(`{"kind":"ready","pid":7,"version":"v"}` + "\n"))
+	f.Add([]byte("{\n"))
+	f.Add([]byte(`{"kind":"go"}`))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bufio.NewReaderSize(bytes.NewReader(b), 16)
+		for range 4 {
+			m, err := readMessage(r)
+			if err != nil {
+				return
+			}
+			if _, err := json.Marshal(m); err != nil {
+				t.Fatalf("decoded %+v cannot be encoded again: %v", m, err)
+			}
+		}
+	})
 }
