@@ -321,14 +321,6 @@ func (s *Server) snapshot() *Snapshot {
 		NextID:  s.nextID.Load(),
 		Server:  s.stats.saved(),
 	}
-	addFD := func(sc syscall.Conn) int {
-		fd := -1
-		if rc, err := sc.SyscallConn(); err == nil {
-			rc.Control(func(f uintptr) { fd = int(f) })
-		}
-		snap.FDs = append(snap.FDs, fd)
-		return len(snap.FDs) - 1
-	}
 	addrs := make([]netip.AddrPort, 0, len(s.listeners))
 	for a := range s.listeners {
 		addrs = append(addrs, a)
@@ -340,7 +332,7 @@ func (s *Server) snapshot() *Snapshot {
 		if !ok {
 			continue // not a socket of ours; the successor opens its own
 		}
-		snap.Listeners = append(snap.Listeners, SnapshotListener{Name: l.opts.Load().Name, Addr: a, FD: addFD(sc)})
+		snap.Listeners = append(snap.Listeners, SnapshotListener{Name: l.opts.Load().Name, Addr: a, FD: snap.addFD(sc)})
 	}
 
 	s.mu.Lock()
@@ -375,7 +367,7 @@ func (s *Server) snapshot() *Snapshot {
 		}
 		cc, tc := c.cc, c.tc
 		c.mu.Unlock()
-		sc.ClientFD, sc.TargetFD = addFD(cc), addFD(tc)
+		sc.ClientFD, sc.TargetFD = snap.addFD(cc), snap.addFD(tc)
 		snap.Conns = append(snap.Conns, sc)
 	}
 
@@ -459,16 +451,93 @@ func (in inheritedListeners) take(name string, a netip.AddrPort) (net.Listener, 
 		delete(in, a)
 		return il.ln, a, true
 	}
-	if a.Port() != 0 {
-		return nil, a, false
-	}
 	for b, il := range in {
-		if il.name == name && b.Addr() == a.Addr() {
+		if il.name == name && serves(a, b) {
 			delete(in, b)
 			return il.ln, b, true
 		}
 	}
 	return nil, a, false
+}
+
+// serves reports whether a socket bound to b serves the configured
+// address a: a itself, or for a port-0 address the same IP, with the port
+// the predecessor was given.
+func serves(a, b netip.AddrPort) bool {
+	return a == b || a.Port() == 0 && a.Addr() == b.Addr()
+}
+
+// addFD adds sc's descriptor to FDs and returns its index; -1 is added if
+// sc has none, and the successor then reports it.
+func (snap *Snapshot) addFD(sc syscall.Conn) int {
+	fd := -1
+	if rc, err := sc.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	snap.FDs = append(snap.FDs, fd)
+	return len(snap.FDs) - 1
+}
+
+// file returns descriptor i of FDs as a file, named for errors.
+func (snap *Snapshot) file(i int, name string) (*os.File, error) {
+	if i < 0 || i >= len(snap.FDs) || snap.FDs[i] < 0 {
+		return nil, fmt.Errorf("%s: no descriptor %d", name, i)
+	}
+	return os.NewFile(uintptr(snap.FDs[i]), name), nil
+}
+
+// listener makes a listener of an inherited listening socket.
+func (snap *Snapshot) listener(sl SnapshotListener) (net.Listener, error) {
+	f, err := snap.file(sl.FD, "listener "+sl.Addr.String())
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", sl.Addr, err)
+	}
+	return ln, nil
+}
+
+// AddExtra adds ln, a listening socket of the caller's such as the admin
+// listener, under name. It reports false, and adds nothing, if ln is not
+// a socket.
+func (snap *Snapshot) AddExtra(name string, ln net.Listener) bool {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	sl := SnapshotListener{Name: name, Addr: addrPort(ln.Addr()), FD: snap.addFD(sc)}
+	if snap.FDs[sl.FD] < 0 {
+		snap.FDs = snap.FDs[:sl.FD]
+		return false
+	}
+	snap.Extra = append(snap.Extra, sl)
+	return true
+}
+
+// TakeExtra returns the extra listening socket added under name that
+// serves addr (the same address, or the same IP for port 0), and removes
+// it from the snapshot. It returns nil and no error if there is none.
+func (snap *Snapshot) TakeExtra(name string, addr netip.AddrPort) (net.Listener, error) {
+	for i, sl := range snap.Extra {
+		if sl.Name == name && serves(addr, sl.Addr) {
+			snap.Extra = append(snap.Extra[:i], snap.Extra[i+1:]...)
+			return snap.listener(sl)
+		}
+	}
+	return nil, nil
+}
+
+// CloseExtra closes the extra sockets nothing took.
+func (snap *Snapshot) CloseExtra() {
+	for _, sl := range snap.Extra {
+		if f, err := snap.file(sl.FD, sl.Name); err == nil {
+			f.Close()
+		}
+	}
+	snap.Extra = nil
 }
 
 func (in inheritedListeners) close() {
@@ -493,21 +562,10 @@ func (s *Server) adopt() (inheritedListeners, error) {
 	if snap.Format != SnapshotFormat {
 		return fail(fmt.Errorf("the predecessor's state is format %d; this binary reads format %d", snap.Format, SnapshotFormat))
 	}
-	file := func(i int, name string) (*os.File, error) {
-		if i < 0 || i >= len(snap.FDs) || snap.FDs[i] < 0 {
-			return nil, fmt.Errorf("%s: no descriptor %d", name, i)
-		}
-		return os.NewFile(uintptr(snap.FDs[i]), name), nil
-	}
 	for _, sl := range snap.Listeners {
-		f, err := file(sl.FD, "listener "+sl.Addr.String())
+		ln, err := snap.listener(sl)
 		if err != nil {
 			return fail(err)
-		}
-		ln, err := net.FileListener(f)
-		f.Close()
-		if err != nil {
-			return fail(fmt.Errorf("listener %s: %w", sl.Addr, err))
 		}
 		lns[sl.Addr] = inheritedListener{name: sl.Name, ln: ln}
 	}
@@ -544,7 +602,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 	}
 	// Making connections of the descriptors is most of a takeover's time
 	// (a handful of system calls each); it runs on every CPU.
-	streams, err := adoptStreams(snap, file)
+	streams, err := adoptStreams(snap)
 	if err != nil {
 		return fail(err)
 	}
@@ -597,7 +655,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 // adoptStreams makes the client and target connections of every
 // connection in snap, on GOMAXPROCS workers. On error every connection
 // made is closed, without shutdown(2).
-func adoptStreams(snap *Snapshot, file func(int, string) (*os.File, error)) ([][2]stream, error) {
+func adoptStreams(snap *Snapshot) ([][2]stream, error) {
 	out := make([][2]stream, len(snap.Conns))
 	errs := make([]error, len(snap.Conns))
 	var next atomic.Int64
@@ -612,12 +670,12 @@ func adoptStreams(snap *Snapshot, file func(int, string) (*os.File, error)) ([][
 					return
 				}
 				sc := &snap.Conns[i]
-				cc, err := adoptStream(file(sc.ClientFD, "client "+sc.Client.String()))
+				cc, err := adoptStream(snap.file(sc.ClientFD, "client "+sc.Client.String()))
 				if err != nil {
 					errs[i] = fmt.Errorf("connection %d from %s: client socket: %w", sc.ID, sc.Client, err)
 					continue
 				}
-				tc, err := adoptStream(file(sc.TargetFD, "target "+sc.Upstream))
+				tc, err := adoptStream(snap.file(sc.TargetFD, "target "+sc.Upstream))
 				if err != nil {
 					cc.Close()
 					errs[i] = fmt.Errorf("connection %d from %s: target socket: %w", sc.ID, sc.Client, err)

@@ -72,12 +72,7 @@ func (u *upgrader) upgrade() (pid int, version string, err error) {
 					}
 				}()
 			}
-			if fd, ok := socketFD(*ln); ok {
-				snap.FDs = append(snap.FDs, fd)
-				snap.Extra = append(snap.Extra, proxy.SnapshotListener{
-					Name: adminName, Addr: addrPortOf((*ln).Addr()), FD: len(snap.FDs) - 1,
-				})
-			}
+			snap.AddExtra(adminName, *ln)
 		}
 		succ, err := handoff.Spawn{
 			Path: u.exe, Args: u.args, Env: os.Environ(),
@@ -159,61 +154,21 @@ func (s *successorState) fail(err error) {
 }
 
 // adminListener returns the predecessor's admin socket for addr, if it
-// passed one; a port-0 address takes the socket on the same IP.
+// passed one that serves it.
 func (s *successorState) adminListener(addr netip.AddrPort) (net.Listener, bool) {
 	if s == nil {
 		return nil, false
 	}
-	for i, e := range s.snap.Extra {
-		if e.Name != adminName || e.FD < 0 || e.FD >= len(s.snap.FDs) {
-			continue
-		}
-		if e.Addr != addr && (addr.Port() != 0 || e.Addr.Addr() != addr.Addr()) {
-			continue
-		}
-		s.snap.Extra = append(s.snap.Extra[:i], s.snap.Extra[i+1:]...)
-		f := os.NewFile(uintptr(s.snap.FDs[e.FD]), "admin "+e.Addr.String())
-		ln, err := net.FileListener(f)
-		f.Close()
-		return ln, err == nil
-	}
-	return nil, false
+	ln, err := s.snap.TakeExtra(adminName, addr)
+	return ln, err == nil && ln != nil
 }
 
 // closeUnused closes passed sockets that nothing took, such as the admin
 // socket of an admin address the configuration no longer has.
 func (s *successorState) closeUnused() {
-	if s == nil {
-		return
+	if s != nil {
+		s.snap.CloseExtra()
 	}
-	for _, e := range s.snap.Extra {
-		if e.FD >= 0 && e.FD < len(s.snap.FDs) {
-			syscall.Close(s.snap.FDs[e.FD])
-		}
-	}
-	s.snap.Extra = nil
-}
-
-func socketFD(ln net.Listener) (int, bool) {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return 0, false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	fd := -1
-	rc.Control(func(f uintptr) { fd = int(f) })
-	return fd, fd >= 0
-}
-
-func addrPortOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
 }
 
 // upgradeCommand is "bmpproxy upgrade": it asks a running bmpproxy to hand
