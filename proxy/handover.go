@@ -337,19 +337,7 @@ func (s *Server) snapshot() *Snapshot {
 
 	s.mu.Lock()
 	for name, st := range s.states {
-		sc := SnapshotCounts{
-			Accepted:        st.accepted.Load(),
-			ConnectFailures: st.connectFailures.Load(),
-			Refused:         make(map[string]uint64, numRefusals),
-			FromClient:      st.fromClient.Load(),
-			ToClient:        st.toClient.Load(),
-			Spliced:         st.spliced.Load(),
-			Copied:          st.copied.Load(),
-		}
-		for i, r := range refusalReasons {
-			sc.Refused[r] = st.refused[i].Load()
-		}
-		snap.States[name] = sc
+		snap.States[name] = st.saved()
 	}
 	s.mu.Unlock()
 	conns := s.tracked()
@@ -575,15 +563,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 	s.mu.Lock()
 	for name, sc := range snap.States {
 		ls := new(listenerState)
-		ls.accepted.Store(sc.Accepted)
-		ls.connectFailures.Store(sc.ConnectFailures)
-		for i, r := range refusalReasons {
-			ls.refused[i].Store(sc.Refused[r])
-		}
-		ls.fromClient.Store(sc.FromClient)
-		ls.toClient.Store(sc.ToClient)
-		ls.spliced.Store(sc.Spliced)
-		ls.copied.Store(sc.Copied)
+		ls.restore(sc)
 		s.states[name] = ls
 	}
 	s.mu.Unlock()

@@ -63,6 +63,37 @@ type listenerState struct {
 	fromClient, toClient, spliced, copied atomic.Int64
 }
 
+// saved reads the counters that carry over an upgrade: all but active,
+// which the successor counts again as it adopts the connections.
+func (ls *listenerState) saved() SnapshotCounts {
+	sc := SnapshotCounts{
+		Accepted:        ls.accepted.Load(),
+		ConnectFailures: ls.connectFailures.Load(),
+		Refused:         make(map[string]uint64, numRefusals),
+		FromClient:      ls.fromClient.Load(),
+		ToClient:        ls.toClient.Load(),
+		Spliced:         ls.spliced.Load(),
+		Copied:          ls.copied.Load(),
+	}
+	for i, r := range refusalReasons {
+		sc.Refused[r] = ls.refused[i].Load()
+	}
+	return sc
+}
+
+// restore sets the counters a predecessor saved.
+func (ls *listenerState) restore(sc SnapshotCounts) {
+	ls.accepted.Store(sc.Accepted)
+	ls.connectFailures.Store(sc.ConnectFailures)
+	for i, r := range refusalReasons {
+		ls.refused[i].Store(sc.Refused[r])
+	}
+	ls.fromClient.Store(sc.FromClient)
+	ls.toClient.Store(sc.ToClient)
+	ls.spliced.Store(sc.Spliced)
+	ls.copied.Store(sc.Copied)
+}
+
 // ListenerStats is a snapshot of one listener's counters, open connections
 // included.
 type ListenerStats struct {
@@ -84,21 +115,18 @@ func (s *Server) ListenerStats() []ListenerStats {
 	defer s.mu.Unlock()
 	byName := make(map[string]*ListenerStats, len(s.states))
 	for name, st := range s.states {
-		ls := &ListenerStats{
+		sv := st.saved()
+		byName[name] = &ListenerStats{
 			Name:            name,
-			Accepted:        st.accepted.Load(),
+			Accepted:        sv.Accepted,
 			Active:          st.active.Load(),
-			Refused:         make(map[string]uint64, len(refusalReasons)),
-			ConnectFailures: st.connectFailures.Load(),
-			BytesFromClient: st.fromClient.Load(),
-			BytesToClient:   st.toClient.Load(),
-			BytesSpliced:    st.spliced.Load(),
-			BytesCopied:     st.copied.Load(),
+			Refused:         sv.Refused,
+			ConnectFailures: sv.ConnectFailures,
+			BytesFromClient: sv.FromClient,
+			BytesToClient:   sv.ToClient,
+			BytesSpliced:    sv.Spliced,
+			BytesCopied:     sv.Copied,
 		}
-		for i, r := range refusalReasons {
-			ls.Refused[r] = st.refused[i].Load()
-		}
-		byName[name] = ls
 	}
 	for c := range s.conns {
 		if ls := byName[c.listener]; ls != nil {
