@@ -135,21 +135,7 @@ type upgradeReq struct {
 func (s *Server) Upgrade(ctx context.Context, h Handoff) error {
 	s.init()
 	req := upgradeReq{ctx: ctx, h: h, done: make(chan error, 1)}
-	select {
-	case s.upgrades <- req:
-	case <-s.stopped:
-		return errNotRunning
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return <-req.done
-}
-
-// UpgradeFailed records an upgrade that failed before reaching the
-// server.
-func (s *Server) UpgradeFailed(err error) {
-	s.stats.upgradeFailures.Add(1)
-	s.Logger.Error().Err(err).Msg("upgrade failed; this process keeps serving")
+	return submit(ctx, s, s.upgrades, req, req.done)
 }
 
 // upgrade runs on the Run goroutine.

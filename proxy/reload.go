@@ -36,14 +36,21 @@ type reloadReq struct {
 func (s *Server) Reload(ctx context.Context, cfg *conf.Config) error {
 	s.init()
 	req := reloadReq{cfg: cfg, done: make(chan error, 1)}
+	return submit(ctx, s, s.reloads, req, req.done)
+}
+
+// submit hands req to the Run goroutine on ch and returns its answer
+// from done, or errNotRunning if Run does not serve, or ctx's error if
+// ctx ends before Run takes req.
+func submit[R any](ctx context.Context, s *Server, ch chan<- R, req R, done <-chan error) error {
 	select {
-	case s.reloads <- req:
+	case ch <- req:
 	case <-s.stopped:
 		return errNotRunning
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return <-req.done
+	return <-done
 }
 
 // ReloadFailed records a reload that was rejected before reaching the
