@@ -162,7 +162,7 @@ func (sp Spawn) Start() (*Successor, error) {
 	if err := s.send(message{Kind: "offer", FDs: sp.FDs, State: state}); err != nil {
 		select {
 		case <-s.exited:
-			return nil, s.fail(fmt.Errorf("successor exited before taking over: %s", s.state))
+			return nil, s.fail(errExited)
 		case <-time.After(time.Second):
 		}
 		return nil, s.fail(fmt.Errorf("send state: %w", err))
@@ -221,11 +221,19 @@ func (s *Successor) fail(err error) error {
 	case <-s.exited:
 	case <-time.After(5 * time.Second): // SIGKILL cannot be ignored; not expected
 	}
-	if st := s.exitState(); err != nil && st != nil && !killedBySelf(st) && !strings.Contains(err.Error(), st.String()) {
+	st := s.exitState()
+	switch {
+	case errors.Is(err, errExited):
+		err = fmt.Errorf("successor exited before taking over: %s", st)
+	case err != nil && st != nil && !killedBySelf(st):
 		err = fmt.Errorf("%w (successor %s)", err, st)
 	}
 	return err
 }
+
+// errExited stands for "the successor exited by itself", which fail
+// words with its exit status.
+var errExited = errors.New("successor exited")
 
 // exitState is the successor's exit status once it has been reaped, and
 // nil before.
@@ -264,7 +272,7 @@ func (s *Successor) recv() (message, error) {
 		// Reset: it exited with the offer unread.
 		select {
 		case <-s.exited:
-			return m, fmt.Errorf("successor exited before taking over: %s", s.state)
+			return m, errExited
 		case <-time.After(time.Second):
 		}
 		return m, errors.New("successor closed the control socket")
