@@ -3,10 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bmpproxy/bmpproxy/internal/procfs"
 )
 
 // clockTick is USER_HZ, the unit of /proc/PID/stat times. It is 100 on
@@ -57,7 +58,7 @@ func footprint(pid int) (rss int64, fds int, err error) {
 // KiB, from /proc/PID/status.
 func rssKiB(pid int) (int64, error) {
 	var total int64
-	for _, p := range append([]int{pid}, children(pid)...) {
+	for _, p := range append([]int{pid}, procfs.Children(pid)...) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		if err != nil {
 			if p == pid {
@@ -81,7 +82,7 @@ func rssKiB(pid int) (int64, error) {
 // fdCount returns the number of open fds of pid and its live children.
 func fdCount(pid int) (int, error) {
 	total := 0
-	for _, p := range append([]int{pid}, children(pid)...) {
+	for _, p := range append([]int{pid}, procfs.Children(pid)...) {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
 		if err != nil {
 			if p == pid {
@@ -94,29 +95,11 @@ func fdCount(pid int) (int, error) {
 	return total, nil
 }
 
-// children lists the live child processes of pid.
-func children(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
 // waitNoChildren waits up to d for pid's children to exit, so that their
 // CPU time is counted in cutime and cstime.
 func waitNoChildren(pid int, d time.Duration) {
 	deadline := time.Now().Add(d)
-	for len(children(pid)) > 0 && time.Now().Before(deadline) {
+	for len(procfs.Children(pid)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bmpproxy/bmpproxy/internal/procfs"
 )
 
 // TestUpgradeAsPID1 runs bmpproxy as PID 1 of a PID namespace, as in a
@@ -35,7 +37,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 	}
 	var init int // PID 1, as this namespace numbers it
 	waitUntil(t, "unshare's child", func() bool {
-		kids := children(cmd.Process.Pid)
+		kids := procfs.Children(cmd.Process.Pid)
 		if len(kids) > 0 {
 			init = kids[0]
 		}
@@ -74,7 +76,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 			pid, _ = adminVersion(t, admin)
 			return pid != last
 		})
-		if !alive(init) {
+		if !procfs.Alive(init) {
 			t.Fatalf("upgrade %d: PID 1 exited", round)
 		}
 		last = pid

@@ -14,6 +14,8 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 	"golang.org/x/sys/unix"
+
+	"github.com/bmpproxy/bmpproxy/internal/procfs"
 )
 
 // TestSystemdNotify runs the binary with a NOTIFY_SOCKET the test reads,
@@ -209,7 +211,7 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 			}
 			// Unacknowledged, the predecessor must wait.
 			time.Sleep(500 * time.Millisecond)
-			if !alive(pid0) {
+			if !procfs.Alive(pid0) {
 				t.Fatal("the predecessor exited before its barrier was acknowledged")
 			}
 			unix.Close(n.fds[0])
@@ -225,7 +227,7 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if lines[0]["successor_pid"].(float64) != float64(succ) {
 		t.Fatalf("handed over to %v, MAINPID said %d", lines[0]["successor_pid"], succ)
 	}
-	waitUntil(t, "the predecessor to exit", func() bool { return !alive(pid0) })
+	waitUntil(t, "the predecessor to exit", func() bool { return !procfs.Alive(pid0) })
 
 	c.Write([]byte("after"))
 	c.CloseWrite()
@@ -237,5 +239,5 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if got := mgr.next(t).text; got != "STOPPING=1" {
 		t.Fatalf("on SIGTERM to the successor: %q", got)
 	}
-	waitUntil(t, "the successor to exit", func() bool { return !alive(succ) })
+	waitUntil(t, "the successor to exit", func() bool { return !procfs.Alive(succ) })
 }

@@ -10,15 +10,13 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/handoff"
+	"github.com/bmpproxy/bmpproxy/internal/procfs"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/bmpproxy/bmpproxy/sdnotify"
 	"github.com/rs/zerolog"
@@ -215,10 +213,10 @@ func upgradeByPid(stdout io.Writer, pid int, timeout time.Duration) error {
 	for time.Now().Before(deadline) {
 		// The successor is the child it starts; remember it while the
 		// predecessor is still there to be asked.
-		if kids := children(pid); len(kids) > 0 {
+		if kids := procfs.Children(pid); len(kids) > 0 {
 			successor = kids[len(kids)-1]
 		}
-		if !alive(pid) {
+		if !procfs.Alive(pid) {
 			if successor == 0 {
 				return fmt.Errorf("upgrade: pid %d exited without a successor; see its log", pid)
 			}
@@ -228,39 +226,6 @@ func upgradeByPid(stdout io.Writer, pid int, timeout time.Duration) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("upgrade: pid %d still runs after %s: the upgrade failed or is still going; see its log", pid, timeout)
-}
-
-// children lists pid's child processes. Each thread lists the children
-// it forked, and a Go program forks from any of its threads.
-func children(pid int) []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	var out []int
-	for _, task := range tasks {
-		b, err := os.ReadFile(task)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// pid (comm) S ...: the state follows the last ')'.
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] != 'Z'
-	}
-	return true
 }
 
 // upgradeByAdmin posts to the admin listener's /upgrade and prints the

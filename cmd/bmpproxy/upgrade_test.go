@@ -23,6 +23,8 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/bmp"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+
+	"github.com/bmpproxy/bmpproxy/internal/procfs"
 )
 
 // buildVersion builds the binary with version stamped, as make release
@@ -220,7 +222,7 @@ func sessionStarts(t *testing.T, admin string) map[string]string {
 // waitExit waits for pid to be gone or a zombie.
 func waitExit(t *testing.T, pid int) {
 	t.Helper()
-	waitUntil(t, fmt.Sprintf("pid %d to exit", pid), func() bool { return !alive(pid) })
+	waitUntil(t, fmt.Sprintf("pid %d to exit", pid), func() bool { return !procfs.Alive(pid) })
 }
 
 // TestUpgradeUnderLoad is the zero-drop upgrade: 50 BMP sessions stream
@@ -421,7 +423,7 @@ func TestUpgradeRefusedBySuccessor(t *testing.T) {
 	if b, err := io.ReadAll(c); err != nil || string(b) != "one two" {
 		t.Fatalf("echo across the failed upgrade: %q, %v", b, err)
 	}
-	if !alive(cmd.Process.Pid) {
+	if !procfs.Alive(cmd.Process.Pid) {
 		t.Fatal("the process exited after a failed upgrade")
 	}
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
