@@ -194,10 +194,8 @@ func run(o *options) error {
 	e.bmpproxy = filepath.Join(dir, "bmpproxy")
 	e.refproxy = filepath.Join(dir, "refproxy")
 	for bin, pkg := range map[string]string{e.bmpproxy: "./cmd/bmpproxy", e.refproxy: "./bench/refproxy"} {
-		build := exec.Command("go", "build", "-o", bin, pkg)
-		build.Dir, build.Stdout, build.Stderr = root, os.Stdout, os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("build %s: %w", pkg, err)
+		if err := goBuild(root, bin, pkg); err != nil {
+			return err
 		}
 	}
 	if err := checkPeers(); err != nil {
@@ -355,6 +353,16 @@ func startSink(core string) (*running, string, error) {
 		return nil, "", fmt.Errorf("sink: %w", err)
 	}
 	return &running{cmd: cmd, pid: cmd.Process.Pid}, strings.TrimSpace(string(line[:n])), nil
+}
+
+// goBuild builds package pkg of the module at root into out.
+func goBuild(root, out, pkg string) error {
+	build := exec.Command("go", "build", "-o", out, pkg)
+	build.Dir, build.Stdout, build.Stderr = root, os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build %s: %w", pkg, err)
+	}
+	return nil
 }
 
 func moduleRoot() (string, error) {

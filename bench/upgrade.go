@@ -58,10 +58,8 @@ func runUpgradeBench(args []string) error {
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "bmpproxy")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/bmpproxy")
-	build.Dir, build.Stderr = root, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build bmpproxy: %w", err)
+	if err := goBuild(root, bin, "./cmd/bmpproxy"); err != nil {
+		return err
 	}
 
 	fmt.Printf("| open connections | freeze (median) | accept pause (median) | POST /upgrade (median) | pause per connection | pause vs. 0 connections | bytes checked |\n")
