@@ -314,7 +314,7 @@ func (s *Server) pump(c *conn, d dir) {
 		}
 		s.pumpDone(c, err, d)
 		c.mu.Lock()
-		c.idle[d].gone = true
+		c.idle[d].ended = true
 		c.mu.Unlock()
 		s.noteSettled()
 		s.wg.Done()
@@ -326,9 +326,6 @@ func (s *Server) pump(c *conn, d dir) {
 // whole connection; a clean EOF leaves the other direction running. The
 // last direction to end finishes the connection.
 func (s *Server) pumpDone(c *conn, err error, d dir) {
-	c.mu.Lock()
-	c.idle[d].ended = true
-	c.mu.Unlock()
 	if err != nil {
 		src, dst := "client", "target"
 		if d == down {

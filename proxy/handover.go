@@ -228,7 +228,7 @@ func (c *conn) freeze() {
 }
 
 // unsettled counts connections still in setup and directions neither held
-// nor gone. A failing connection counts until it is untracked. Once both
+// nor ended. A failing connection counts until it is untracked. Once both
 // counts are zero, no goroutine touches a tracked connection: each
 // direction is held, or ended cleanly with its FIN passed on.
 func (s *Server) unsettled() (setup, busy int) {
@@ -243,7 +243,7 @@ func (s *Server) unsettled() (setup, busy int) {
 			setup++
 		default:
 			for d := range c.idle {
-				if !c.idle[d].gone && !c.idle[d].held {
+				if !c.idle[d].ended && !c.idle[d].held {
 					busy++
 				}
 			}
@@ -337,7 +337,7 @@ func (s *Server) snapshot() *Snapshot {
 			SysName: c.router.SysName, SysDescr: c.router.SysDescr, Term: c.router.TermReason,
 			Up:    [2]int64{c.up.Spliced.Load(), c.up.Copied.Load()},
 			Down:  [2]int64{c.down.Spliced.Load(), c.down.Copied.Load()},
-			Ended: [2]bool{c.idle[up].gone, c.idle[down].gone},
+			Ended: [2]bool{c.idle[up].ended, c.idle[down].ended},
 		}
 		cc, tc := c.cc, c.tc
 		c.mu.Unlock()
@@ -601,7 +601,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		}
 		var pending int32
 		for d := range c.idle {
-			c.idle[d].ended, c.idle[d].gone = sc.Ended[d], sc.Ended[d]
+			c.idle[d].ended = sc.Ended[d]
 			if !sc.Ended[d] {
 				c.idle[d].held = true
 				pending++

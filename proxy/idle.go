@@ -51,8 +51,7 @@ type idleState struct {
 	seen   int64  // bytes moved at the last sweep
 	quiet  bool   // no byte moved since the sweep before that
 	parked uint64 // watcher key while parked, 0 otherwise
-	ended  bool   // the direction has ended (pumpDone ran or is running)
-	gone   bool   // its goroutine is done with it: ended, and pumpDone returned
+	ended  bool   // the direction has ended and its goroutine is done with it
 	held   bool   // held without a goroutine while frozen (handover.go)
 }
 
