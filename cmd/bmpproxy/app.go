@@ -399,7 +399,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				return
 			}
 			<-runCtx.Done()
-			if !up.handedOver.Load() { // the successor is the main process now
+			if !up.handedOver() { // the successor is the main process now
 				notify.Stopping()
 			}
 		}()
@@ -418,9 +418,13 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 						return nil, err
 					}
 				}
-				ln = newPausableListener(ln)
-				up.admin.Store(&ln)
-				return ln, nil
+				tl, ok := ln.(*net.TCPListener)
+				if !ok {
+					return ln, nil // not ours to pass on
+				}
+				pl := newPausableListener(tl)
+				up.admin.Store(pl)
+				return pl, nil
 			},
 		}, ready)
 		err = srv.Run(runCtx)

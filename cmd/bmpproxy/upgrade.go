@@ -40,11 +40,13 @@ type upgrader struct {
 	notify sdnotify.Notifier
 	ctx    context.Context // the serving context: a stop aborts an upgrade
 
-	admin      atomic.Pointer[net.Listener] // the admin socket, passed along when set
-	mu         sync.Mutex
-	handedOver atomic.Bool
-	successor  atomic.Int64 // pid, once handed over
+	admin     atomic.Pointer[pausableListener] // the admin socket, passed along when set
+	mu        sync.Mutex
+	successor atomic.Int64 // pid, once handed over; 0 before
 }
+
+// handedOver reports whether a successor took over.
+func (u *upgrader) handedOver() bool { return u.successor.Load() != 0 }
 
 // errUpgradeRunning refuses a second concurrent upgrade.
 var errUpgradeRunning = errors.New("an upgrade is already running")
@@ -56,21 +58,19 @@ func (u *upgrader) upgrade() (pid int, version string, err error) {
 		return 0, "", errUpgradeRunning
 	}
 	defer u.mu.Unlock()
-	if u.handedOver.Load() {
+	if u.handedOver() {
 		return 0, "", errors.New("already handed over")
 	}
 	u.log.Info().Str("binary", u.exe).Msg("upgrade requested")
 	err = u.srv.Upgrade(u.ctx, func(ctx context.Context, snap *proxy.Snapshot) error {
-		if ln := u.admin.Load(); ln != nil {
-			if pl, ok := (*ln).(*pausableListener); ok {
-				pl.pause()
-				defer func() {
-					if !u.handedOver.Load() {
-						pl.unpause()
-					}
-				}()
-			}
-			snap.AddExtra(adminName, *ln)
+		if pl := u.admin.Load(); pl != nil {
+			pl.pause()
+			defer func() {
+				if !u.handedOver() {
+					pl.unpause()
+				}
+			}()
+			snap.AddExtra(adminName, pl)
 		}
 		succ, err := handoff.Spawn{
 			Path: u.exe, Args: u.args, Env: os.Environ(),
@@ -88,7 +88,6 @@ func (u *upgrader) upgrade() (pid int, version string, err error) {
 		if err := succ.Commit(); err != nil {
 			return fmt.Errorf("successor %s (pid %d): %w", u.exe, succ.Pid, err)
 		}
-		u.handedOver.Store(true)
 		u.successor.Store(int64(succ.Pid))
 		pid, version = succ.Pid, succ.Version
 		if err := u.notify.MainPID(pid, 5*time.Second); err != nil {
@@ -108,7 +107,7 @@ func (u *upgrader) watchUpgrades(ctx context.Context) (stop func()) {
 		if _, _, err := u.upgrade(); errors.Is(err, errUpgradeRunning) {
 			u.log.Warn().Msg("SIGUSR2 ignored: an upgrade is already running")
 		}
-		return !u.handedOver.Load()
+		return !u.handedOver()
 	})
 }
 
@@ -275,11 +274,7 @@ type pausableListener struct {
 	resume chan struct{} // closed by unpause and Close
 }
 
-func newPausableListener(ln net.Listener) net.Listener {
-	tl, ok := ln.(*net.TCPListener)
-	if !ok {
-		return ln
-	}
+func newPausableListener(tl *net.TCPListener) *pausableListener {
 	return &pausableListener{TCPListener: tl, resume: make(chan struct{})}
 }
 
