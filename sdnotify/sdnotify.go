@@ -36,27 +36,22 @@ func (n Notifier) Notify(state ...string) error {
 	if n.addr == "" {
 		return nil
 	}
-	c, err := n.dial()
+	return n.send([]byte(strings.Join(state, "\n")), nil)
+}
+
+// send sends one datagram, with ancillary data oob, from an unconnected
+// socket: Go's net package cannot pass ancillary data on a connected
+// datagram socket. An address starting with "@" is abstract.
+func (n Notifier) send(msg, oob []byte) error {
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("sd_notify: %w", err)
 	}
-	defer c.Close()
-	if _, err := c.Write([]byte(strings.Join(state, "\n"))); err != nil {
+	defer unix.Close(s)
+	if err := unix.Sendmsg(s, msg, oob, &unix.SockaddrUnix{Name: n.addr}, 0); err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
 	}
 	return nil
-}
-
-func (n Notifier) dial() (*net.UnixConn, error) {
-	addr := n.addr
-	if addr[0] == '@' {
-		addr = "\x00" + addr[1:]
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		return nil, fmt.Errorf("sd_notify: %w", err)
-	}
-	return c, nil
 }
 
 // Ready tells the manager that start-up (or a reload) is done.
@@ -95,18 +90,10 @@ func (n Notifier) Barrier(timeout time.Duration) error {
 		return fmt.Errorf("sd_notify barrier: %w", err)
 	}
 	defer unix.Close(p[0])
-	// A connected datagram socket cannot carry ancillary data in Go's net
-	// package; send it unconnected.
-	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		unix.Close(p[1])
-		return fmt.Errorf("sd_notify barrier: %w", err)
-	}
-	err = unix.Sendmsg(s, []byte("BARRIER=1"), unix.UnixRights(p[1]), &unix.SockaddrUnix{Name: n.addr}, 0)
-	unix.Close(s)
+	err := n.send([]byte("BARRIER=1"), unix.UnixRights(p[1]))
 	unix.Close(p[1]) // the manager holds the only other copy
 	if err != nil {
-		return fmt.Errorf("sd_notify barrier: %w", err)
+		return fmt.Errorf("barrier: %w", err)
 	}
 	fds := []unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}}
 	deadline := time.Now().Add(timeout)
