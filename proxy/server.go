@@ -380,7 +380,7 @@ func (s *Server) openListeners(ctx context.Context, cfg *conf.Config, inherited 
 			var l *listener
 			var err error
 			if ln, b, ok := inherited.take(c.Name, a); ok {
-				l, err = s.adoptListener(ln, b, o)
+				l, err = newListener(ln, b, o)
 			} else {
 				l, err = s.open(ctx, a, o)
 			}
@@ -406,18 +406,12 @@ func (s *Server) open(ctx context.Context, a netip.AddrPort, o *listenerOpts) (*
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", o.Name, err)
 	}
-	if err := setListenerKeepAlive(ln, o.KeepAlive); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("listener %q: keepalive on %s: %w", o.Name, a, err)
-	}
-	l := &listener{addr: boundAddr(ln, a), ln: ln}
-	l.opts.Store(o)
-	return l, nil
+	return newListener(ln, boundAddr(ln, a), o)
 }
 
-// adoptListener takes a predecessor's listening socket for a, applying
-// o's keepalive settings, which may have changed.
-func (s *Server) adoptListener(ln net.Listener, a netip.AddrPort, o *listenerOpts) (*listener, error) {
+// newListener makes a listener of ln, bound to a, newly opened or a
+// predecessor's, applying o's keepalive settings. On error ln is closed.
+func newListener(ln net.Listener, a netip.AddrPort, o *listenerOpts) (*listener, error) {
 	if err := setListenerKeepAlive(ln, o.KeepAlive); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("listener %q: keepalive on %s: %w", o.Name, a, err)
@@ -430,9 +424,8 @@ func (s *Server) adoptListener(ln net.Listener, a netip.AddrPort, o *listenerOpt
 // boundAddr is the address ln is bound to, which differs from the
 // configured a when a asked for port 0.
 func boundAddr(ln net.Listener, a netip.AddrPort) netip.AddrPort {
-	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
-		b := ta.AddrPort()
-		return netip.AddrPortFrom(b.Addr().Unmap(), b.Port())
+	if b := addrPort(ln.Addr()); b.IsValid() {
+		return b
 	}
 	return a
 }
