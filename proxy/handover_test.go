@@ -17,59 +17,14 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
-	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
-
-// runningServer is a Server whose Run result the test reads itself, as
-// a handover ends Run with ErrHandedOver.
-type runningServer struct {
-	*Server
-	logs   *logSink
-	addrs  []net.Addr
-	cancel context.CancelFunc
-	done   chan error
-}
-
-// runServer starts srv. With srv.Inherit set, it waits for Takeover,
-// which the caller controls, instead of Ready.
-func runServer(t *testing.T, srv *Server) *runningServer {
-	t.Helper()
-	logs := &logSink{}
-	srv.Logger = zerolog.New(logs).Level(zerolog.DebugLevel)
-	ready := make(chan []net.Addr, 1)
-	srv.Ready = func(a []net.Addr) { ready <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	rs := &runningServer{Server: srv, logs: logs, cancel: cancel, done: make(chan error, 1)}
-	go func() { rs.done <- srv.Run(ctx) }()
-	if srv.Inherit == nil {
-		select {
-		case rs.addrs = <-ready:
-		case err := <-rs.done:
-			cancel()
-			t.Fatalf("Run: %v", err)
-		}
-	}
-	return rs
-}
-
-// wait returns Run's result.
-func (rs *runningServer) wait(t *testing.T) error {
-	t.Helper()
-	select {
-	case err := <-rs.done:
-		return err
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return")
-		return nil
-	}
-}
 
 // inProcess is a Handoff to a successor Server in this process, built as
 // a successor process would be: the snapshot goes through JSON and the
 // successor gets its own duplicates of the descriptors. giveUp makes the
 // successor fail at Takeover, after adopting everything.
-func inProcess(t *testing.T, cfg *conf.Config, next **runningServer, giveUp bool) Handoff {
+func inProcess(t *testing.T, cfg *conf.Config, next **testServer, giveUp bool) Handoff {
 	return func(ctx context.Context, snap *Snapshot) error {
 		b, err := json.Marshal(snap)
 		if err != nil {
@@ -206,7 +161,7 @@ func TestHandover(t *testing.T) {
 			var lines []map[string]any // closing lines of the predecessors
 			for round := 1; round <= 3; round++ {
 				time.Sleep(60 * time.Millisecond)
-				var next *runningServer
+				var next *testServer
 				if err := cur.Upgrade(context.Background(), inProcess(t, cfg, &next, false)); err != nil {
 					t.Fatalf("upgrade %d: %v", round, err)
 				}
@@ -274,7 +229,7 @@ func TestHandoverRollback(t *testing.T) {
 			return func(context.Context, *Snapshot) error { return errors.New("exec: no such file") }
 		}, "exec: no such file"},
 		{"successor gives up after adopting", func(t *testing.T, cfg *conf.Config) Handoff {
-			var next *runningServer
+			var next *testServer
 			return inProcess(t, cfg, &next, true)
 		}, "the successor gave up"},
 	} {

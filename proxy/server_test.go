@@ -90,24 +90,49 @@ func startServer(t testing.TB, cfg *conf.Config, mutate func(*Server)) *testServ
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	logs := &logSink{}
-	srv := &Server{Config: cfg, Logger: zerolog.New(logs).Level(zerolog.DebugLevel)}
+	srv := &Server{Config: cfg}
 	if mutate != nil {
 		mutate(srv)
 	}
+	ts := runServer(t, srv)
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+// runServer starts srv, logging to a fresh sink, and waits until it is
+// ready; with srv.Inherit set it does not wait, since the caller answers
+// Takeover. The caller stops it, or reads Run's result with wait.
+func runServer(t testing.TB, srv *Server) *testServer {
+	t.Helper()
+	logs := &logSink{}
+	srv.Logger = zerolog.New(logs).Level(zerolog.DebugLevel)
 	ready := make(chan []net.Addr, 1)
 	srv.Ready = func(a []net.Addr) { ready <- a }
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &testServer{Server: srv, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Run(ctx) }()
+	if srv.Inherit != nil {
+		return ts
+	}
 	select {
 	case ts.addrs = <-ready:
 	case err := <-ts.done:
 		cancel()
 		t.Fatalf("Run: %v", err)
 	}
-	t.Cleanup(func() { ts.stop(t) })
 	return ts
+}
+
+// wait returns Run's result, such as ErrHandedOver, without stopping it.
+func (ts *testServer) wait(t testing.TB) error {
+	t.Helper()
+	select {
+	case err := <-ts.done:
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
 }
 
 // stop cancels the server and waits for Run to return.
