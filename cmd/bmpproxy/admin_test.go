@@ -19,9 +19,12 @@ import (
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 )
 
+// httpGet is GET on a new connection: a kept-alive one may belong to a
+// process that has since handed over.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,24 +166,10 @@ func connectLoop(proxyAddr string, stop <-chan struct{}, ok, failed *atomic.Int6
 	}
 }
 
-// freshGet is GET on a new connection: a kept-alive one may belong to
-// the process that handed over.
-func freshGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // adminVersion is GET /version.
 func adminVersion(t *testing.T, admin string) (pid int, version string) {
 	t.Helper()
-	code, body := freshGet(t, "http://"+admin+"/version")
+	code, body := httpGet(t, "http://"+admin+"/version")
 	var v struct {
 		Pid     int    `json:"pid"`
 		Version string `json:"version"`
@@ -198,7 +183,7 @@ func adminVersion(t *testing.T, admin string) (pid int, version string) {
 // sessionStarts is GET /routers: each connected router's start time.
 func sessionStarts(t *testing.T, admin string) map[string]string {
 	t.Helper()
-	_, body := freshGet(t, "http://"+admin+"/routers")
+	_, body := httpGet(t, "http://"+admin+"/routers")
 	var r struct {
 		Routers []struct {
 			Router  string `json:"router"`
@@ -333,7 +318,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if len(after) != sessions {
 		t.Errorf("/routers lists %d connected sessions after the upgrades, want %d", len(after), sessions)
 	}
-	_, body := freshGet(t, "http://"+admin+"/metrics")
+	_, body := httpGet(t, "http://"+admin+"/metrics")
 	if n := metric(body, "bmpproxy_upgrades_total"); n != 3 {
 		t.Errorf("bmpproxy_upgrades_total = %v, want 3", n)
 	}
@@ -354,7 +339,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if pid, _ := adminVersion(t, admin); pid != pid3 {
 		t.Fatalf("after the failed upgrade pid %d serves, want %d", pid, pid3)
 	}
-	_, body = freshGet(t, "http://"+admin+"/metrics")
+	_, body = httpGet(t, "http://"+admin+"/metrics")
 	if n := metric(body, "bmpproxy_upgrade_failures_total"); n != 1 {
 		t.Errorf("bmpproxy_upgrade_failures_total = %v, want 1", n)
 	}
