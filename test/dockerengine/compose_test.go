@@ -48,16 +48,7 @@ func reports(e *engine, container string) []seen {
 // sendFile connects from src to dst:p inside ns and sends the file.
 func sendFile(t *testing.T, ns, src, dst, p, file string) {
 	t.Helper()
-	target := fmt.Sprintf("TCP6:[%s]:%s,bind=[%s]", dst, p, src)
-	if !strings.Contains(dst, ":") {
-		target = fmt.Sprintf("TCP4:%s:%s,bind=%s", dst, p, src)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+ns, "socat", "-u", "OPEN:"+file, target)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("connect %s → %s:%s: %v\n%s", src, dst, p, err, out)
-	}
+	socatSend(t, ns, src, dst, p, "OPEN:"+file, nil)
 }
 
 // TestComposeOpenBMP runs deploy/compose/openbmp-aio.yaml for real with

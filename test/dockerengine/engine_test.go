@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,16 +161,23 @@ func (s seen) String() string {
 // connect sends one line from src to dst:port inside the namespace.
 func connect(t *testing.T, ns, src, dst, msg string) {
 	t.Helper()
-	target := fmt.Sprintf("TCP6:[%s]:%s,bind=[%s]", dst, port, src)
+	socatSend(t, ns, src, dst, port, "-", strings.NewReader(msg))
+}
+
+// socatSend connects from src to dst:p inside ns with socat and sends
+// what socat reads from the address from (stdin for "-").
+func socatSend(t *testing.T, ns, src, dst, p, from string, stdin io.Reader) {
+	t.Helper()
+	target := fmt.Sprintf("TCP6:[%s]:%s,bind=[%s]", dst, p, src)
 	if !strings.Contains(dst, ":") {
-		target = fmt.Sprintf("TCP4:%s:%s,bind=%s", dst, port, src)
+		target = fmt.Sprintf("TCP4:%s:%s,bind=%s", dst, p, src)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+ns, "socat", "-u", "-", target)
-	cmd.Stdin = strings.NewReader(msg)
+	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+ns, "socat", "-u", from, target)
+	cmd.Stdin = stdin
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("connect %s → %s: %v\n%s", src, dst, err, out)
+		t.Fatalf("connect %s → %s:%s: %v\n%s", src, dst, p, err, out)
 	}
 }
 
