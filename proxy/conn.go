@@ -131,34 +131,38 @@ func (c *conn) logger(base *zerolog.Logger) *zerolog.Logger {
 	return &l
 }
 
+// newConn describes nc, just accepted on o's listener. Its cc is nil if
+// nc is not a stream socket.
+func (s *Server) newConn(o *listenerOpts, nc net.Conn, client, local netip.AddrPort) *conn {
+	cc, _ := nc.(stream)
+	return &conn{
+		cc:       cc,
+		id:       s.nextID.Add(1),
+		srv:      s,
+		opts:     o,
+		listener: o.Name,
+		client:   client,
+		local:    local,
+		target:   o.Target.String(),
+		start:    time.Now(),
+	}
+}
+
 // setup runs on a setup worker: it reads what the client side must say
 // first (accept_proxy_from), builds the header, dials the target, writes
 // the header and starts the pumps. Pumps start on fresh goroutines so the
 // stack grown by dialing is not kept for the connection's life.
 func (s *Server) setup(job setupJob) {
 	defer s.wg.Done()
-	o, nc := job.o, job.c
-	c := &conn{
-		id:       s.nextID.Add(1),
-		srv:      s,
-		opts:     o,
-		listener: o.Name,
-		client:   job.client,
-		local:    job.local,
-		target:   o.Target.String(),
-		start:    time.Now(),
-	}
-	cc, ok := nc.(stream)
-	if !ok {
+	c, nc := job.c, job.nc
+	o := c.opts
+	if c.cc == nil {
 		nc.Close()
-		s.track(c)
 		s.countRefusal(o, errNotStream)
 		c.fail("accept", errNotStream)
 		s.finish(c)
 		return
 	}
-	c.cc = cc
-	s.track(c)
 	if o.log.GetLevel() <= zerolog.DebugLevel {
 		c.logger(&o.log).Debug().Msg("accepted")
 	}

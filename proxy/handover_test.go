@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -321,6 +322,74 @@ func TestFreezeTimeout(t *testing.T) {
 	}
 	rs.cancel()
 	if err := rs.wait(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lateListener hands each accepted connection to the accept loop only
+// once a freeze has set its deadline: the connection is accepted just as
+// a handover begins, before any setup could have started.
+type lateListener struct {
+	*net.TCPListener
+	accepted chan struct{} // one value per connection held back
+	frozen   chan struct{} // closed by the first SetDeadline
+	once     sync.Once
+}
+
+func (l *lateListener) Accept() (net.Conn, error) {
+	c, err := l.TCPListener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.accepted <- struct{}{}
+	<-l.frozen
+	return c, nil
+}
+
+func (l *lateListener) SetDeadline(t time.Time) error {
+	l.once.Do(func() { close(l.frozen) })
+	return l.TCPListener.SetDeadline(t)
+}
+
+// TestHandoverDuringAccept: a connection accepted as the freeze begins is
+// part of the snapshot, and the successor serves it.
+func TestHandoverDuringAccept(t *testing.T) {
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	cfg := oneListener(tg.Addr(), "127.0.0.1:0")
+	cfg.ApplyDefaults()
+	late := &lateListener{accepted: make(chan struct{}, 1), frozen: make(chan struct{})}
+	rs := runServer(t, &Server{
+		Config: cfg,
+		Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
+			ln, err := Listen(ctx, a)
+			if err != nil {
+				return nil, err
+			}
+			late.TCPListener = ln.(*net.TCPListener)
+			return late, nil
+		},
+	})
+	c := dial(t, "tcp", rs.addrs[0].String())
+	c.Write([]byte("accepted as the freeze began"))
+	<-late.accepted
+
+	var next *testServer
+	if err := rs.Upgrade(context.Background(), inProcess(t, cfg, &next, false)); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.wait(t); !errors.Is(err, ErrHandedOver) {
+		t.Fatalf("predecessor Run = %v, want ErrHandedOver", err)
+	}
+	if got := next.Stats().CarriedOver; got != 1 {
+		t.Errorf("CarriedOver = %d, want the connection accepted during the freeze", got)
+	}
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "accepted as the freeze began" {
+		t.Fatalf("echo through the successor: %q, %v", b, err)
+	}
+	next.cancel()
+	if err := next.wait(t); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -504,8 +504,10 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 			s.refuse(o, c, client, local, err)
 			continue
 		}
+		conn := s.newConn(o, c, client, local)
+		s.track(conn)
 		s.wg.Add(1)
-		s.workers.run(s, setupJob{ctx: connCtx, o: o, c: c, client: client, local: local})
+		s.workers.run(s, setupJob{ctx: connCtx, c: conn, nc: c})
 	}
 }
 

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 )
@@ -21,11 +20,13 @@ type setupWorkers struct {
 	wg   sync.WaitGroup
 }
 
+// setupJob is one accepted connection. c is tracked already, so a
+// handover that freezes the server between the accept and the setup
+// waits for it.
 type setupJob struct {
-	ctx           context.Context
-	o             *listenerOpts
-	c             net.Conn
-	client, local netip.AddrPort // c's addresses, unmapped
+	ctx context.Context
+	c   *conn
+	nc  net.Conn // the accepted socket
 }
 
 // workerIdle is how long a worker waits for another setup before it ends.
