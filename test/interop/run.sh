@@ -253,31 +253,20 @@ cat >"$W/gobgpd.toml" <<CONF
   [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = "ipv6-unicast"
+CONF
+# One collector per port. GoBGP never reads its BMP socket: it notices a
+# lost session only when a write fails. Statistics reports make it write
+# every 15 s (its minimum).
+for port in "$L_PM" "$L_HA" "$L_TS"; do
+	cat >>"$W/gobgpd.toml" <<CONF
 [[bmp-servers]]
   [bmp-servers.config]
     address = "203.0.113.1"
-    port = $L_PM
+    port = $port
     route-monitoring-policy = "pre-policy"
-    # GoBGP never reads its BMP socket: it notices a lost session only
-    # when a write fails. Statistics reports make it write every 15 s (its minimum).
-    statistics-timeout = 15
-[[bmp-servers]]
-  [bmp-servers.config]
-    address = "203.0.113.1"
-    port = $L_HA
-    route-monitoring-policy = "pre-policy"
-    # GoBGP never reads its BMP socket: it notices a lost session only
-    # when a write fails. Statistics reports make it write every 15 s (its minimum).
-    statistics-timeout = 15
-[[bmp-servers]]
-  [bmp-servers.config]
-    address = "203.0.113.1"
-    port = $L_TS
-    route-monitoring-policy = "pre-policy"
-    # GoBGP never reads its BMP socket: it notices a lost session only
-    # when a write fails. Statistics reports make it write every 15 s (its minimum).
     statistics-timeout = 15
 CONF
+done
 ip netns exec "$R2" gobgpd -f "$W/gobgpd.toml" -p --api-hosts=127.0.0.1:50051 --pprof-disable >"$W/gobgpd.log" 2>&1 &
 PIDS+=($!)
 
