@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 )
@@ -47,21 +48,7 @@ func (l *lines) closed() []map[string]any {
 // own flows and their own replies, a quiet flow is closed after the idle
 // time, and stopping closes the rest and leaves no goroutine.
 func TestUDPFlows(t *testing.T) {
-	echo, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			echo.WriteToUDPAddrPort(append([]byte("echo "), buf[:n]...), from)
-		}
-	}()
+	echo := testtarget.UDPEcho(t, "echo ")
 	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +57,7 @@ func TestUDPFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &lines{}
-	p := &udpProxy{conn: ln, target: echo.LocalAddr().(*net.UDPAddr).AddrPort(), pp: conf.ProxyNone,
+	p := &udpProxy{conn: ln, target: echo.AddrPort(), pp: conf.ProxyNone,
 		log: zerolog.New(logs), idle: 300 * time.Millisecond, flows: map[netip.AddrPort]*udpFlow{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

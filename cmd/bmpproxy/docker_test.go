@@ -262,22 +262,7 @@ func errorsAs(err error, target **exec.ExitError) bool {
 // TestDockerModeUDP sends datagrams through the proxy to a UDP echo
 // server, with no header and with a v2 header on each datagram.
 func TestDockerModeUDP(t *testing.T) {
-	echo, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	cport := strconv.Itoa(echo.LocalAddr().(*net.UDPAddr).Port)
+	cport := strconv.Itoa(testtarget.UDPEcho(t, "").Port)
 	for _, header := range []bool{false, true} {
 		t.Run(fmt.Sprintf("header=%v", header), func(t *testing.T) {
 			ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

@@ -1,6 +1,6 @@
 // Package testtarget provides collectors for tests, on loopback only: one
 // that reads the PROXY header and hands the connection on, one that refuses
-// connections, and one that never answers.
+// connections, one that never answers, and a UDP echo.
 package testtarget
 
 import (
@@ -167,4 +167,31 @@ func Recv[T any](t testing.TB, ch <-chan T) T {
 		var zero T
 		return zero
 	}
+}
+
+// UDPEcho is a UDP server on 127.0.0.1 that answers each datagram with
+// prefix and the datagram. Cleanup closes it and waits for its goroutine.
+func UDPEcho(t testing.TB, prefix string) *net.UDPAddr {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			c.WriteToUDPAddrPort(append([]byte(prefix), buf[:n]...), from)
+		}
+	}()
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	return c.LocalAddr().(*net.UDPAddr)
 }
