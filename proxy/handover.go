@@ -167,9 +167,7 @@ func (s *Server) upgrade(ctx, connCtx context.Context, req upgradeReq) error {
 func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 	s.frozen.Store(true)
 	for _, l := range s.listeners {
-		if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
-			dl.SetDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop
-		}
+		l.setDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop
 	}
 	s.accepting.Wait()
 
@@ -302,10 +300,9 @@ func (s *Server) hold(c *conn, d dir, clear bool) bool {
 func (s *Server) snapshot() *Snapshot {
 	snap := &Snapshot{
 		Format:  SnapshotFormat,
-		States:  map[string]SnapshotCounts{},
-		LastEnd: map[netip.Addr]time.Time{},
-		NextID:  s.nextID.Load(),
-		Server:  s.stats.saved(),
+		States: map[string]SnapshotCounts{},
+		NextID: s.nextID.Load(),
+		Server: s.stats.saved(),
 	}
 	addrs := make([]netip.AddrPort, 0, len(s.listeners))
 	for a := range s.listeners {
@@ -345,12 +342,7 @@ func (s *Server) snapshot() *Snapshot {
 		snap.Conns = append(snap.Conns, sc)
 	}
 
-	s.routers.mu.Lock()
-	snap.Closed = append([]RouterStatus(nil), s.routers.closed...)
-	for a, t := range s.routers.lastEnd {
-		snap.LastEnd[a] = t
-	}
-	s.routers.mu.Unlock()
+	snap.Closed, snap.LastEnd = s.routers.saved()
 	return snap
 }
 
@@ -360,9 +352,7 @@ func (s *Server) thaw(ctx, connCtx context.Context) {
 	s.frozen.Store(false)
 	s.resumeHeld()
 	for _, l := range s.listeners {
-		if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
-			dl.SetDeadline(time.Time{})
-		}
+		l.setDeadline(time.Time{})
 		s.startAccepting(ctx, connCtx, l)
 	}
 }
@@ -404,6 +394,13 @@ func (s *Server) release() {
 		for range held { // their WaitGroup counts
 			s.wg.Done()
 		}
+	}
+}
+
+// setDeadline sets the deadline of l's Accept, if l's socket has one.
+func (l *listener) setDeadline(t time.Time) {
+	if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		dl.SetDeadline(t)
 	}
 }
 
@@ -553,13 +550,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		s.states[name] = ls
 	}
 	s.mu.Unlock()
-	s.routers.mu.Lock()
-	s.routers.closed = append([]RouterStatus(nil), snap.Closed...)
-	s.routers.lastEnd = make(map[netip.Addr]time.Time, len(snap.LastEnd))
-	for a, t := range snap.LastEnd {
-		s.routers.lastEnd[a] = t
-	}
-	s.routers.mu.Unlock()
+	s.routers.restore(snap.Closed, snap.LastEnd)
 
 	opts := map[string]*listenerOpts{}
 	for i := range s.Config.Listeners {

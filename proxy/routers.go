@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -216,6 +218,20 @@ func (t *routerTable) ended(r RouterStatus, a netip.Addr, at time.Time) {
 		}
 	}
 	t.lastEnd[a] = at
+}
+
+// saved returns copies of what the table remembers, for a successor.
+func (t *routerTable) saved() (closed []RouterStatus, lastEnd map[netip.Addr]time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.closed), maps.Clone(t.lastEnd)
+}
+
+// restore sets what a predecessor's table remembered.
+func (t *routerTable) restore(closed []RouterStatus, lastEnd map[netip.Addr]time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed, t.lastEnd = slices.Clone(closed), maps.Clone(lastEnd)
 }
 
 // Routers lists the open BMP sessions, then the recently closed ones,
