@@ -32,9 +32,9 @@ type routerInfo struct {
 // already read), within timeout. It refuses anything that is not BMP
 // version 3 with a possible length and a known type. If the first message
 // is an Initiation (or a Termination) of at most maxInitiation bytes, it
-// is read whole and its sysName and sysDescr (or reason) returned. It returns every byte it read,
-// pre included, for the caller to send after the PROXY header; nothing
-// is read past the first message.
+// is read whole and its sysName and sysDescr (or reason) returned. It
+// returns every byte it read, pre included, for the caller to send after
+// the PROXY header; nothing is read past the first message.
 func bmpPrecheck(nc net.Conn, pre []byte, timeout time.Duration) ([]byte, routerInfo, error) {
 	var info routerInfo
 	if err := nc.SetReadDeadline(time.Now().Add(timeout)); err != nil {

@@ -64,8 +64,7 @@ func (s *Server) ReloadFailed(err error) {
 func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 	old := s.Config
 	if err := checkTransparent(cfg); err != nil {
-		s.stats.reloadFailures.Add(1)
-		s.Logger.Error().Err(err).Msg("reload failed; the running configuration stays in force")
+		s.ReloadFailed(err)
 		return err
 	}
 	var errs []error
