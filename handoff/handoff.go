@@ -338,8 +338,7 @@ func FromEnv() (*Predecessor, error) {
 	if err != nil || fd < 0 {
 		return nil, fmt.Errorf("%s=%q: not a descriptor", EnvFD, v)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+	if !isSocket(fd) {
 		return nil, fmt.Errorf("%s=%d: not a socket", EnvFD, fd)
 	}
 	unix.CloseOnExec(fd)
@@ -357,8 +356,7 @@ func FromEnv() (*Predecessor, error) {
 	}
 	p.State = m.State
 	for _, fd := range m.FDs {
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		if !isSocket(fd) {
 			p.Fail(fmt.Errorf("descriptor %d: not an inherited socket", fd))
 			return nil, fmt.Errorf("read the handoff offer: descriptor %d is not an inherited socket", fd)
 		}
@@ -366,6 +364,12 @@ func FromEnv() (*Predecessor, error) {
 		p.FDs = append(p.FDs, fd)
 	}
 	return p, nil
+}
+
+// isSocket reports whether fd is an open socket.
+func isSocket(fd int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK
 }
 
 // Ready reports that the state is rebuilt and waits for "go", then
