@@ -57,13 +57,21 @@ func (s *Server) Handler() http.Handler {
 		mux.HandleFunc("POST /upgrade", func(w http.ResponseWriter, r *http.Request) {
 			pid, version, err := s.Upgrade(r.Context())
 			if err != nil {
-				writeJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error(), "pid": os.Getpid(), "version": s.Version})
+				writeJSON(w, http.StatusInternalServerError, UpgradeResult{Pid: os.Getpid(), Version: s.Version, Error: err.Error()})
 				return
 			}
-			writeJSON(w, http.StatusOK, map[string]any{"pid": pid, "version": version, "previous_pid": os.Getpid()})
+			writeJSON(w, http.StatusOK, UpgradeResult{Pid: pid, PreviousPid: os.Getpid(), Version: version})
 		})
 	}
 	return mux
+}
+
+// UpgradeResult is the answer to POST /upgrade.
+type UpgradeResult struct {
+	Pid         int    `json:"pid"`                    // the process serving now
+	PreviousPid int    `json:"previous_pid,omitempty"` // the process that handed over; 0 if none did
+	Version     string `json:"version"`                // Pid's version
+	Error       string `json:"error,omitempty"`        // why the upgrade failed
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -82,14 +90,11 @@ func Handler(p *proxy.Server) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /routers", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
 		routers := p.Routers()
 		if routers == nil {
 			routers = []proxy.RouterStatus{}
 		}
-		enc.Encode(map[string]any{"routers": routers})
+		writeJSON(w, http.StatusOK, map[string]any{"routers": routers})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")

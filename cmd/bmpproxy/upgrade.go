@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/admin"
 	"github.com/bmpproxy/bmpproxy/handoff"
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
 	"github.com/bmpproxy/bmpproxy/proxy"
@@ -234,26 +235,15 @@ func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error 
 	if err != nil {
 		return usagef("upgrade: --admin %q: want host:port with an IP address: %v", addr, err)
 	}
-	return postUpgrade(stdout, ap, timeout)
-}
-
-// postUpgrade asks the admin listener at ap to upgrade and prints the
-// result.
-func postUpgrade(stdout io.Writer, ap netip.AddrPort, timeout time.Duration) error {
 	client := &http.Client{Timeout: timeout}
 	resp, err := client.Post("http://"+ap.String()+"/upgrade", "application/json", nil)
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}
 	defer resp.Body.Close()
-	var r struct {
-		Pid         int    `json:"pid"`
-		PreviousPid int    `json:"previous_pid"`
-		Version     string `json:"version"`
-		Error       string `json:"error"`
-	}
+	var r admin.UpgradeResult
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&r); err != nil {
-		return fmt.Errorf("upgrade: %s: %s answered %s: %w", ap, "POST /upgrade", resp.Status, err)
+		return fmt.Errorf("upgrade: %s: POST /upgrade answered %s: %w", ap, resp.Status, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("upgrade failed; pid %d keeps serving: %s", r.Pid, r.Error)
