@@ -78,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	app := &cli.App{
+	return &cli.App{
 		Name:  "bmpproxy",
 		Usage: "dual-stack TCP proxy that tells BMP collectors the real router address",
 		UsageText: "bmpproxy --listen '[::]:5000' --target collector:5000 [options]\n" +
@@ -95,18 +95,22 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"SIGUSR2 (or 'bmpproxy upgrade', or POST /upgrade on the admin listener) hands every listener\n" +
 			"and open session to the binary now at this one's path, without closing any (docs/upgrade.md).\n\n" +
 			"Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 on a runtime failure, 2 on bad usage.",
-		Writer:         stdout,
-		ErrWriter:      stderr,
-		HideVersion:    true,
-		Flags:          serveFlags(),
-		Action:         serveAction(stdout, stderr),
-		Commands:       []*cli.Command{checkCommand(stdout, stderr), inspectCommand(stdout, stderr), transparentSetupCommand(stdout, stderr), upgradeCommand(stdout, stderr)},
-		OnUsageError:   onUsageError,
-		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
+		Writer:      stdout,
+		ErrWriter:   stderr,
+		HideVersion: true,
+		Flags:       serveFlags(),
+		Action:      serveAction(stdout, stderr),
+		Commands: []*cli.Command{
+			checkCommand(stdout, stderr),
+			inspectCommand(stdout, stderr),
+			transparentSetupCommand(stdout, stderr),
+			upgradeCommand(stdout, stderr),
+			healthcheckCommand(stdout, stderr),
+		},
+		OnUsageError:         onUsageError,
+		ExitErrHandler:       func(*cli.Context, error) {}, // run maps errors to exit codes
+		EnableBashCompletion: true,                         // contrib/completion asks --generate-bash-completion
 	}
-	app.Commands = append(app.Commands, healthcheckCommand(stdout, stderr))
-	app.EnableBashCompletion = true // contrib/completion asks --generate-bash-completion
-	return app
 }
 
 func serveFlags() []cli.Flag {
@@ -326,10 +330,13 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		}()
 		log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", c.String("config")).
 			Bool("successor", succ != nil).Msg("starting")
+		cannotStart := func(err error) error {
+			log.Error().Err(err).Msg("cannot start")
+			return err
+		}
 		if cfg.TransparentSetup != "" {
 			if err := applyTransparentSetup(cfg, log); err != nil {
-				log.Error().Err(err).Msg("cannot start")
-				return err
+				return cannotStart(err)
 			}
 		}
 		notify := sdnotify.FromEnv(os.Getenv)
@@ -338,16 +345,14 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		var initSock *reaper.Socket
 		if os.Getpid() == 1 {
 			if initSock, err = reaper.Listen(); err != nil {
-				log.Error().Err(err).Msg("cannot start")
-				return err
+				return cannotStart(err)
 			}
 			defer initSock.Close()
 			os.Setenv("NOTIFY_SOCKET", initSock.Addr)
 		}
 		inherited, err := sdnotify.Listeners(os.Getenv, os.Unsetenv)
 		if err != nil {
-			log.Error().Err(err).Msg("cannot start")
-			return err
+			return cannotStart(err)
 		}
 		srv := &proxy.Server{
 			Config: cfg,
@@ -447,8 +452,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			return nil
 		}
 		if err != nil {
-			log.Error().Err(err).Msg("cannot start")
-			return err
+			return cannotStart(err)
 		}
 		cancel()
 		if err := <-adminDone; err != nil {

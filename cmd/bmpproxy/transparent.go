@@ -6,9 +6,8 @@ import (
 	"strings"
 
 	"github.com/bmpproxy/bmpproxy/conf"
-	"github.com/rs/zerolog"
-
 	"github.com/bmpproxy/bmpproxy/netsetup"
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 )
 
