@@ -27,9 +27,6 @@ func FromEnv(getenv func(string) string) Notifier {
 	return Notifier{addr: getenv("NOTIFY_SOCKET")}
 }
 
-// Enabled reports whether a service manager listens.
-func (n Notifier) Enabled() bool { return n.addr != "" }
-
 // Notify sends state, such as "READY=1", in one datagram. Without a
 // service manager it does nothing and returns nil.
 func (n Notifier) Notify(state ...string) error {
@@ -117,9 +114,6 @@ func (n Notifier) Barrier(timeout time.Duration) error {
 
 // Stopping tells the manager the service is shutting down.
 func (n Notifier) Stopping() error { return n.Notify("STOPPING=1") }
-
-// Status sets the free-form status line systemctl shows.
-func (n Notifier) Status(s string) error { return n.Notify("STATUS=" + s) }
 
 // listenFDsStart is the first inherited fd (SD_LISTEN_FDS_START).
 const listenFDsStart = 3
