@@ -299,7 +299,7 @@ func (s *Server) hold(c *conn, d dir, clear bool) bool {
 // release.
 func (s *Server) snapshot() *Snapshot {
 	snap := &Snapshot{
-		Format:  SnapshotFormat,
+		Format: SnapshotFormat,
 		States: map[string]SnapshotCounts{},
 		NextID: s.nextID.Load(),
 		Server: s.stats.saved(),
