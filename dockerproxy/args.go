@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -35,14 +36,11 @@ func IsInvocation(args []string) bool {
 		return true
 	}
 	for _, a := range args {
-		name, _, _ := strings.Cut(strings.TrimPrefix(a, "-"), "=")
 		if !strings.HasPrefix(a, "-") || strings.HasPrefix(a, "--") {
 			continue
 		}
-		for _, f := range dockerFlags {
-			if name == f {
-				return true
-			}
+		if name, _, _ := strings.Cut(a[1:], "="); slices.Contains(dockerFlags, name) {
+			return true
 		}
 	}
 	return false

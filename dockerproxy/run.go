@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
@@ -156,33 +155,6 @@ func isListening(f *os.File) error {
 		return errors.New("-use-listen-fd: fd 4 is not a listening socket")
 	}
 	return nil
-}
-
-// v6only sets IPV6_V6ONLY on an IPv6 socket for a: dockerd starts
-// another proxy for the IPv4 side of the same port.
-func v6only(a netip.AddrPort) func(string, string, syscall.RawConn) error {
-	return func(_, _ string, c syscall.RawConn) error {
-		if !a.Addr().Is6() {
-			return nil
-		}
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}
-}
-
-// unwrapOp shortens Go's "listen tcp6 [::]:5000: bind: address already in
-// use" to "listen on [::]:5000: bind: address already in use".
-func unwrapOp(err error, a netip.AddrPort) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		err = oe.Err
-	}
-	return fmt.Errorf("listen on %s: %w", a, err)
 }
 
 // newLogger opens the log destination the rules name: a file, syslog, or

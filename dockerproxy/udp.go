@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/proxy"
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -74,14 +75,11 @@ func listenUDP(ctx context.Context, env Env, inv Invocation) (*net.UDPConn, erro
 			return nil, fmt.Errorf("-use-listen-fd: fd 4: %w", err)
 		}
 	} else {
-		lc := net.ListenConfig{Control: v6only(inv.Host)}
-		network := "udp4"
-		if inv.Host.Addr().Is6() {
-			network = "udp6"
-		}
+		// dockerd starts another proxy for the IPv4 side of the same
+		// port: an IPv6 socket is IPv6-only.
 		var err error
-		if pc, err = lc.ListenPacket(ctx, network, inv.Host.String()); err != nil {
-			return nil, unwrapOp(err, inv.Host)
+		if pc, err = proxy.ListenPacketSingleStack(ctx, inv.Host); err != nil {
+			return nil, err
 		}
 	}
 	conn, ok := pc.(*net.UDPConn)

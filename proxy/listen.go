@@ -37,15 +37,37 @@ func ListenSingleStack(ctx context.Context, addr netip.AddrPort) (net.Listener, 
 	return listen(ctx, addr, false)
 }
 
+// ListenPacketSingleStack opens a UDP socket on addr, IPv6-only for an
+// IPv6 address as with ListenSingleStack.
+func ListenPacketSingleStack(ctx context.Context, addr netip.AddrPort) (net.PacketConn, error) {
+	family, lc := listenConfig(addr, false)
+	pc, err := lc.ListenPacket(ctx, "udp"+family, addr.String())
+	if err != nil {
+		return nil, listenError(addr, err)
+	}
+	return pc, nil
+}
+
 func listen(ctx context.Context, addr netip.AddrPort, dualStack bool) (net.Listener, error) {
-	network, v6only := "tcp4", -1
+	family, lc := listenConfig(addr, dualStack)
+	ln, err := lc.Listen(ctx, "tcp"+family, addr.String())
+	if err != nil {
+		return nil, listenError(addr, err)
+	}
+	return ln, nil
+}
+
+// listenConfig returns the address family ("4" or "6") of a socket for
+// addr, and a ListenConfig that sets IPV6_V6ONLY as Listen describes.
+func listenConfig(addr netip.AddrPort, dualStack bool) (string, net.ListenConfig) {
+	family, v6only := "4", -1
 	if addr.Addr().Is6() {
-		network, v6only = "tcp6", 1
+		family, v6only = "6", 1
 		if dualStack && addr.Addr().IsUnspecified() {
 			v6only = 0
 		}
 	}
-	lc := net.ListenConfig{
+	return family, net.ListenConfig{
 		// Keepalive is set once on the listening socket, and accepted
 		// sockets inherit it from there instead of paying four
 		// setsockopt calls each.
@@ -65,16 +87,16 @@ func listen(ctx context.Context, addr netip.AddrPort, dualStack bool) (net.Liste
 			return serr
 		},
 	}
-	ln, err := lc.Listen(ctx, network, addr.String())
-	if err != nil {
-		// Go's error repeats the address; keep the system call and errno.
-		var oe *net.OpError
-		if errors.As(err, &oe) && oe.Err != nil {
-			err = oe.Err
-		}
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+}
+
+// listenError names addr in a listen failure. Go's error repeats the
+// address with the network; keep the system call and errno.
+func listenError(addr netip.AddrPort, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		err = oe.Err
 	}
-	return ln, nil
+	return fmt.Errorf("listen on %s: %w", addr, err)
 }
 
 // setListenerKeepAlive sets ka on ln's socket, for every socket accepted
