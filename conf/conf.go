@@ -185,13 +185,13 @@ type Listener struct {
 	// A client outside them is refused before anything is dialed. For a
 	// connection from a trusted proxy (AcceptProxyFrom) the client is the
 	// address in its header.
-	Allow []netip.Prefix
+	Allow Prefixes
 	// AcceptProxyFrom lists trusted upstream proxies. A connection from
 	// one must start with a PROXY header (v1 or v2), whose source address
 	// is then used as the client's. A connection from anyone else that
 	// starts with a PROXY header is refused. Empty means no header is
 	// expected, and leading bytes are payload whatever they look like.
-	AcceptProxyFrom []netip.Prefix
+	AcceptProxyFrom Prefixes
 	// ProxyHeaderTimeout bounds the wait for a trusted proxy's header.
 	// Zero means DefaultProxyHeaderTimeout.
 	ProxyHeaderTimeout time.Duration
@@ -223,6 +223,19 @@ func (l *Listener) BMPCheck() bool {
 		return *l.BMP
 	}
 	return strings.Contains(strings.ToLower(l.Name), "bmp")
+}
+
+// Prefixes is a list of address prefixes, as allow lists hold them.
+type Prefixes []netip.Prefix
+
+// Contains reports whether a is in any of ps.
+func (ps Prefixes) Contains(a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // KeepAlive configures TCP keepalive probes. With the defaults a peer that

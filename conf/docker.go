@@ -41,11 +41,11 @@ type DockerLog struct {
 // DockerRule selects a PROXY mode for the port mappings it matches. A zero
 // field matches anything.
 type DockerRule struct {
-	Proto         string         // "tcp" or "udp"
-	ContainerPort uint16         // the container's port
-	HostPort      uint16         // the published port
-	ContainerIP   []netip.Prefix // the container's address
-	ProxyProtocol ProxyProtocol  // v2, v1 or none; required
+	Proto         string        // "tcp" or "udp"
+	ContainerPort uint16        // the container's port
+	HostPort      uint16        // the published port
+	ContainerIP   Prefixes      // the container's address
+	ProxyProtocol ProxyProtocol // v2, v1 or none; required
 }
 
 // DockerMapping is what dockerd asked for, as a rule sees it.
@@ -62,21 +62,12 @@ func (r *DockerRules) Match(m DockerMapping) (ProxyProtocol, int) {
 		if rule.Proto != "" && rule.Proto != m.Proto ||
 			rule.ContainerPort != 0 && rule.ContainerPort != m.Container.Port() ||
 			rule.HostPort != 0 && rule.HostPort != m.HostPort ||
-			len(rule.ContainerIP) > 0 && !containsAddr(rule.ContainerIP, m.Container.Addr().Unmap()) {
+			len(rule.ContainerIP) > 0 && !rule.ContainerIP.Contains(m.Container.Addr().Unmap()) {
 			continue
 		}
 		return rule.ProxyProtocol, i
 	}
 	return ProxyNone, -1
-}
-
-func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // LoadDockerRules reads the rules at path. A missing file at the default

@@ -311,7 +311,7 @@ func (d *decoder) list(n *yaml.Node, path string, each func(v *yaml.Node, path s
 	}
 }
 
-func (d *decoder) prefixes(n *yaml.Node, path string, dst *[]netip.Prefix) {
+func (d *decoder) prefixes(n *yaml.Node, path string, dst *Prefixes) {
 	d.list(n, path, func(v *yaml.Node, p string) {
 		s, ok := d.scalar(v, p, `a prefix such as "198.51.100.0/24" or an address`)
 		if !ok {

@@ -30,23 +30,13 @@ const (
 	proxySigV2 = "\r\n\r\n\x00\r\nQUIT\n"
 )
 
-// inPrefixes reports whether a is in any of ps.
-func inPrefixes(a netip.Addr, ps []netip.Prefix) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
 // admit is the gate every accepted connection passes before anything else
 // is done for it: the client must be allowed, or a trusted proxy, and the
 // listener must be below max_connections. On success the caller owns one
 // slot of lo.state.active and must release it.
 func admit(lo *listenerOpts, client netip.Addr) error {
 	o := &lo.Listener
-	if len(o.Allow) > 0 && !inPrefixes(client, o.Allow) && !inPrefixes(client, o.AcceptProxyFrom) {
+	if len(o.Allow) > 0 && !o.Allow.Contains(client) && !o.AcceptProxyFrom.Contains(client) {
 		return errNotAllowed
 	}
 	if o.MaxConnections > 0 {
@@ -91,7 +81,7 @@ func readInbound(nc net.Conn, o *listenerOpts, client, local netip.AddrPort) (in
 	}
 	defer nc.SetReadDeadline(time.Time{})
 
-	if !inPrefixes(client.Addr(), o.AcceptProxyFrom) {
+	if !o.AcceptProxyFrom.Contains(client.Addr()) {
 		pre, err := readPastSignature(nc)
 		in.pre = pre
 		return in, err
@@ -121,7 +111,7 @@ func readInbound(nc net.Conn, o *listenerOpts, client, local netip.AddrPort) (in
 		in.pre, _ = br.Peek(n)
 		in.pre = bytes.Clone(in.pre)
 	}
-	if len(o.Allow) > 0 && !inPrefixes(in.client.Addr(), o.Allow) {
+	if len(o.Allow) > 0 && !o.Allow.Contains(in.client.Addr()) {
 		return in, errNotAllowed
 	}
 	return in, nil
