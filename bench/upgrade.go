@@ -211,10 +211,8 @@ func upgradeRun(bin string, n, rounds int) (upgradeResult, error) {
 		}
 	}
 	// Wait until every first byte arrived: all connections are set up.
-	for deadline := time.Now().Add(60 * time.Second); got.Load() < int64(n); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return res, fmt.Errorf("sink got %d of %d bytes", got.Load(), n)
-		}
+	if !reaches(&got, int64(n)) {
+		return res, fmt.Errorf("sink got %d of %d bytes", got.Load(), n)
 	}
 	time.Sleep(2 * time.Second) // let the idle sweeper park them, as in production
 
@@ -250,17 +248,24 @@ func upgradeRun(bin string, n, rounds int) (upgradeResult, error) {
 			return res, fmt.Errorf("a connection did not survive: %w", err)
 		}
 	}
-	for deadline := time.Now().Add(60 * time.Second); got.Load() < int64(2*n); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			break
-		}
-	}
+	reaches(&got, int64(2*n))
 	res.bytes = got.Load()
 	if res.bytes != int64(2*n) {
 		return res, fmt.Errorf("sink got %d bytes, want %d", res.bytes, 2*n)
 	}
 	res.freeze, res.pause, res.post = median(freezes), median(pauses), median(posts)
 	return res, nil
+}
+
+// reaches waits up to a minute for n to reach want, and reports whether
+// it did.
+func reaches(n *atomic.Int64, want int64) bool {
+	for deadline := time.Now().Add(60 * time.Second); n.Load() < want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 func median(d []time.Duration) time.Duration {
