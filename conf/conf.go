@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bmpproxy/bmpproxy/netsetup"
 )
 
 // ProxyProtocol selects the header written to the target before any payload.
@@ -376,10 +378,8 @@ func (c *Config) Validate() error {
 		add("splice.max_pipes", "must not be negative, got %d", c.Splice.MaxPipes)
 	}
 	if c.TransparentSetup != "" {
-		switch c.TransparentSetup {
-		case "loopback", "namespace", "docker":
-		default:
-			add("transparent_setup", "unknown case %q (want loopback, namespace or docker)", c.TransparentSetup)
+		if err := netsetup.CheckCase(c.TransparentSetup); err != nil {
+			add("transparent_setup", "%v", err)
 		}
 		if c.TransparentTable < 1 || c.TransparentTable > 252 {
 			add("transparent_table", "must be 1-252, got %d", c.TransparentTable)

@@ -13,9 +13,6 @@ import (
 	"strings"
 )
 
-// Cases lists the valid values of Plan's kind.
-var Cases = []string{"loopback", "namespace", "docker"}
-
 // Plan is the return routing transparent dialing needs: the
 // collector's replies go to the router's address, and must be routed into
 // this host's local stack. Only the proxied connections are captured.
@@ -39,6 +36,9 @@ type Plan struct {
 func New(kind string, mark, table int) (Plan, error) {
 	t := strconv.Itoa(table)
 	var p Plan
+	if err := CheckCase(kind); err != nil {
+		return p, err
+	}
 	switch kind {
 	case "loopback":
 		p.rules = [][]string{
@@ -47,7 +47,7 @@ func New(kind string, mark, table int) (Plan, error) {
 			{"-6", "rule", "add", "from", "::1", "iif", "lo", "lookup", t},
 			{"-6", "route", "replace", "local", "::/0", "dev", "lo", "table", t},
 		}
-	case "namespace", "docker":
+	default: // "namespace", "docker"
 		reply := strconv.Itoa(mark + 1)
 		p.nft = fmt.Sprintf(`table inet bmpproxy {
 	chain out {
@@ -66,10 +66,17 @@ func New(kind string, mark, table int) (Plan, error) {
 			{"-6", "rule", "add", "fwmark", reply, "lookup", t},
 			{"-6", "route", "replace", "local", "::/0", "dev", "lo", "table", t},
 		}
-	default:
-		return p, fmt.Errorf("unknown case %q (want loopback, namespace or docker)", kind)
 	}
 	return p, nil
+}
+
+// CheckCase returns an error naming the valid cases unless kind is one.
+func CheckCase(kind string) error {
+	switch kind {
+	case "loopback", "namespace", "docker":
+		return nil
+	}
+	return fmt.Errorf("unknown case %q (want loopback, namespace or docker)", kind)
 }
 
 // Print writes the commands as a shell script.
