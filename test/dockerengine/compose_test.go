@@ -1,9 +1,7 @@
 package dockerengine
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,20 +27,6 @@ func compose(t *testing.T, e *engine, project string, env []string, timeout time
 		return string(out), fmt.Errorf("docker-compose %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
-}
-
-// reports returns what the stand-in collector printed so far.
-func reports(e *engine, container string) []seen {
-	logs, _ := e.docker(10*time.Second, "logs", container)
-	var out []seen
-	sc := bufio.NewScanner(strings.NewReader(logs))
-	for sc.Scan() {
-		var s seen
-		if json.Unmarshal(sc.Bytes(), &s) == nil && s.Peer != "" {
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // sendFile connects from src to dst:p inside ns and sends the file.

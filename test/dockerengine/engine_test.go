@@ -158,6 +158,21 @@ func (s seen) String() string {
 	return s.Src + " (PROXY " + s.Proxy + ")"
 }
 
+// reports returns what the stand-in collector in container printed so
+// far.
+func reports(e *engine, container string) []seen {
+	logs, _ := e.docker(10*time.Second, "logs", container)
+	var out []seen
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		var s seen
+		if json.Unmarshal(sc.Bytes(), &s) == nil && s.Peer != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // connect sends one line from src to dst:port inside the namespace.
 func connect(t *testing.T, ns, src, dst, msg string) {
 	t.Helper()
@@ -203,16 +218,9 @@ func observe(t *testing.T, e *engine, clients []string) map[string]seen {
 				connect(t, e.ns, c, dst, "hello from "+c+"\n")
 			}
 			time.Sleep(300 * time.Millisecond)
-			logs, _ := e.docker(10*time.Second, "logs", "collector")
-			lines = lines[:0]
-			sc := bufio.NewScanner(strings.NewReader(logs))
-			for sc.Scan() {
-				var s seen
-				if json.Unmarshal(sc.Bytes(), &s) == nil && s.Peer != "" {
-					lines = append(lines, s)
-				}
-			}
+			lines = reports(e, "collector")
 			if time.Now().After(deadline) {
+				logs, _ := e.docker(10*time.Second, "logs", "collector")
 				t.Fatalf("collector reported %d connections, want %d:\n%s", len(lines), len(got)+1, logs)
 			}
 		}
@@ -395,15 +403,7 @@ func TestTransparentDockerBridge(t *testing.T) {
 			t.Fatalf("collector reported %v\nbmpproxy:\n%s", got, b)
 		}
 		time.Sleep(300 * time.Millisecond)
-		logs, _ := e.docker(10*time.Second, "logs", "collector")
-		got = got[:0]
-		sc := bufio.NewScanner(strings.NewReader(logs))
-		for sc.Scan() {
-			var s seen
-			if json.Unmarshal(sc.Bytes(), &s) == nil && s.Peer != "" {
-				got = append(got, s)
-			}
-		}
+		got = reports(e, "collector")
 	}
 	t.Logf("collector container saw: %s and %s", got[0].Peer, got[1].Peer)
 	fmt.Printf("| transparent via a Docker bridge | %s | %s |\n", got[0].Peer, got[1].Peer)
