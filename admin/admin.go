@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -25,7 +26,7 @@ type Server struct {
 	Addr   netip.AddrPort
 	Proxy  *proxy.Server
 	Logger zerolog.Logger
-	// Listen opens the listening socket. Nil means proxy.Listen.
+	// Listen opens the listening socket. Nil means socket.Listen.
 	Listen func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
 	// Ready, if set, is called with the bound address once it accepts.
 	Ready func(net.Addr)
@@ -114,7 +115,7 @@ func Handler(p *proxy.Server) *http.ServeMux {
 func (s *Server) Run(ctx context.Context) error {
 	listen := s.Listen
 	if listen == nil {
-		listen = proxy.Listen
+		listen = socket.Listen
 	}
 	ln, err := listen(ctx, s.Addr)
 	if err != nil {

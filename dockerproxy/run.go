@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -123,7 +124,7 @@ func runTCP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol,
 			if inv.UseListenFD {
 				return listenerFromFD(env.ListenFD)
 			}
-			return proxy.ListenSingleStack(ctx, a)
+			return socket.ListenSingleStack(ctx, a)
 		},
 		Ready: func([]net.Addr) { st.report(nil) },
 	}

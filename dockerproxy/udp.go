@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
-	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -78,7 +78,7 @@ func listenUDP(ctx context.Context, env Env, inv Invocation) (*net.UDPConn, erro
 		// dockerd starts another proxy for the IPv4 side of the same
 		// port: an IPv6 socket is IPv6-only.
 		var err error
-		if pc, err = proxy.ListenPacketSingleStack(ctx, inv.Host); err != nil {
+		if pc, err = socket.ListenPacketSingleStack(ctx, inv.Host); err != nil {
 			return nil, err
 		}
 	}

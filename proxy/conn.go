@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"github.com/rs/zerolog"
 )
@@ -110,14 +111,7 @@ func (c *conn) setTarget(tc stream) bool {
 	return true
 }
 
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
+func addrPort(a net.Addr) netip.AddrPort { return socket.AddrPort(a) }
 
 // logger returns the connection's child logger. It is built when a line is
 // about to be written, not kept: an idle connection holds no log buffer.
@@ -209,7 +203,7 @@ func (s *Server) setup(job setupJob) {
 	c.upstream = addrPort(tc.RemoteAddr()).String()
 	if s.watcher == nil && !o.KeepAlive.Disabled {
 		if rc, err := tc.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) { setKeepAlive(int(fd), o.KeepAlive) })
+			rc.Control(func(fd uintptr) { socket.SetKeepAliveFD(int(fd), socket.KeepAlive(o.KeepAlive)) })
 		}
 	}
 	if !c.setTarget(tc) {
@@ -257,7 +251,7 @@ func (s *Server) dial(ctx context.Context, o *listenerOpts, client netip.AddrPor
 	switch {
 	case transparent:
 		var d *net.Dialer
-		d, network = transparentDialer(client, o.TransparentMark)
+		d, network = socket.TransparentDialer(client, o.TransparentMark)
 		target = loopbackFor(target, client)
 		dial = d.DialContext
 	case dial == nil:

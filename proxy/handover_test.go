@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 	"golang.org/x/sys/unix"
 )
@@ -361,7 +362,7 @@ func TestHandoverDuringAccept(t *testing.T) {
 	rs := runServer(t, &Server{
 		Config: cfg,
 		Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
-			ln, err := Listen(ctx, a)
+			ln, err := socket.Listen(ctx, a)
 			if err != nil {
 				return nil, err
 			}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/splice"
 )
 
@@ -200,7 +201,7 @@ func (c *conn) sweep() {
 		c.keepAlive = true
 		if ka := c.opts.KeepAlive; !ka.Disabled {
 			if rc, err := c.tc.SyscallConn(); err == nil {
-				rc.Control(func(fd uintptr) { setKeepAlive(int(fd), ka) })
+				rc.Control(func(fd uintptr) { socket.SetKeepAliveFD(int(fd), socket.KeepAlive(ka)) })
 			}
 		}
 	}

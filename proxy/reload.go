@@ -8,6 +8,7 @@ import (
 	"reflect"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 )
 
 // errNotRunning is returned by Reload when Run is not serving.
@@ -82,7 +83,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 				kept[a] = true
 				prev := l.opts.Swap(o) // even unchanged settings get a fresh logger
 				if prev.KeepAlive != c.KeepAlive {
-					if err := setListenerKeepAlive(l.ln, c.KeepAlive); err != nil {
+					if err := socket.SetKeepAlive(l.ln, socket.KeepAlive(c.KeepAlive)); err != nil {
 						errs = append(errs, fmt.Errorf("listener %q: keepalive on %s: %w", c.Name, a, err))
 					}
 				}

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"github.com/rs/zerolog"
 )
@@ -400,7 +401,7 @@ func (s *Server) openListeners(ctx context.Context, cfg *conf.Config, inherited 
 func (s *Server) open(ctx context.Context, a netip.AddrPort, o *listenerOpts) (*listener, error) {
 	listen := s.Listen
 	if listen == nil {
-		listen = Listen
+		listen = socket.Listen
 	}
 	ln, err := listen(ctx, a)
 	if err != nil {
@@ -412,7 +413,7 @@ func (s *Server) open(ctx context.Context, a netip.AddrPort, o *listenerOpts) (*
 // newListener makes a listener of ln, bound to a, newly opened or a
 // predecessor's, applying o's keepalive settings. On error ln is closed.
 func newListener(ln net.Listener, a netip.AddrPort, o *listenerOpts) (*listener, error) {
-	if err := setListenerKeepAlive(ln, o.KeepAlive); err != nil {
+	if err := socket.SetKeepAlive(ln, socket.KeepAlive(o.KeepAlive)); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("listener %q: keepalive on %s: %w", o.Name, a, err)
 	}

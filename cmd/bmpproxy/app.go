@@ -19,6 +19,7 @@ import (
 	"github.com/bmpproxy/bmpproxy/admin"
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/dockerproxy"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/bmpproxy/bmpproxy/reaper"
 	"github.com/bmpproxy/bmpproxy/sdnotify"
@@ -365,7 +366,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 					log.Info().Stringer("addr", a).Msg("using the socket passed by systemd")
 					return ln, nil
 				}
-				return proxy.Listen(ctx, a)
+				return socket.Listen(ctx, a)
 			},
 			LogFor: func(l conf.Log) zerolog.Logger {
 				lg, err := newLogger(l, stderr)
@@ -419,7 +420,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				ln, ok := succ.adminListener(a)
 				if !ok {
 					var err error
-					if ln, err = proxy.Listen(ctx, a); err != nil {
+					if ln, err = socket.Listen(ctx, a); err != nil {
 						return nil, err
 					}
 				}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/inspect"
-	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/urfave/cli/v2"
 )
 
@@ -81,7 +81,7 @@ func inspectCommand(stdout, stderr io.Writer) *cli.Command {
 					stop()
 					return usagef("--listen: %v", err)
 				}
-				ln, err := proxy.Listen(ctx, a)
+				ln, err := socket.Listen(ctx, a)
 				if err != nil {
 					stop()
 					for ; n > 0; n-- {
