@@ -114,11 +114,7 @@ func runTCP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol,
 		Log:          conf.Log{Level: rules.Log.Level, Format: rules.Log.Format},
 	}
 	cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	srv := &proxy.Server{
-		Config: cfg,
+	srv, err := proxy.New(cfg, proxy.Options{
 		Logger: log,
 		Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 			if inv.UseListenFD {
@@ -127,6 +123,9 @@ func runTCP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol,
 			return socket.ListenSingleStack(ctx, a)
 		},
 		Ready: func([]net.Addr) { st.report(nil) },
+	})
+	if err != nil {
+		return err
 	}
 	return srv.Run(ctx)
 }

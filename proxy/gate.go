@@ -14,8 +14,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
-// Refusal reasons, as they appear in the closing log line's "error" field
-// and in Stats.
+// Refusals, as they appear in the closing log line's "error" field.
 var (
 	errNotAllowed   = errors.New("client is not in the listener's allow list")
 	errLimit        = errors.New("listener is at max_connections")
@@ -32,22 +31,23 @@ const (
 
 // admit is the gate every accepted connection passes before anything else
 // is done for it: the client must be allowed, or a trusted proxy, and the
-// listener must be below max_connections. On success the caller owns one
-// slot of lo.state.active and must release it.
-func admit(lo *listenerOpts, client netip.Addr) error {
+// listener must be below max_connections. It returns the refusing stage
+// and its error, or stageNone; then the caller owns one slot of
+// lo.state.active and must release it.
+func admit(lo *listenerOpts, client netip.Addr) (stage, error) {
 	o := &lo.Listener
 	if len(o.Allow) > 0 && !o.Allow.Contains(client) && !o.AcceptProxyFrom.Contains(client) {
-		return errNotAllowed
+		return stageAllow, errNotAllowed
 	}
 	if o.MaxConnections > 0 {
 		if lo.state.active.Add(1) > int64(o.MaxConnections) {
 			lo.state.active.Add(-1)
-			return errLimit
+			return stageLimit, errLimit
 		}
-		return nil
+		return stageNone, nil
 	}
 	lo.state.active.Add(1)
-	return nil
+	return stageNone, nil
 }
 
 // inbound is what the client side said before the payload: the addresses
@@ -56,6 +56,7 @@ func admit(lo *listenerOpts, client netip.Addr) error {
 type inbound struct {
 	client, local netip.AddrPort
 	pre           []byte
+	trusted       bool // sent by a trusted proxy: allow applies to client
 }
 
 // readInbound applies the listener's accept_proxy_from policy to a newly
@@ -65,7 +66,7 @@ type inbound struct {
 //     payload, whatever they look like.
 //   - A trusted source must send a v1 or v2 header within the timeout. Its
 //     source and destination replace the socket's (a LOCAL header keeps
-//     them), and the client must then be in allow.
+//     them); the caller then checks that client against allow.
 //   - Any other source may not start with a header signature: that is a
 //     spoofing attempt and is refused. Its first bytes are read only until
 //     they differ from both signatures, or until the timeout if the client
@@ -87,6 +88,7 @@ func readInbound(nc net.Conn, o *listenerOpts, client, local netip.AddrPort) (in
 		return in, err
 	}
 
+	in.trusted = true
 	br := bufio.NewReaderSize(nc, 512)
 	h, err := proxyproto.Read(br)
 	if err != nil {
@@ -110,9 +112,6 @@ func readInbound(nc net.Conn, o *listenerOpts, client, local netip.AddrPort) (in
 	if n := br.Buffered(); n > 0 {
 		in.pre, _ = br.Peek(n)
 		in.pre = bytes.Clone(in.pre)
-	}
-	if len(o.Allow) > 0 && !o.Allow.Contains(in.client.Addr()) {
-		return in, errNotAllowed
 	}
 	return in, nil
 }

@@ -44,16 +44,14 @@ func inProcess(t *testing.T, cfg *conf.Config, next **testServer, giveUp bool) H
 			got.FDs = append(got.FDs, dup)
 		}
 		asked, answer := make(chan struct{}), make(chan error)
-		succ := &Server{
-			Config:    cfg,
+		rs := runServer(t, cfg, Options{
 			IdleAfter: 20 * time.Millisecond,
 			Inherit:   got,
 			Takeover: func() error {
 				close(asked)
 				return <-answer
 			},
-		}
-		rs := runServer(t, succ)
+		})
 		select {
 		case <-asked:
 		case err := <-rs.done:
@@ -130,7 +128,7 @@ func TestHandover(t *testing.T) {
 			if err := cfg.Validate(); err != nil {
 				t.Fatal(err)
 			}
-			cur := runServer(t, &Server{Config: cfg, IdleAfter: 20 * time.Millisecond})
+			cur := runServer(t, cfg, Options{IdleAfter: 20 * time.Millisecond})
 			addr := cur.addrs[0].String()
 
 			const streams = 12
@@ -239,7 +237,7 @@ func TestHandoverRollback(t *testing.T) {
 			tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
 			cfg := oneListener(tg.Addr(), "127.0.0.1:0")
 			cfg.ApplyDefaults()
-			rs := runServer(t, &Server{Config: cfg, IdleAfter: 20 * time.Millisecond})
+			rs := runServer(t, cfg, Options{IdleAfter: 20 * time.Millisecond})
 			addr := rs.addrs[0].String()
 			const streams = 6
 			results := make([]echoStream, streams)
@@ -291,7 +289,7 @@ func TestFreezeTimeout(t *testing.T) {
 	})
 	cfg := oneListener(tg.Addr(), "127.0.0.1:0")
 	cfg.ApplyDefaults()
-	rs := runServer(t, &Server{Config: cfg, FreezeTimeout: 300 * time.Millisecond})
+	rs := runServer(t, cfg, Options{FreezeTimeout: 300 * time.Millisecond})
 	c := dial(t, "tcp", rs.addrs[0].String())
 	data := randomBytes(t, 32<<20)
 	wrote := make(chan error, 1)
@@ -359,8 +357,7 @@ func TestHandoverDuringAccept(t *testing.T) {
 	cfg := oneListener(tg.Addr(), "127.0.0.1:0")
 	cfg.ApplyDefaults()
 	late := &lateListener{accepted: make(chan struct{}, 1), frozen: make(chan struct{})}
-	rs := runServer(t, &Server{
-		Config: cfg,
+	rs := runServer(t, cfg, Options{
 		Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 			ln, err := socket.Listen(ctx, a)
 			if err != nil {

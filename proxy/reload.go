@@ -35,7 +35,6 @@ type reloadReq struct {
 // returned; the rest of cfg is applied. Splice settings take effect only
 // at the next start.
 func (s *Server) Reload(ctx context.Context, cfg *conf.Config) error {
-	s.init()
 	req := reloadReq{cfg: cfg, done: make(chan error, 1)}
 	return submit(ctx, s, s.reloads, req, req.done)
 }
@@ -58,12 +57,12 @@ func submit[R any](ctx context.Context, s *Server, ch chan<- R, req R, done <-ch
 // server, such as a configuration file that does not load.
 func (s *Server) ReloadFailed(err error) {
 	s.stats.reloadFailures.Add(1)
-	s.Logger.Error().Err(err).Msg("reload failed; the running configuration stays in force")
+	s.opts.Logger.Error().Err(err).Msg("reload failed; the running configuration stays in force")
 }
 
 // apply runs on the Run goroutine.
 func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
-	old := s.Config
+	old := s.cfg
 	if err := checkTransparent(cfg); err != nil {
 		s.ReloadFailed(err)
 		return err
@@ -88,7 +87,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 					}
 				}
 				if !reflect.DeepEqual(prev.Listener, *c) {
-					s.Logger.Info().Str("listener", c.Name).Stringer("addr", l.ln.Addr()).
+					s.opts.Logger.Info().Str("listener", c.Name).Stringer("addr", l.ln.Addr()).
 						Stringer("target", c.Target).Str("proxy_protocol", string(c.ProxyProtocol)).
 						Msg("listener updated; new connections use the new settings")
 				}
@@ -109,31 +108,31 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 		}
 		name := l.opts.Load().Name
 		if failed[name] {
-			s.Logger.Warn().Str("listener", name).Stringer("addr", l.ln.Addr()).
+			s.opts.Logger.Warn().Str("listener", name).Stringer("addr", l.ln.Addr()).
 				Msg("listener kept with its old settings: its new address could not be opened")
 			continue
 		}
 		l.ln.Close()
 		delete(s.listeners, a)
-		s.Logger.Info().Str("listener", name).Stringer("addr", l.ln.Addr()).
+		s.opts.Logger.Info().Str("listener", name).Stringer("addr", l.ln.Addr()).
 			Msg("listener removed; its open connections run on")
 	}
 	for _, l := range opened {
 		s.serve(ctx, connCtx, l)
 	}
 	if !reflect.DeepEqual(old.Splice, cfg.Splice) {
-		s.Logger.Warn().Msg("splice settings changed; they take effect at the next start")
+		s.opts.Logger.Warn().Msg("splice settings changed; they take effect at the next start")
 	}
 	if old.Admin != cfg.Admin {
-		s.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
+		s.opts.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
 	}
-	s.Config = cfg
+	s.cfg = cfg
 	if err := errors.Join(errs...); err != nil {
 		s.stats.reloadFailures.Add(1)
-		s.Logger.Error().Err(err).Msg("reload applied in part")
+		s.opts.Logger.Error().Err(err).Msg("reload applied in part")
 		return err
 	}
 	s.stats.reloads.Add(1)
-	s.Logger.Info().Int("listeners", len(s.listeners)).Msg("reload applied")
+	s.opts.Logger.Info().Int("listeners", len(s.listeners)).Msg("reload applied")
 	return nil
 }

@@ -1,13 +1,11 @@
 package proxy
 
 import (
-	"errors"
 	"maps"
 	"net/netip"
 	"slices"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -16,135 +14,6 @@ const (
 	keepClosedRouters = 256  // closed BMP sessions listed by Routers
 	keepLastEnd       = 4096 // router addresses whose last session end is kept
 )
-
-// Refusal reasons, as metric labels.
-const (
-	ReasonNotAllowed = "not_allowed"
-	ReasonLimit      = "max_connections"
-	ReasonHeader     = "proxy_header"
-	ReasonBMP        = "bmp"
-	ReasonOther      = "other"
-)
-
-// refusal indexes the refusal reasons.
-type refusal int
-
-const (
-	refusedNotAllowed refusal = iota
-	refusedLimit
-	refusedHeader
-	refusedBMP
-	refusedOther
-	numRefusals
-)
-
-// refusalReasons are the labels of the refusals, by index.
-var refusalReasons = [numRefusals]string{ReasonNotAllowed, ReasonLimit, ReasonHeader, ReasonBMP, ReasonOther}
-
-func refusalOf(err error) refusal {
-	switch {
-	case errors.Is(err, errNotAllowed):
-		return refusedNotAllowed
-	case errors.Is(err, errLimit):
-		return refusedLimit
-	case errors.Is(err, errSpoofed), errors.Is(err, errNoHeader), errors.Is(err, errHeaderUnread):
-		return refusedHeader
-	case errors.Is(err, errNotBMP):
-		return refusedBMP
-	}
-	return refusedOther
-}
-
-// listenerState is kept per listener name, across reloads.
-type listenerState struct {
-	active          atomic.Int64
-	accepted        atomic.Uint64
-	connectFailures atomic.Uint64
-	refused         [numRefusals]atomic.Uint64
-	// Totals of ended connections; open ones are added at snapshot time.
-	fromClient, toClient, spliced, copied atomic.Int64
-}
-
-// saved reads the counters that carry over an upgrade: all but active,
-// which the successor counts again as it adopts the connections.
-func (ls *listenerState) saved() SnapshotCounts {
-	sc := SnapshotCounts{
-		Accepted:        ls.accepted.Load(),
-		ConnectFailures: ls.connectFailures.Load(),
-		Refused:         make(map[string]uint64, numRefusals),
-		FromClient:      ls.fromClient.Load(),
-		ToClient:        ls.toClient.Load(),
-		Spliced:         ls.spliced.Load(),
-		Copied:          ls.copied.Load(),
-	}
-	for i, r := range refusalReasons {
-		sc.Refused[r] = ls.refused[i].Load()
-	}
-	return sc
-}
-
-// restore sets the counters a predecessor saved.
-func (ls *listenerState) restore(sc SnapshotCounts) {
-	ls.accepted.Store(sc.Accepted)
-	ls.connectFailures.Store(sc.ConnectFailures)
-	for i, r := range refusalReasons {
-		ls.refused[i].Store(sc.Refused[r])
-	}
-	ls.fromClient.Store(sc.FromClient)
-	ls.toClient.Store(sc.ToClient)
-	ls.spliced.Store(sc.Spliced)
-	ls.copied.Store(sc.Copied)
-}
-
-// ListenerStats is a snapshot of one listener's counters, open connections
-// included.
-type ListenerStats struct {
-	Name            string
-	Accepted        uint64
-	Active          int64
-	Refused         map[string]uint64 // by reason: ReasonNotAllowed, …
-	ConnectFailures uint64
-	BytesFromClient int64
-	BytesToClient   int64
-	BytesSpliced    int64
-	BytesCopied     int64
-}
-
-// ListenerStats returns every listener's counters, sorted by name. A
-// listener removed by a reload is still listed.
-func (s *Server) ListenerStats() []ListenerStats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	byName := make(map[string]*ListenerStats, len(s.states))
-	for name, st := range s.states {
-		sv := st.saved()
-		byName[name] = &ListenerStats{
-			Name:            name,
-			Accepted:        sv.Accepted,
-			Active:          st.active.Load(),
-			Refused:         sv.Refused,
-			ConnectFailures: sv.ConnectFailures,
-			BytesFromClient: sv.FromClient,
-			BytesToClient:   sv.ToClient,
-			BytesSpliced:    sv.Spliced,
-			BytesCopied:     sv.Copied,
-		}
-	}
-	for c := range s.conns {
-		if ls := byName[c.listener]; ls != nil {
-			ls.BytesFromClient += c.up.Total()
-			ls.BytesToClient += c.down.Total()
-			ls.BytesSpliced += c.up.Spliced.Load() + c.down.Spliced.Load()
-			ls.BytesCopied += c.up.Copied.Load() + c.down.Copied.Load()
-		}
-	}
-	out := make([]ListenerStats, 0, len(byName))
-	for _, ls := range byName {
-		out = append(out, *ls)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
 
 // RouterStatus is one BMP session, open or recently closed.
 type RouterStatus struct {
@@ -171,24 +40,6 @@ type routerTable struct {
 	mu      sync.Mutex
 	closed  []RouterStatus // oldest first, at most keepClosedRouters
 	lastEnd map[netip.Addr]time.Time
-}
-
-func (c *conn) routerStatus() RouterStatus {
-	r := RouterStatus{
-		Router:          c.client.String(),
-		Listener:        c.listener,
-		SysName:         c.router.SysName,
-		SysDescr:        c.router.SysDescr,
-		TermReason:      c.router.TermReason,
-		State:           "connected",
-		Since:           c.start,
-		BytesFromRouter: c.up.Total(),
-		BytesToRouter:   c.down.Total(),
-	}
-	if c.via.IsValid() {
-		r.Via = c.via.String()
-	}
-	return r
 }
 
 // sinceLastSession returns how long ago the previous session from a ended.

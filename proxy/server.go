@@ -1,14 +1,19 @@
 // Package proxy accepts connections, dials their targets, writes the PROXY
-// header and runs the splice pump until both directions have ended.
+// header and pumps the bytes until both directions have ended.
 //
-// Ownership: Run owns every goroutine it starts. Each listener has one
-// accept loop. Each connection is set up (header, dial) on a setup worker,
-// a goroutine kept for a while to serve later setups (workers.go), and
-// then runs two pump goroutines, pumpClientToTarget and pumpTargetToClient.
-// A quiet pump may leave its goroutine for the idle watcher and come back
-// on a new one (idle.go). The last pump to end writes the connection's
-// single closing log line. Run returns only after all of them, the
-// workers, the watcher and the sweeper have ended.
+// One connection's path, file by file: the accept loop (server.go) admits
+// it and hands it to a setup worker (workers.go); setup (setup.go) is a
+// straight pipeline of stages from the accepted socket to the connected
+// target, with one exit for every failure; then its two directions
+// (direction.go) run, park, are held and end as a state machine; the one
+// that ends last writes the connection's closing line (conn.go). Reload
+// (reload.go) and upgrade (handover.go, freeze.go, snapshot.go, adopt.go)
+// reach the Run goroutine as requests.
+//
+// Ownership: New builds a Server; Run, called once, owns every goroutine
+// it starts: one accept loop per listening socket, the setup workers, a
+// goroutine per running direction, the idle watcher and its sweeper. Run
+// returns only after all of them have ended.
 package proxy
 
 import (
@@ -35,26 +40,25 @@ const (
 	acceptBackoffMax = time.Second
 )
 
-// Server serves one configuration. Its zero-value hooks select the real
-// network; tests and the docker integration replace them.
-type Server struct {
-	// Config must have had ApplyDefaults and Validate.
-	Config *conf.Config
+// Options are a Server's hooks and tuning. The zero value serves the real
+// network with the defaults; tests and docker mode set hooks.
+type Options struct {
 	// Logger receives lifecycle and per-connection lines. The zero value
 	// logs nothing.
 	Logger zerolog.Logger
-	// Pump moves the bytes. Nil means a pump built from Config.Splice,
-	// owned and closed by Run.
+	// Pump moves the bytes. Nil means a pump built from the
+	// configuration's splice settings, owned and closed by Run.
 	Pump *splice.Pump
-	// Listen opens one listening socket. Nil means Listen.
+	// Listen opens one listening socket. Nil means socket.Listen.
 	Listen func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
-	// Dial connects to a target. Nil means a net.Dialer. The context
-	// carries the listener's connect timeout.
+	// Dial connects to a target. Nil means a net.Dialer, or a transparent
+	// one for proxy_protocol transparent. The context carries the
+	// listener's connect timeout.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Ready, if set, is called once with the bound addresses after every
 	// listener is open and accepting.
 	Ready func(addrs []net.Addr)
-	// IdleAfter is the sweep interval for idle parking (see idle.go): a
+	// IdleAfter is the sweep interval for idle parking (direction.go): a
 	// direction quiet for a whole interval leaves its goroutine. Zero
 	// means DefaultIdleAfter; negative disables parking.
 	IdleAfter time.Duration
@@ -66,26 +70,35 @@ type Server struct {
 	// addresses it has, then calls Takeover before serving.
 	Inherit *Snapshot
 	// FreezeTimeout bounds how long Upgrade waits for every direction to
-	// be held (see handover.go). Zero means DefaultFreezeTimeout.
+	// be held (freeze.go). Zero means DefaultFreezeTimeout.
 	FreezeTimeout time.Duration
 	// Takeover is called by Run, with Inherit set, once everything is
 	// adopted and before any byte moves. It returns when this process may
 	// serve, or an error, and then Run releases the inherited sockets
 	// without shutting them down and returns it. Nil means go at once.
 	Takeover func() error
+}
 
-	watcher *splice.Watcher // nil when parking is disabled
-	workers *setupWorkers
+// Server serves one configuration. Make it with New; its zero value only
+// answers Stats, ListenerStats, Routers and IsReady, with zeros.
+type Server struct {
+	opts Options // as given to New, Pump set
+	// ownPump says Run closes opts.Pump: New built it.
+	ownPump bool
 
-	initOnce sync.Once
 	reloads  chan reloadReq  // served by Run
 	upgrades chan upgradeReq // served by Run
 	stopped  chan struct{}   // closed when Run stops serving reloads and upgrades
+	ran      atomic.Bool     // Run was called
 
-	frozen  atomic.Bool   // set during a handover; see handover.go
+	watcher atomic.Pointer[splice.Watcher] // nil while parking is off
+	workers *setupWorkers
+
+	frozen  atomic.Bool   // set during a handover; see freeze.go
 	settled chan struct{} // a frozen connection settled or ended
 
 	// Owned by the Run goroutine.
+	cfg       *conf.Config
 	listeners map[netip.AddrPort]*listener // by bound address
 	accepting sync.WaitGroup               // accept loops
 
@@ -95,106 +108,52 @@ type Server struct {
 	nextID atomic.Uint64
 	stats  counters
 
+	// setups counts connections between their accept and their start
+	// (or their closing line); live counts directions that started and
+	// have not ended, in any state (direction.go). Both are zero when
+	// nothing is served.
+	setups sync.WaitGroup
+	live   sync.WaitGroup
+
 	mu      sync.Mutex
 	conns   map[*conn]struct{}
 	states  map[string]*listenerState // per listener name; entries are never removed
 	closing bool                      // the drain timeout has passed; new conns are aborted
-	wg      sync.WaitGroup            // setup and pump goroutines
 }
 
-// counters are the server-wide totals.
-type counters struct {
-	accepted       atomic.Uint64
-	active         atomic.Int64
-	dialFailed     atomic.Uint64
-	acceptErrs     atomic.Uint64
-	parks          atomic.Uint64
-	reloads        atomic.Uint64
-	reloadFailures atomic.Uint64
-
-	upgrades        atomic.Uint64 // handovers that ended in this process
-	upgradeFailures atomic.Uint64
-	carried         atomic.Uint64 // connections received from predecessors
-}
-
-// Counters are the server-wide counters that carry over an upgrade.
-type Counters struct {
-	Accepted        uint64 `json:"accepted"`         // connections accepted
-	DialFailures    uint64 `json:"dial_failures"`    // connections closed because the target could not be reached
-	AcceptErrors    uint64 `json:"accept_errors"`    // failed accept calls (EMFILE and the like)
-	Parks           uint64 `json:"parks"`            // times a direction was parked
-	Reloads         uint64 `json:"reloads"`          // reloads applied in full
-	ReloadFailures  uint64 `json:"reload_failures"`  // reloads rejected or applied in part
-	Upgrades        uint64 `json:"upgrades"`         // upgrades that handed the server over, counted by the successor
-	UpgradeFailures uint64 `json:"upgrade_failures"` // upgrades that failed; the predecessor kept serving
-	CarriedOver     uint64 `json:"carried_over"`     // connections received from predecessors, over all upgrades
-}
-
-// saved reads the counters that carry over an upgrade.
-func (c *counters) saved() Counters {
-	return Counters{
-		Accepted:        c.accepted.Load(),
-		DialFailures:    c.dialFailed.Load(),
-		AcceptErrors:    c.acceptErrs.Load(),
-		Parks:           c.parks.Load(),
-		Reloads:         c.reloads.Load(),
-		ReloadFailures:  c.reloadFailures.Load(),
-		Upgrades:        c.upgrades.Load(),
-		UpgradeFailures: c.upgradeFailures.Load(),
-		CarriedOver:     c.carried.Load(),
+// New builds a Server for cfg, which must have had ApplyDefaults, and
+// checks what Run would need: a valid configuration, and the privilege
+// that transparent listeners need. It starts nothing.
+func New(cfg *conf.Config, opts Options) (*Server, error) {
+	if cfg == nil {
+		return nil, errors.New("proxy: no configuration")
 	}
-}
-
-// restore sets the counters a predecessor saved.
-func (c *counters) restore(v Counters) {
-	c.accepted.Store(v.Accepted)
-	c.dialFailed.Store(v.DialFailures)
-	c.acceptErrs.Store(v.AcceptErrors)
-	c.parks.Store(v.Parks)
-	c.reloads.Store(v.Reloads)
-	c.reloadFailures.Store(v.ReloadFailures)
-	c.upgrades.Store(v.Upgrades)
-	c.upgradeFailures.Store(v.UpgradeFailures)
-	c.carried.Store(v.CarriedOver)
-}
-
-// Stats is a snapshot of the server's counters.
-type Stats struct {
-	Counters
-	Active            int64  // connections open now
-	Refused           uint64 // connections closed before dialing, for any reason below
-	RefusedNotAllowed uint64 // client outside allow
-	RefusedLimit      uint64 // listener at max_connections
-	RefusedHeader     uint64 // spoofed, missing or unreadable inbound PROXY header
-	RefusedBMP        uint64 // failed the BMP pre-check
-	Parked            int    // directions parked in the idle watcher, without a goroutine
-	Splice            splice.Stats
-}
-
-// Stats returns a snapshot of the counters.
-func (s *Server) Stats() Stats {
-	st := Stats{Counters: s.stats.saved(), Active: s.stats.active.Load()}
-	// Refusals are counted per listener name; the totals are their sums.
-	var refused [numRefusals]uint64
-	s.mu.Lock()
-	for _, ls := range s.states {
-		for i := range refused {
-			refused[i] += ls.refused[i].Load()
-		}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: invalid configuration: %w", err)
 	}
-	s.mu.Unlock()
-	for _, n := range refused {
-		st.Refused += n
+	if err := checkTransparent(cfg); err != nil {
+		return nil, err
 	}
-	st.RefusedNotAllowed, st.RefusedLimit = refused[refusedNotAllowed], refused[refusedLimit]
-	st.RefusedHeader, st.RefusedBMP = refused[refusedHeader], refused[refusedBMP]
-	if s.Pump != nil {
-		st.Splice = s.Pump.Stats()
+	s := &Server{
+		opts:      opts,
+		cfg:       cfg,
+		reloads:   make(chan reloadReq),
+		upgrades:  make(chan upgradeReq),
+		stopped:   make(chan struct{}),
+		settled:   make(chan struct{}, 1),
+		listeners: make(map[netip.AddrPort]*listener),
+		conns:     make(map[*conn]struct{}),
+		states:    make(map[string]*listenerState),
 	}
-	if s.watcher != nil {
-		st.Parked = s.watcher.Parked()
+	if s.opts.Pump == nil {
+		s.opts.Pump = splice.New(splice.Config{
+			Disabled: cfg.Splice.Disabled,
+			MaxPipes: cfg.Splice.MaxPipes,
+			Logger:   opts.Logger,
+		})
+		s.ownPump = true
 	}
-	return st
+	return s, nil
 }
 
 // listener is one open listening socket. Its options are swapped by a
@@ -213,59 +172,51 @@ type listenerOpts struct {
 	state *listenerState // counters of every listener with this name
 }
 
+// errRunTwice refuses a second Run.
+var errRunTwice = errors.New("proxy: Run was already called on this server")
+
 // Run opens every listener, serves until ctx is done, then stops
-// accepting, lets open connections run for Config.DrainTimeout, closes
-// the rest and returns nil once every goroutine has ended. An error is
+// accepting, lets open connections run for the drain timeout, closes the
+// rest and returns nil once every goroutine has ended. An error is
 // returned only if a listener cannot be opened (or, with Inherit, the
 // takeover fails); then nothing is served. After a successful Upgrade it
 // returns ErrHandedOver, having let go of every socket. Run applies
 // reloads and upgrades on its own goroutine, which alone owns the set of
-// listeners.
+// listeners. It may be called once.
 func (s *Server) Run(ctx context.Context) error {
-	s.init()
+	if s.stopped == nil {
+		return errors.New("proxy: the server was not made by New")
+	}
+	if !s.ran.CompareAndSwap(false, true) {
+		return errRunTwice
+	}
 	defer close(s.stopped)
-	if s.Config == nil {
-		return errors.New("proxy: no configuration")
+	if s.ownPump {
+		defer s.opts.Pump.Close()
 	}
-	if s.Pump == nil {
-		s.Pump = splice.New(splice.Config{
-			Disabled: s.Config.Splice.Disabled,
-			MaxPipes: s.Config.Splice.MaxPipes,
-			Logger:   s.Logger,
-		})
-		defer s.Pump.Close()
-	}
-	s.mu.Lock()
-	s.conns = make(map[*conn]struct{})
-	s.states = make(map[string]*listenerState)
-	s.mu.Unlock()
 	s.workers = newSetupWorkers()
 	defer s.workers.close()
-	s.listeners = make(map[netip.AddrPort]*listener)
 
-	if err := checkTransparent(s.Config); err != nil {
-		return err
-	}
 	stopParking, err := s.startParking()
 	if err != nil {
 		return err
 	}
 	defer stopParking()
 	var inherited inheritedListeners
-	if s.Inherit != nil {
+	if s.opts.Inherit != nil {
 		if inherited, err = s.adopt(); err != nil {
 			return err
 		}
 	}
-	lns, err := s.openListeners(ctx, s.Config, inherited)
+	lns, err := s.openListeners(ctx, s.cfg, inherited)
 	if err != nil {
 		inherited.close()
 		s.release()
 		return err
 	}
-	if s.Inherit != nil {
+	if s.opts.Inherit != nil {
 		for a := range inherited { // addresses the configuration no longer has
-			s.Logger.Warn().Stringer("addr", a).Msg("upgrade: closing an inherited listener the configuration does not name")
+			s.opts.Logger.Warn().Stringer("addr", a).Msg("upgrade: closing an inherited listener the configuration does not name")
 		}
 		inherited.close()
 		if err := s.takeOver(lns); err != nil {
@@ -285,8 +236,8 @@ func (s *Server) Run(ctx context.Context) error {
 		s.serve(ctx, connCtx, l)
 	}
 	s.ready.Store(true)
-	if s.Ready != nil {
-		s.Ready(addrs)
+	if s.opts.Ready != nil {
+		s.opts.Ready(addrs)
 	}
 
 	handedOver := false
@@ -307,7 +258,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Store(false)
 	if handedOver {
 		s.release()
-		s.wg.Wait() // every direction was held: returns at once
+		s.live.Wait() // every direction was held and is released: returns at once
 		return ErrHandedOver
 	}
 	for _, l := range s.listeners {
@@ -318,20 +269,11 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) init() {
-	s.initOnce.Do(func() {
-		s.reloads = make(chan reloadReq)
-		s.upgrades = make(chan upgradeReq)
-		s.stopped = make(chan struct{})
-		s.settled = make(chan struct{}, 1)
-	})
-}
-
 // serve registers l and starts its accept loop.
 func (s *Server) serve(ctx, connCtx context.Context, l *listener) {
 	s.listeners[l.addr] = l
 	o := l.opts.Load()
-	s.Logger.Info().
+	s.opts.Logger.Info().
 		Str("listener", o.Name).
 		Stringer("addr", l.ln.Addr()).
 		Stringer("target", o.Target).
@@ -352,14 +294,14 @@ func (s *Server) startAccepting(ctx, connCtx context.Context, l *listener) {
 // newOpts derives a listener's runtime options from its configuration.
 func (s *Server) newOpts(c *conf.Listener) *listenerOpts {
 	o := &listenerOpts{Listener: *c}
-	if s.LogFor != nil {
-		o.log = s.LogFor(c.Log)
+	if s.opts.LogFor != nil {
+		o.log = s.opts.LogFor(c.Log)
 	} else {
 		lvl, err := zerolog.ParseLevel(c.Log.Level)
 		if err != nil {
-			lvl = s.Logger.GetLevel()
+			lvl = s.opts.Logger.GetLevel()
 		}
-		o.log = s.Logger.Level(lvl)
+		o.log = s.opts.Logger.Level(lvl)
 	}
 	s.mu.Lock()
 	if s.states[c.Name] == nil {
@@ -399,7 +341,7 @@ func (s *Server) openListeners(ctx context.Context, cfg *conf.Config, inherited 
 
 // open opens one listening socket for o.
 func (s *Server) open(ctx context.Context, a netip.AddrPort, o *listenerOpts) (*listener, error) {
-	listen := s.Listen
+	listen := s.opts.Listen
 	if listen == nil {
 		listen = socket.Listen
 	}
@@ -431,20 +373,19 @@ func boundAddr(ln net.Listener, a netip.AddrPort) netip.AddrPort {
 	return a
 }
 
-// drain waits up to DrainTimeout for open connections to end by
-// themselves, then closes the rest and waits for their goroutines.
+// drain waits up to the drain timeout for open connections to end by
+// themselves, then closes the rest and waits for their directions to
+// end. The accept loops have ended: no setup starts.
 func (s *Server) drain(abort context.CancelFunc) {
 	done := make(chan struct{})
 	go func() {
-		s.wg.Wait()
+		s.setups.Wait() // after this, no direction starts
+		s.live.Wait()
 		close(done)
 	}()
 	n := s.stats.active.Load()
-	timeout := s.Config.DrainTimeout
-	if timeout < 0 {
-		timeout = 0
-	}
-	s.Logger.Info().Int64("connections", n).Stringer("drain_timeout", timeout).Msg("stopped accepting; draining")
+	timeout := max(s.cfg.DrainTimeout, 0)
+	s.opts.Logger.Info().Int64("connections", n).Stringer("drain_timeout", timeout).Msg("stopped accepting; draining")
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
@@ -458,24 +399,26 @@ func (s *Server) drain(abort context.CancelFunc) {
 		}
 		s.mu.Unlock()
 		if len(open) > 0 {
-			s.Logger.Warn().Int("connections", len(open)).Msg("drain timeout; closing open connections")
+			s.opts.Logger.Warn().Int("connections", len(open)).Msg("drain timeout; closing open connections")
 		}
 		abort()
 		for _, c := range open {
-			c.abort(errShutdown)
+			c.abort()
 		}
 		<-done
 	}
-	s.Logger.Info().Msg("stopped")
+	s.opts.Logger.Info().Msg("stopped")
 }
 
-// acceptLoop accepts until l is closed. Temporary failures, notably
-// EMFILE/ENFILE, back off exponentially up to acceptBackoffMax; the loop
-// never spins and never gives up while the listener is open.
+// acceptLoop accepts until l is closed, or stops at a freeze. Temporary
+// failures, notably EMFILE/ENFILE, back off exponentially up to
+// acceptBackoffMax; the loop never spins and never gives up while the
+// listener is open. A connection that passes the gate is tracked here,
+// before a setup worker has it, so that a freeze always sees it.
 func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 	var delay time.Duration
 	for {
-		c, err := l.ln.Accept()
+		nc, err := l.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
@@ -485,7 +428,7 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 			}
 			s.stats.acceptErrs.Add(1)
 			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
-			s.Logger.Warn().Err(err).Str("listener", l.opts.Load().Name).Stringer("addr", l.ln.Addr()).
+			s.opts.Logger.Warn().Err(err).Str("listener", l.opts.Load().Name).Stringer("addr", l.ln.Addr()).
 				Bool("fd_exhausted", isFDExhaustion(err)).Dur("retry_in", delay).Msg("accept failed")
 			t := time.NewTimer(delay)
 			select {
@@ -500,24 +443,24 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 		s.stats.accepted.Add(1)
 		o := l.opts.Load()
 		o.state.accepted.Add(1)
-		client, local := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
-		if err := admit(o, client.Addr()); err != nil {
-			s.refuse(o, c, client, local, err)
+		client, local := addrPort(nc.RemoteAddr()), addrPort(nc.LocalAddr())
+		if st, err := admit(o, client.Addr()); err != nil {
+			s.refuse(o, nc, client, local, st, err)
 			continue
 		}
-		conn := s.newConn(o, c, client, local)
-		s.track(conn)
-		s.wg.Add(1)
-		s.workers.run(s, setupJob{ctx: connCtx, c: conn, nc: c})
+		c := s.newConn(o, nc, client, local)
+		s.track(c)
+		s.setups.Add(1)
+		s.workers.run(s, setupJob{ctx: connCtx, c: c, nc: nc})
 	}
 }
 
-// refuse closes a connection that failed the gate, counts it and writes
-// its closing line. It has no target side.
-func (s *Server) refuse(o *listenerOpts, c net.Conn, client, local netip.AddrPort, err error) {
+// refuse closes a connection that failed the gate at st, counts it and
+// writes its closing line. It never had a target side, nor a conn.
+func (s *Server) refuse(o *listenerOpts, nc net.Conn, client, local netip.AddrPort, st stage, err error) {
 	start := time.Now()
-	c.Close()
-	s.countRefusal(o, err)
+	st.count(s, o) // before the close, which the client may act on at once
+	nc.Close()
 	if o.log.GetLevel() > zerolog.WarnLevel {
 		return
 	}
@@ -529,15 +472,9 @@ func (s *Server) refuse(o *listenerOpts, c net.Conn, client, local netip.AddrPor
 		Int64("bytes_from_client", 0).
 		Int64("bytes_to_client", 0).
 		Stringer("duration", time.Since(start)).
-		Str("reason", "refused").
+		Str("reason", st.reason()).
 		Err(err).
 		Msg("connection closed")
-}
-
-// countRefusal counts a connection refused before dialing, under its
-// listener and reason.
-func (s *Server) countRefusal(o *listenerOpts, err error) {
-	o.state.refused[refusalOf(err)].Add(1)
 }
 
 // IsReady reports whether every listener is open and accepting.
@@ -555,7 +492,7 @@ func (s *Server) track(c *conn) {
 	closing := s.closing
 	s.mu.Unlock()
 	if closing {
-		c.abort(errShutdown)
+		c.abort()
 	}
 }
 

@@ -85,34 +85,36 @@ type testServer struct {
 	done   chan error
 }
 
-func startServer(t testing.TB, cfg *conf.Config, mutate func(*Server)) *testServer {
+func startServer(t testing.TB, cfg *conf.Config, mutate func(*Options)) *testServer {
 	t.Helper()
 	cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	srv := &Server{Config: cfg}
+	var opts Options
 	if mutate != nil {
-		mutate(srv)
+		mutate(&opts)
 	}
-	ts := runServer(t, srv)
+	ts := runServer(t, cfg, opts)
 	t.Cleanup(func() { ts.stop(t) })
 	return ts
 }
 
-// runServer starts srv, logging to a fresh sink, and waits until it is
-// ready; with srv.Inherit set it does not wait, since the caller answers
-// Takeover. The caller stops it, or reads Run's result with wait.
-func runServer(t testing.TB, srv *Server) *testServer {
+// runServer builds a Server of cfg and opts, logging to a fresh sink,
+// runs it and waits until it is ready; with opts.Inherit set it does not
+// wait, since the caller answers Takeover. The caller stops it, or reads
+// Run's result with wait.
+func runServer(t testing.TB, cfg *conf.Config, opts Options) *testServer {
 	t.Helper()
 	logs := &logSink{}
-	srv.Logger = zerolog.New(logs).Level(zerolog.DebugLevel)
+	opts.Logger = zerolog.New(logs).Level(zerolog.DebugLevel)
 	ready := make(chan []net.Addr, 1)
-	srv.Ready = func(a []net.Addr) { ready <- a }
+	opts.Ready = func(a []net.Addr) { ready <- a }
+	srv, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &testServer{Server: srv, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() { ts.done <- srv.Run(ctx) }()
-	if srv.Inherit != nil {
+	if opts.Inherit != nil {
 		return ts
 	}
 	select {
@@ -434,7 +436,7 @@ func (f *flakyListener) Accept() (net.Conn, error) {
 func TestAcceptBackoff(t *testing.T) {
 	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
 	fl := &flakyListener{fails: 6}
-	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Server) {
+	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Options) {
 		s.Listen = func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 			ln, err := socket.Listen(ctx, a)
 			fl.Listener = ln
@@ -475,7 +477,10 @@ func TestListenErrors(t *testing.T) {
 	want := fmt.Sprintf("listen on %s: bind: address already in use", busy)
 	cfg := oneListener("127.0.0.1:1", busy.String())
 	cfg.ApplyDefaults()
-	srv := &Server{Config: cfg}
+	srv, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	err = srv.Run(context.Background())
 	if want := `listener "default": ` + want; err == nil || err.Error() != want {
 		t.Fatalf("Run = %v, want %q", err, want)
@@ -501,7 +506,7 @@ func TestIdleParking(t *testing.T) {
 	})
 	cfg := oneListener(sk.Addr(), "127.0.0.1:0")
 	cfg.DrainTimeout = 200 * time.Millisecond
-	ts := startServer(t, cfg, func(s *Server) { s.IdleAfter = 20 * time.Millisecond })
+	ts := startServer(t, cfg, func(s *Options) { s.IdleAfter = 20 * time.Millisecond })
 	const n = 10
 	conns := make([]*net.TCPConn, n)
 	buf := make([]byte, 64)
@@ -561,7 +566,7 @@ func TestKeepAlive(t *testing.T) {
 			sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
 			cfg := oneListener(sk.Addr(), "127.0.0.1:0")
 			cfg.Listeners[0].KeepAlive = tt.ka
-			ts := startServer(t, cfg, func(s *Server) { s.IdleAfter = 20 * time.Millisecond })
+			ts := startServer(t, cfg, func(s *Options) { s.IdleAfter = 20 * time.Millisecond })
 			c := dial(t, "tcp", ts.addrs[0].String())
 			c.Write([]byte("x"))
 			io.ReadFull(c, make([]byte, 1))
@@ -602,7 +607,7 @@ func TestKeepAlive(t *testing.T) {
 // every byte comes back in order.
 func TestParkingUnderBursts(t *testing.T) {
 	sk := testtarget.New(t, testtarget.V2, testtarget.Echo)
-	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Server) { s.IdleAfter = 2 * time.Millisecond })
+	ts := startServer(t, oneListener(sk.Addr(), "127.0.0.1:0"), func(s *Options) { s.IdleAfter = 2 * time.Millisecond })
 	const conns, bursts = 16, 12
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
