@@ -200,4 +200,3 @@ func adoptStream(f *os.File, err error) (stream, error) {
 	}
 	return st, nil
 }
-

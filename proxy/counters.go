@@ -230,4 +230,3 @@ func (s *Server) Stats() Stats {
 	}
 	return st
 }
-

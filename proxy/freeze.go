@@ -69,6 +69,7 @@ func (s *Server) unsettled() (setup, busy int) {
 	}
 	return setup, busy
 }
+
 // noteSettled wakes freeze to look again.
 func (s *Server) noteSettled() {
 	if s.frozen.Load() {
@@ -85,4 +86,3 @@ func (l *listener) setDeadline(t time.Time) {
 		dl.SetDeadline(t)
 	}
 }
-

@@ -18,17 +18,17 @@ import (
 type stage uint8
 
 const (
-	stageNone    stage = iota // no failure: both directions ended cleanly
-	stageAccept               // the accepted socket cannot be spliced
-	stageAllow                // the client is outside allow
-	stageLimit                // the listener is at max_connections
-	stageInbound              // a trusted proxy's header: missing or unreadable; or a spoofed one
-	stageBMP                  // the BMP pre-check
-	stageHeader               // this proxy's header cannot carry the addresses
-	stageDial                 // the target cannot be reached
-	stageTarget               // the target socket failed: the first write, or later
-	stageClient               // the client socket failed
-	stageShutdown             // closed at the drain timeout
+	stageNone     stage = iota // no failure: both directions ended cleanly
+	stageAccept                // the accepted socket cannot be spliced
+	stageAllow                 // the client is outside allow
+	stageLimit                 // the listener is at max_connections
+	stageInbound               // a trusted proxy's header: missing or unreadable; or a spoofed one
+	stageBMP                   // the BMP pre-check
+	stageHeader                // this proxy's header cannot carry the addresses
+	stageDial                  // the target cannot be reached
+	stageTarget                // the target socket failed: the first write, or later
+	stageClient                // the client socket failed
+	stageShutdown              // closed at the drain timeout
 )
 
 // reason is the closing line's "reason".

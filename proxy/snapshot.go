@@ -189,4 +189,3 @@ func (snap *Snapshot) CloseExtra() {
 	}
 	snap.Extra = nil
 }
-

@@ -355,8 +355,8 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		if err != nil {
 			return cannotStart(err)
 		}
-		srv := &proxy.Server{
-			Config: cfg,
+		ready := make(chan struct{})
+		opts := proxy.Options{
 			Logger: log,
 			Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 				// A socket systemd bound for us (socket activation) is
@@ -375,9 +375,20 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 				}
 				return lg
 			},
+			Ready: func([]net.Addr) {
+				close(ready)
+				for a, ln := range inherited { // sockets the config does not name
+					log.Warn().Str("addr", a).Msg("closing a socket passed by systemd that no listener uses")
+					ln.Close()
+				}
+			},
 		}
 		if succ != nil {
-			srv.Inherit, srv.Takeover = succ.snap, succ.takeover
+			opts.Inherit, opts.Takeover = succ.snap, succ.takeover
+		}
+		srv, err := proxy.New(cfg, opts)
+		if err != nil {
+			return cannotStart(err)
 		}
 		reloads := watchReloads(ctx, srv, c.String("config"), log, notify)
 		defer reloads()
@@ -387,14 +398,6 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		up := &upgrader{exe: exe, args: os.Args, srv: srv, log: log, notify: notify, ctx: runCtx}
 		stopUpgrades := up.watchUpgrades(runCtx)
 		defer stopUpgrades()
-		ready := make(chan struct{})
-		srv.Ready = func([]net.Addr) {
-			close(ready)
-			for a, ln := range inherited { // sockets the config does not name
-				log.Warn().Str("addr", a).Msg("closing a socket passed by systemd that no listener uses")
-				ln.Close()
-			}
-		}
 		notified := make(chan struct{})
 		go func() { // tells systemd: ready, then stopping
 			defer close(notified)
