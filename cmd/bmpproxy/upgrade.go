@@ -187,15 +187,20 @@ func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
 			&cli.StringFlag{Name: "admin", Usage: "admin listener address of the process to upgrade, host:port"},
 			&cli.DurationFlag{Name: "timeout", Value: time.Minute, Usage: "how long to wait for the handover"},
 		},
+		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
 			pid, admin := c.Int("pid"), c.String("admin")
 			if (pid == 0) == (admin == "") {
 				return usagef("upgrade: give exactly one of --pid and --admin")
 			}
-			if admin != "" {
-				return upgradeByAdmin(stdout, admin, c.Duration("timeout"))
+			timeout := c.Duration("timeout")
+			if timeout <= 0 {
+				return usagef("upgrade: --timeout must be positive")
 			}
-			return upgradeByPid(stdout, pid, c.Duration("timeout"))
+			if admin != "" {
+				return upgradeByAdmin(stdout, admin, timeout)
+			}
+			return upgradeByPid(stdout, pid, timeout)
 		},
 	}
 }
@@ -265,8 +270,7 @@ func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error 
 	if err != nil {
 		return usagef("upgrade: --admin %q: want host:port with an IP address: %v", addr, err)
 	}
-	client := &http.Client{Timeout: timeout}
-	resp, err := client.Post("http://"+ap.String()+"/upgrade", "application/json", nil)
+	resp, err := directHTTPClient(timeout).Post("http://"+ap.String()+"/upgrade", "application/json", nil)
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}
