@@ -6,8 +6,9 @@
 // own file table (syscall.ProcAttr.Files): every passed descriptor, and a
 // control socket, is mapped to its own number, 0, 1 and 2 are stdio, and
 // every other entry up to the highest passed number is "closed in the
-// child". The parent never clears close-on-exec on anything, so a process
-// that another goroutine starts meanwhile inherits none of the sockets.
+// child". Only the child's copy of the descriptors changes; in the parent
+// they keep close-on-exec, so a process that another goroutine starts
+// meanwhile inherits none of them.
 // The successor has them at the same numbers; nothing is renumbered and
 // no extra descriptor is needed however many there are. EnvFD names the
 // control socket, and the offer lists the descriptors. The control
@@ -27,9 +28,9 @@
 //     holds them.
 //   - The successor gives up, touching nothing, when the control socket
 //     ends before "go".
-//   - Every descriptor of the predecessor keeps close-on-exec set
-//     throughout: only the forked child, in its own copy of the table,
-//     clears it on the passed ones.
+//   - Start changes no descriptor of the predecessor: the passed ones keep
+//     close-on-exec throughout, and only the forked child clears it, on
+//     its own copies. Nothing needs to hold off other forks meanwhile.
 package handoff
 
 import (
@@ -94,16 +95,16 @@ const closedInChild = ^uintptr(0)
 // entry i is i for each of fds and for stdio (0, 1, 2), and closedInChild
 // for every other number below the highest of fds.
 //
-// syscall's forkAndExecInChild (exec_linux.go) works on the child's copy
-// of the descriptors only: it clears FD_CLOEXEC with fcntl on an entry
-// equal to its index, without a dup, and closes an entry of -1; with no
-// entry below its index it moves nothing. The one descriptor it adds is
-// the write end of its exec-error pipe, moved to len(table)+1 (the
-// highest of fds + 2) until the exec closes it, so that number must be
-// under RLIMIT_NOFILE. childFiles checks that, and that each of fds is
-// open, so that an error names the descriptor or the limit rather than
-// being a bare EBADF from the child. The parent needs two descriptors of
-// its own for that pipe.
+// syscall's forkAndExecInChild (exec_linux.go, Go 1.26) works on the
+// child's copy of the descriptors only: it clears FD_CLOEXEC with fcntl
+// on an entry equal to its index, without a dup, and closes an entry of
+// -1; since no entry is a number below its index, its pass 1 moves
+// nothing. The one descriptor it adds is the write end of its exec-error
+// pipe, moved to len(table)+1 (the highest of fds + 2) until the exec
+// closes it, so that number must be under RLIMIT_NOFILE. childFiles
+// checks that, and that each of fds is open, so that an error names the
+// descriptor or the limit rather than being a bare EBADF from the child.
+// The parent needs two descriptors of its own for that pipe.
 func childFiles(fds []int) ([]uintptr, error) {
 	top := 2
 	for _, fd := range fds {
