@@ -2,11 +2,16 @@
 // their state to a successor process, for upgrades without dropped
 // connections.
 //
-// The predecessor forks and execs the successor with the sockets inherited:
-// exactly the listed descriptors, and a control socket, have close-on-exec
-// cleared for the exec, and keep their numbers, so nothing is renumbered
-// and no extra descriptor is needed however many there are. EnvFD names
-// the control socket, and the offer lists the descriptors. The control
+// The predecessor forks and execs the successor with the sockets in exec's
+// own file table (syscall.ProcAttr.Files): every passed descriptor, and a
+// control socket, is mapped to its own number, 0, 1 and 2 are stdio, and
+// every other entry up to the highest passed number is "closed in the
+// child". Only the child's copy of the descriptors changes; in the parent
+// they keep close-on-exec, so a process that another goroutine starts
+// meanwhile inherits none of them.
+// The successor has them at the same numbers; nothing is renumbered and
+// no extra descriptor is needed however many there are. EnvFD names the
+// control socket, and the offer lists the descriptors. The control
 // socket carries the state document and a two-phase commit:
 //
 //	predecessor → successor  offer: the state and the number of fds
@@ -23,9 +28,9 @@
 //     holds them.
 //   - The successor gives up, touching nothing, when the control socket
 //     ends before "go".
-//   - Between clearing close-on-exec and restoring it, no other fork may
-//     happen in the predecessor, or the child would inherit the sockets
-//     too: the caller starts no other process during Start.
+//   - Start changes no descriptor of the predecessor: the passed ones keep
+//     close-on-exec throughout, and only the forked child clears it, on
+//     its own copies. Nothing needs to hold off other forks meanwhile.
 package handoff
 
 import (
@@ -71,13 +76,59 @@ type Spawn struct {
 	Env []string
 	// FDs are the descriptors to pass, in the order the state refers to
 	// them; the successor has them at the same numbers. They must stay
-	// open until Start returns, and must not be 0, 1 or 2.
+	// open until Start returns, and must not be 0, 1 or 2. The highest
+	// of them (or the control socket's) + 2 must be under RLIMIT_NOFILE:
+	// see childFiles.
 	FDs []int
 	// State is encoded as JSON into the offer.
 	State any
 	// ReadyTimeout bounds the wait for "ready" after the start, and for
 	// "running" after "go". Zero means 30 seconds.
 	ReadyTimeout time.Duration
+}
+
+// closedInChild is a syscall.ProcAttr.Files entry for a descriptor the
+// child does not get.
+const closedInChild = ^uintptr(0)
+
+// childFiles is the successor's file table for syscall.ProcAttr.Files:
+// entry i is i for each of fds and for stdio (0, 1, 2), and closedInChild
+// for every other number below the highest of fds.
+//
+// syscall's forkAndExecInChild (exec_linux.go, Go 1.26) works on the
+// child's copy of the descriptors only: it clears FD_CLOEXEC with fcntl
+// on an entry equal to its index, without a dup, and closes an entry of
+// -1; since no entry is a number below its index, its pass 1 moves
+// nothing. The one descriptor it adds is the write end of its exec-error
+// pipe, moved to len(table)+1 (the highest of fds + 2) until the exec
+// closes it, so that number must be under RLIMIT_NOFILE. childFiles
+// checks that, and that each of fds is open, so that an error names the
+// descriptor or the limit rather than being a bare EBADF from the child.
+// The parent needs two descriptors of its own for that pipe.
+func childFiles(fds []int) ([]uintptr, error) {
+	top := 2
+	for _, fd := range fds {
+		if fd <= 2 {
+			return nil, fmt.Errorf("descriptor %d: not passable", fd)
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return nil, fmt.Errorf("descriptor %d: %w", fd, err)
+		}
+		top = max(top, fd)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && uint64(top)+2 >= lim.Cur {
+		return nil, fmt.Errorf("descriptor %d: the successor's start needs descriptor %d, and the open-file limit is %d (RLIMIT_NOFILE)", top, top+2, lim.Cur)
+	}
+	files := make([]uintptr, top+1)
+	for i := range files {
+		files[i] = closedInChild
+	}
+	files[0], files[1], files[2] = 0, 1, 2
+	for _, fd := range fds {
+		files[fd] = uintptr(fd)
+	}
+	return files, nil
 }
 
 // Successor is a started successor that has reported ready.
@@ -119,30 +170,11 @@ func (sp Spawn) Start() (*Successor, error) {
 		env = append(env, kv)
 	}
 	env = append(env, EnvFD+"="+strconv.Itoa(ctrlChild))
-	inherit := append(append(make([]int, 0, len(sp.FDs)+1), sp.FDs...), ctrlChild)
-	setCloexec := func(fds []int, on bool) error {
-		flag := 0
-		if on {
-			flag = unix.FD_CLOEXEC
-		}
-		for _, fd := range fds {
-			if fd <= 2 {
-				return fmt.Errorf("descriptor %d: not passable", fd)
-			}
-			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, flag); err != nil {
-				return fmt.Errorf("descriptor %d: %w", fd, err)
-			}
-		}
-		return nil
-	}
+	files, err := childFiles(append(append(make([]int, 0, len(sp.FDs)+1), sp.FDs...), ctrlChild))
 	var pid int
-	err = setCloexec(inherit, false)
 	if err == nil {
-		// Only stdio is mapped; every other descriptor keeps its number
-		// and is closed at exec unless it is one of inherit.
-		pid, err = syscall.ForkExec(sp.Path, sp.Args, &syscall.ProcAttr{Env: env, Files: []uintptr{0, 1, 2}})
+		pid, err = syscall.ForkExec(sp.Path, sp.Args, &syscall.ProcAttr{Env: env, Files: files})
 	}
-	setCloexec(inherit, true) // later children must not get them
 	unix.Close(ctrlChild)
 	if err != nil {
 		unix.Close(pair[0])

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,15 +21,41 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The test binary is also the successor: with childEnv set, TestMain plays
-// a successor instead of running the tests.
+// The test binary is also the successor: with childEnv set to 1, TestMain
+// plays a successor instead of running the tests; set to "list", it
+// prints the inodes of the sockets it holds, one a line, and exits.
 const childEnv = "HANDOFF_TEST_CHILD"
 
+// noRaceExitSleep spares a child built with -race the race detector's
+// second of sleep at exit.
+const noRaceExitSleep = "GORACE=atexit_sleep_ms=0"
+
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
+	switch os.Getenv(childEnv) {
+	case "1":
 		os.Exit(child())
+	case "list":
+		for _, ino := range socketInodes() {
+			fmt.Println(ino)
+		}
+		os.Exit(0)
 	}
 	goleak.VerifyTestMain(m)
+}
+
+// socketInodes lists the inodes of the sockets this process holds.
+func socketInodes() []uint64 {
+	var out []uint64
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		link, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if n, ok := strings.CutPrefix(link, "socket:["); ok {
+			if ino, err := strconv.ParseUint(strings.TrimSuffix(n, "]"), 10, 64); err == nil {
+				out = append(out, ino)
+			}
+		}
+	}
+	return out
 }
 
 // child takes the offer, writes "hi <i>" to each passed socket, and
@@ -128,6 +157,232 @@ func TestHandoffPassesExactlyTheListedSockets(t *testing.T) {
 		}
 	}
 	waitExit(t, succ)
+}
+
+// TestHandoffConcurrentForkInheritsNothing starts successors again and
+// again while another goroutine starts processes of its own: none of
+// those gets a socket this process did not already pass on by accident
+// before (none, normally), and the passed descriptors keep close-on-exec
+// in this process throughout.
+func TestHandoffConcurrentForkInheritsNothing(t *testing.T) {
+	exe, _ := os.Executable()
+	list := func() ([]uint64, error) {
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), childEnv+"=list", noRaceExitSleep)
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("lister: %w", err)
+		}
+		var inodes []uint64
+		for _, f := range strings.Fields(string(out)) {
+			ino, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("lister printed %q", out)
+			}
+			inodes = append(inodes, ino)
+		}
+		return inodes, nil
+	}
+	// Sockets a child of this process has anyway: inherited by the test
+	// binary without close-on-exec, from whatever started it.
+	baseline, err := list()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	for range 3 {
+		a, _ := socketPair(t)
+		fds = append(fds, int(a.Fd()))
+	}
+
+	stop := make(chan struct{})
+	var starting atomic.Bool // a Start is running
+	var overlapped, polls, cleared atomic.Int64
+	leaked := make(chan string, 1)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // forks of its own, as os/exec from another goroutine
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			during := starting.Load()
+			inodes, err := list()
+			if err != nil {
+				select {
+				case leaked <- err.Error():
+				default:
+				}
+				return
+			}
+			if during || starting.Load() {
+				overlapped.Add(1)
+			}
+			for _, ino := range inodes {
+				if !slices.Contains(baseline, ino) {
+					select {
+					case leaked <- fmt.Sprintf("a concurrently started process holds socket inode %d (it holds %v)", ino, inodes):
+					default:
+					}
+				}
+			}
+		}
+	}()
+	go func() { // close-on-exec on the passed descriptors, as often as it can
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, fd := range fds {
+				if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+					cleared.Add(1)
+				}
+			}
+			polls.Add(1)
+		}
+	}()
+
+	const rounds = 40
+	for i := range rounds {
+		starting.Store(true)
+		succ, err := Spawn{
+			Path: exe, Args: []string{exe}, Env: append(os.Environ(), childEnv+"=1", noRaceExitSleep),
+			FDs: fds, State: i, ReadyTimeout: 10 * time.Second,
+		}.Start()
+		starting.Store(false)
+		if err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if err := succ.Commit(); err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("round %d: commit: %v", i, err)
+		}
+		waitExit(t, succ)
+	}
+	close(stop)
+	wg.Wait() // the last concurrent process has reported
+	select {
+	case msg := <-leaked:
+		t.Error(msg)
+	default:
+	}
+	if n := cleared.Load(); n > 0 {
+		t.Errorf("close-on-exec was clear on a passed descriptor in %d of %d polls", n, polls.Load())
+	}
+	if overlapped.Load() == 0 {
+		t.Errorf("no concurrent process ran while a Start did, in %d rounds", rounds)
+	}
+	t.Logf("%d concurrent processes overlapped a Start; %d close-on-exec polls", overlapped.Load(), polls.Load())
+}
+
+// TestHandoffFileTableAtTheLimit: the successor's file table has an entry
+// for every number up to the highest passed one, and its start takes one
+// descriptor above that. A socket at the open-file limit - 3 reaches the
+// successor at that number; one at the limit - 2 is refused, and the
+// error names the limit.
+func TestHandoffFileTableAtTheLimit(t *testing.T) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	const soft = 4096 // a small table, whatever the machine allows
+	if lim.Max < soft {
+		t.Skipf("hard open-file limit %d", lim.Max)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: soft, Max: lim.Max}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Setrlimit(unix.RLIMIT_NOFILE, &lim) })
+	a, peer := socketPair(t)
+	exe, _ := os.Executable()
+	spawn := func(fd int) (*Successor, error) {
+		if err := unix.Dup3(int(a.Fd()), fd, unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		return Spawn{
+			Path: exe, Args: []string{exe}, Env: append(os.Environ(), childEnv+"=1", noRaceExitSleep),
+			FDs: []int{fd}, State: "s", ReadyTimeout: 10 * time.Second,
+		}.Start()
+	}
+
+	_, err := spawn(soft - 2)
+	if want := fmt.Sprintf("descriptor %d: the successor's start needs descriptor %d, and the open-file limit is %d", soft-2, soft, soft); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Start with fd %d = %v, want %q", soft-2, err, want)
+	}
+
+	succ, err := spawn(soft - 3)
+	if err != nil {
+		t.Fatalf("Start with fd %d: %v", soft-3, err)
+	}
+	var report struct{ FDs []int }
+	json.Unmarshal([]byte(succ.Version), &report)
+	if err := succ.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(report.FDs, []int{soft - 3}) {
+		t.Errorf("successor was offered fds %v, want [%d]", report.FDs, soft-3)
+	}
+	buf := make([]byte, 16)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := peer.Read(buf); err != nil || string(buf[:n]) != "hi 0" {
+		t.Errorf("read %q, %v; want \"hi 0\" from the successor", buf[:n], err)
+	}
+	waitExit(t, succ)
+}
+
+// TestChildFiles: the file table maps each passed descriptor and stdio to
+// itself and closes every gap; a descriptor that is stdio or not open is
+// refused by number.
+func TestChildFiles(t *testing.T) {
+	a, b := socketPair(t)
+	fa, fb := int(a.Fd()), int(b.Fd())
+	closed := fb + 100
+	for _, tc := range []struct {
+		name string
+		fds  []int
+		want string // error, or "" for success
+	}{
+		{"two", []int{fb, fa}, ""},
+		{"repeated", []int{fa, fa}, ""},
+		{"stdio", []int{fa, 2}, "descriptor 2: not passable"},
+		{"negative", []int{-1}, "descriptor -1: not passable"},
+		{"not open", []int{fa, closed}, fmt.Sprintf("descriptor %d: bad file descriptor", closed)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files, err := childFiles(tc.fds)
+			if tc.want != "" {
+				if err == nil || err.Error() != tc.want {
+					t.Fatalf("childFiles(%v) = %v, want %q", tc.fds, err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := slices.Max(tc.fds) + 1; len(files) != want {
+				t.Fatalf("%d entries, want %d", len(files), want)
+			}
+			for i, f := range files {
+				want := closedInChild
+				if i <= 2 || slices.Contains(tc.fds, i) {
+					want = uintptr(i)
+				}
+				if f != want {
+					t.Errorf("entry %d = %d, want %d", i, int(f), int(want))
+				}
+			}
+		})
+	}
 }
 
 func waitExit(t *testing.T, s *Successor) {

@@ -56,8 +56,7 @@ func healthcheckCommand(stdout, stderr io.Writer) *cli.Command {
 			if err != nil {
 				return usagef("healthcheck: --url: %v", err)
 			}
-			client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
-			resp, err := client.Do(req)
+			resp, err := directHTTPClient(c.Duration("timeout")).Do(req)
 			if err != nil {
 				return fmt.Errorf("healthcheck: %w", err)
 			}
@@ -70,4 +69,13 @@ func healthcheckCommand(stdout, stderr io.Writer) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// directHTTPClient is the client for a bmpproxy's admin listener. It
+// never goes through a proxy named by HTTP_PROXY and the like: the admin
+// address is local to the host or its network namespace, and a proxy
+// elsewhere cannot reach it. One connection per request, bounded by
+// timeout.
+func directHTTPClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 }

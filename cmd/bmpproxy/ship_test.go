@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,5 +72,19 @@ func TestStampedVersion(t *testing.T) {
 	// bmpproxy v9.8.7-test commit 0123456789ab go1.26.8 linux/amd64
 	if len(got) != 6 || got[1] != "v9.8.7-test" || got[3] != "0123456789ab" || !strings.HasPrefix(got[4], "go1.") {
 		t.Fatalf("--version printed %q", out)
+	}
+}
+
+// TestAdminClientUsesNoProxy: the client of "bmpproxy healthcheck" and
+// "bmpproxy upgrade --admin" asks no proxy named by HTTP_PROXY and the
+// like. (On loopback net/http bypasses such a proxy anyway, so a request
+// from a test could not tell.)
+func TestAdminClientUsesNoProxy(t *testing.T) {
+	c := directHTTPClient(time.Second)
+	if tr, ok := c.Transport.(*http.Transport); !ok || tr.Proxy != nil {
+		t.Fatalf("admin client transport %#v: want an *http.Transport with no Proxy", c.Transport)
+	}
+	if c.Timeout != time.Second {
+		t.Errorf("admin client timeout %s, want 1s", c.Timeout)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -177,55 +178,89 @@ func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
 		Usage: "hand a running bmpproxy's listeners and open sessions to the binary now at its path",
 		UsageText: "bmpproxy upgrade --pid PID\n" +
 			"bmpproxy upgrade --admin HOST:PORT",
-		Description: "With --pid, sends SIGUSR2 and waits until that process has handed over and exited;\n" +
-			"its successor is a child it started, and is reported. With --admin, asks the admin listener\n" +
-			"(POST /upgrade) and prints the successor's pid and version. Either way a failed upgrade\n" +
-			"leaves the running process serving every session, and the reason is in its log.",
+		Description: "With --pid, sends SIGUSR2, waits until that process has handed over and exited, and\n" +
+			"reports its successor: the process it started that now holds its listening sockets. With --admin,\n" +
+			"asks the admin listener (POST /upgrade) and prints the successor's pid and version. Either way a\n" +
+			"failed upgrade leaves the running process serving every session, and the reason is in its log.",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "pid", Usage: "process to upgrade"},
 			&cli.StringFlag{Name: "admin", Usage: "admin listener address of the process to upgrade, host:port"},
 			&cli.DurationFlag{Name: "timeout", Value: time.Minute, Usage: "how long to wait for the handover"},
 		},
+		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
 			pid, admin := c.Int("pid"), c.String("admin")
 			if (pid == 0) == (admin == "") {
 				return usagef("upgrade: give exactly one of --pid and --admin")
 			}
-			if admin != "" {
-				return upgradeByAdmin(stdout, admin, c.Duration("timeout"))
+			timeout := c.Duration("timeout")
+			if timeout <= 0 {
+				return usagef("upgrade: --timeout must be positive")
 			}
-			return upgradeByPid(stdout, pid, c.Duration("timeout"))
+			if admin != "" {
+				return upgradeByAdmin(stdout, admin, timeout)
+			}
+			return upgradeByPid(stdout, pid, timeout)
 		},
 	}
 }
 
-// upgradeByPid sends SIGUSR2 to pid and waits for it to exit, which it
-// does only once a successor runs.
+// upgradeByPid sends SIGUSR2 to pid, waits for it to exit, which it does
+// only once a successor runs, and names the successor. pid's TCP
+// listening sockets are noted before the signal; once pid has exited
+// (a zombie its parent has not reaped counts), the successor is the
+// earliest started of the processes started since pid that hold one of
+// them. That cannot be missed however quickly pid exits, unlike its
+// children, which are gone with it. A successor whose configuration no
+// longer names any of those sockets has closed them; then the last child
+// of pid seen while it ran is reported, if it still runs.
 func upgradeByPid(stdout io.Writer, pid int, timeout time.Duration) error {
 	if pid <= 1 {
 		return usagef("upgrade: --pid %d: not a bmpproxy process to signal", pid)
+	}
+	listeners, err := procfs.ListeningTCP(pid)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("upgrade: pid %d: no such process", pid)
+	}
+	if err != nil {
+		return fmt.Errorf("upgrade: pid %d: %w", pid, err)
+	}
+	if len(listeners) == 0 {
+		return fmt.Errorf("upgrade: pid %d holds no TCP listening socket: not a bmpproxy to upgrade", pid)
+	}
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("upgrade: pid %d: %w", pid, err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
 		return fmt.Errorf("upgrade: signal pid %d: %w", pid, err)
 	}
 	deadline := time.Now().Add(timeout)
-	successor := 0
-	for time.Now().Before(deadline) {
-		// The successor is the child it starts; remember it while the
-		// predecessor is still there to be asked.
-		if kids := procfs.Children(pid); len(kids) > 0 {
-			successor = kids[len(kids)-1]
+	child := 0
+	for procfs.Alive(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("upgrade: pid %d still runs after %s: the upgrade failed or is still going; see its log", pid, timeout)
 		}
-		if !procfs.Alive(pid) {
-			if successor == 0 {
-				return fmt.Errorf("upgrade: pid %d exited without a successor; see its log", pid)
-			}
-			fmt.Fprintf(stdout, "pid %d handed over to pid %d\n", pid, successor)
-			return nil
+		if kids := procfs.Children(pid); len(kids) > 0 {
+			child = kids[len(kids)-1]
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("upgrade: pid %d still runs after %s: the upgrade failed or is still going; see its log", pid, timeout)
+	holders, err := procfs.HoldersSince(listeners, st.StartTime)
+	if err != nil {
+		return fmt.Errorf("upgrade: pid %d exited; looking for its successor: %w", pid, err)
+	}
+	successor := 0
+	switch {
+	case len(holders) > 0:
+		successor = holders[0]
+	case child != 0 && procfs.Alive(child):
+		successor = child
+	default:
+		return fmt.Errorf("upgrade: pid %d exited, and no process it started holds its listening sockets: it exited without a successor; see its log", pid)
+	}
+	fmt.Fprintf(stdout, "pid %d handed over to pid %d\n", pid, successor)
+	return nil
 }
 
 // upgradeByAdmin posts to the admin listener's /upgrade and prints the
@@ -235,8 +270,7 @@ func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error 
 	if err != nil {
 		return usagef("upgrade: --admin %q: want host:port with an IP address: %v", addr, err)
 	}
-	client := &http.Client{Timeout: timeout}
-	resp, err := client.Post("http://"+ap.String()+"/upgrade", "application/json", nil)
+	resp, err := directHTTPClient(timeout).Post("http://"+ap.String()+"/upgrade", "application/json", nil)
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}

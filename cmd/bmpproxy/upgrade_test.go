@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -412,4 +415,116 @@ func TestUpgradeRefusedBySuccessor(t *testing.T) {
 		t.Fatal("the process exited after a failed upgrade")
 	}
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// TestUpgradeByPidNamesTheSuccessor runs "bmpproxy upgrade --pid" 50 times
+// in a row, each time against the successor the previous run named. The
+// first target is a child of this test, a zombie until the test reaps it
+// at the end; the later ones are children of their predecessors,
+// reparented when those exit. Each time the named pid must be the process
+// that now holds the listening socket (read from /proc here, not through
+// the code under test) and answers /version, and a session opened before
+// the first upgrade must echo across every one.
+func TestUpgradeByPidNamesTheSuccessor(t *testing.T) {
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	env := append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	cmd := exec.Command(binPath(), "--listen", "127.0.0.1:0", "--target", tg.Addr(), "--admin-listen", "127.0.0.1:0")
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := startCmd(t, 1, cmd)
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	admin := p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
+	listener := listeningInode(t, p.addr(0))
+
+	c := dialT(t, "tcp", p.addr(0))
+	echo := func(round int) {
+		t.Helper()
+		msg := fmt.Sprintf("round %d\n", round)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("round %d: write: %v", round, err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+			t.Fatalf("round %d: echo %q, %v; want %q", round, got, err, msg)
+		}
+	}
+	echo(0)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	pid := cmd.Process.Pid
+	const rounds = 50
+	for round := 1; round <= rounds; round++ {
+		up := exec.CommandContext(ctx, binPath(), "upgrade", "--pid", strconv.Itoa(pid), "--timeout", "30s")
+		up.Env = env
+		out, err := up.CombinedOutput()
+		if err != nil {
+			t.Fatalf("round %d: bmpproxy upgrade --pid %d: %v\n%s", round, pid, err, out)
+		}
+		var from, to int
+		if _, err := fmt.Sscanf(string(out), "pid %d handed over to pid %d\n", &from, &to); err != nil || from != pid || to == pid {
+			t.Fatalf("round %d: bmpproxy upgrade --pid %d printed %q", round, pid, out)
+		}
+		if !holdsSocket(to, listener) {
+			t.Fatalf("round %d: pid %d, named as the successor, does not hold the listening socket %d", round, to, listener)
+		}
+		if serving, _ := adminVersion(t, admin); serving != to {
+			t.Fatalf("round %d: /version answers from pid %d, the successor named is %d", round, serving, to)
+		}
+		echo(round)
+		pid = to
+	}
+	c.CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Errorf("after the half-close: %q, %v; want the end of the echo", rest, err)
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	select {
+	case <-p.done: // the last successor closed the log pipes; the first target is reaped
+	case <-time.After(20 * time.Second):
+		t.Fatalf("pid %d did not exit after SIGTERM", pid)
+	}
+	if code := p.state.ExitCode(); code != 0 {
+		t.Errorf("the first process exited with %d after handing over, want 0", code)
+	}
+}
+
+// listeningInode is the inode of the TCP socket listening on addr, an
+// IPv4 address, from /proc/net/tcp.
+func listeningInode(t *testing.T, addr string) uint64 {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	ip := ap.Addr().As4()
+	local := fmt.Sprintf("%08X:%04X", binary.NativeEndian.Uint32(ip[:]), ap.Port())
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// sl local_address rem_address st ... uid timeout inode
+		if f := strings.Fields(line); len(f) > 9 && f[1] == local && f[3] == "0A" {
+			ino, err := strconv.ParseUint(f[9], 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/net/tcp: %q", line)
+			}
+			return ino
+		}
+	}
+	t.Fatalf("no socket listens on %s (%s) in /proc/net/tcp", addr, local)
+	return 0
+}
+
+// holdsSocket reports whether pid has a descriptor for the socket with
+// inode ino; a process that has exited has none.
+func holdsSocket(pid int, ino uint64) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	want := fmt.Sprintf("socket:[%d]", ino)
+	for _, e := range ents {
+		if link, _ := os.Readlink(filepath.Join(dir, e.Name())); link == want {
+			return true
+		}
+	}
+	return false
 }
