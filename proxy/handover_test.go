@@ -160,7 +160,13 @@ func TestHandover(t *testing.T) {
 
 			var lines []map[string]any // closing lines of the predecessors
 			for round := 1; round <= 3; round++ {
-				time.Sleep(60 * time.Millisecond)
+				// Some bytes move between the handovers, and some streams
+				// park: wait for both.
+				moved := cur.ListenerStats()[0].BytesFromClient
+				parks := cur.Stats().Parks
+				waitFor(t, "bytes to move and a direction to park", func() bool {
+					return cur.ListenerStats()[0].BytesFromClient > moved && cur.Stats().Parks > parks
+				})
 				var next *testServer
 				if err := cur.Upgrade(context.Background(), inProcess(t, cfg, &next, false)); err != nil {
 					t.Fatalf("upgrade %d: %v", round, err)
@@ -298,12 +304,11 @@ func TestFreezeTimeout(t *testing.T) {
 		c.CloseWrite()
 		wrote <- err
 	}()
-	// Wait until the target's buffers are full and the pump is stuck
-	// writing.
-	waitFor(t, "the proxy to stall on the target", func() bool {
-		before := rs.ListenerStats()[0].BytesFromClient
-		time.Sleep(100 * time.Millisecond)
-		return before > 0 && rs.ListenerStats()[0].BytesFromClient == before
+	// Wait until the pump is stuck writing: the target advertises a zero
+	// window, which lasts until it reads, and the up direction holds a
+	// pipe, which it does only with bytes in it.
+	waitFor(t, "the proxy to stall on the target with bytes in a pipe", func() bool {
+		return zeroWindow(t, rs.Server) && rs.Stats().Splice.PipesInUse > 0
 	})
 	err := rs.Upgrade(context.Background(), func(context.Context, *Snapshot) error {
 		t.Error("handed over with bytes in flight")
@@ -323,6 +328,31 @@ func TestFreezeTimeout(t *testing.T) {
 	if err := rs.wait(t); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// zeroWindow reports whether the target of srv's one connection
+// advertises a zero receive window.
+func zeroWindow(t *testing.T, srv *Server) bool {
+	t.Helper()
+	var tc stream
+	for _, c := range srv.tracked() {
+		c.mu.Lock()
+		tc = c.tc
+		c.mu.Unlock()
+	}
+	if tc == nil {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Snd_wnd == 0
 }
 
 // lateListener hands each accepted connection to the accept loop only
