@@ -21,10 +21,19 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// Proxy is what the admin endpoints read from the proxy; *proxy.Server
+// implements it. Its methods may be called from any goroutine.
+type Proxy interface {
+	Stats() proxy.Stats
+	ListenerStats() []proxy.ListenerStats
+	Routers() []proxy.RouterStatus
+	IsReady() bool
+}
+
 // Server is the admin listener.
 type Server struct {
 	Addr   netip.AddrPort
-	Proxy  *proxy.Server
+	Proxy  Proxy
 	Logger zerolog.Logger
 	// Listen opens the listening socket. Nil means socket.Listen.
 	Listen func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
@@ -85,7 +94,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // Handler returns the read-only endpoints: /metrics, /routers, /healthz
 // and /readyz.
-func Handler(p *proxy.Server) *http.ServeMux {
+func Handler(p Proxy) *http.ServeMux {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(p), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()

@@ -3,15 +3,19 @@ package admin
 import (
 	"context"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 )
 
@@ -71,5 +75,70 @@ func TestRunStops(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return")
+	}
+}
+
+// fakeProxy is a Proxy with fixed answers.
+type fakeProxy struct {
+	stats     proxy.Stats
+	listeners []proxy.ListenerStats
+	routers   []proxy.RouterStatus
+	ready     bool
+}
+
+func (f *fakeProxy) Stats() proxy.Stats                   { return f.stats }
+func (f *fakeProxy) ListenerStats() []proxy.ListenerStats { return f.listeners }
+func (f *fakeProxy) Routers() []proxy.RouterStatus        { return f.routers }
+func (f *fakeProxy) IsReady() bool                        { return f.ready }
+
+// TestMetricsDescribed scrapes through a pedantic registry, which fails
+// on a metric that Describe does not list, and checks that Describe lists
+// nothing that is not collected: one descriptor per metric, from one
+// list. Refusals are counted once, in connections_refused_total.
+func TestMetricsDescribed(t *testing.T) {
+	p := &fakeProxy{listeners: []proxy.ListenerStats{{
+		Name:    "bmp",
+		Refused: map[string]uint64{proxy.ReasonHeader: 3, proxy.ReasonBMP: 2},
+	}}}
+	c := newCollector(p)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	collected := map[string]bool{}
+	for _, f := range families {
+		collected[f.GetName()] = true
+	}
+	described := map[string]bool{}
+	ch := make(chan *prometheus.Desc, 64)
+	c.Describe(ch)
+	close(ch)
+	for d := range ch {
+		// Desc has no name accessor; its String says fqName: "...".
+		m := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String())
+		if m == nil {
+			t.Fatalf("descriptor %s", d)
+		}
+		described[m[1]] = true
+	}
+	if !maps.Equal(collected, described) {
+		t.Errorf("collected %v\ndescribed %v", slices.Sorted(maps.Keys(collected)), slices.Sorted(maps.Keys(described)))
+	}
+	for _, gone := range []string{"bmpproxy_proxy_header_errors_total", "bmpproxy_bmp_precheck_rejections_total"} {
+		if collected[gone] {
+			t.Errorf("%s is back; connections_refused_total{reason} counts it", gone)
+		}
+	}
+	rec := httptest.NewRecorder()
+	Handler(p).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`bmpproxy_connections_refused_total{listener="bmp",reason="proxy_header"} 3`,
+		`bmpproxy_connections_refused_total{listener="bmp",reason="bmp"} 2`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
