@@ -176,14 +176,20 @@ func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
 		Name:  "upgrade",
 		Usage: "hand a running bmpproxy's listeners and open sessions to the binary now at its path",
 		UsageText: "bmpproxy upgrade --pid PID\n" +
-			"bmpproxy upgrade --admin HOST:PORT",
+			"bmpproxy upgrade --admin HOST:PORT [--token-file FILE]",
 		Description: "With --pid, sends SIGUSR2 and waits until that process has handed over and exited;\n" +
 			"its successor is a child it started, and is reported. With --admin, asks the admin listener\n" +
-			"(POST /upgrade) and prints the successor's pid and version. Either way a failed upgrade\n" +
-			"leaves the running process serving every session, and the reason is in its log.",
+			"(POST /upgrade) and prints the successor's pid and version; --token-file sends the token\n" +
+			"of the process's --admin-token-file. Either way a failed upgrade leaves the running process\n" +
+			"serving every session, and the reason is in its log.",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "pid", Usage: "process to upgrade"},
 			&cli.StringFlag{Name: "admin", Usage: "admin listener address of the process to upgrade, host:port"},
+			&cli.StringFlag{
+				Name:    "token-file",
+				Usage:   "with --admin: file (mode 0600) with the bearer token of the process's --admin-token-file",
+				EnvVars: []string{"BMPPROXY_ADMIN_TOKEN_FILE"},
+			},
 			&cli.DurationFlag{Name: "timeout", Value: time.Minute, Usage: "how long to wait for the handover"},
 		},
 		Action: func(c *cli.Context) error {
@@ -192,7 +198,7 @@ func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
 				return usagef("upgrade: give exactly one of --pid and --admin")
 			}
 			if admin != "" {
-				return upgradeByAdmin(stdout, admin, c.Duration("timeout"))
+				return upgradeByAdmin(stdout, admin, c.String("token-file"), c.Duration("timeout"))
 			}
 			return upgradeByPid(stdout, pid, c.Duration("timeout"))
 		},
@@ -228,15 +234,25 @@ func upgradeByPid(stdout io.Writer, pid int, timeout time.Duration) error {
 	return fmt.Errorf("upgrade: pid %d still runs after %s: the upgrade failed or is still going; see its log", pid, timeout)
 }
 
-// upgradeByAdmin posts to the admin listener's /upgrade and prints the
-// result.
-func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error {
+// upgradeByAdmin posts to the admin listener's /upgrade, with the token
+// in tokenFile if set, and prints the result.
+func upgradeByAdmin(stdout io.Writer, addr, tokenFile string, timeout time.Duration) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return usagef("upgrade: --admin %q: want host:port with an IP address: %v", addr, err)
 	}
-	client := &http.Client{Timeout: timeout}
-	resp, err := client.Post("http://"+ap.String()+"/upgrade", "application/json", nil)
+	req, err := http.NewRequest(http.MethodPost, "http://"+ap.String()+"/upgrade", nil)
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	if tokenFile != "" {
+		tok, err := admin.ReadTokenFile(tokenFile)
+		if err != nil {
+			return usagef("upgrade: --token-file: %v", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := adminClient(timeout).Do(req)
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}
@@ -245,11 +261,21 @@ func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error 
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&r); err != nil {
 		return fmt.Errorf("upgrade: %s: POST /upgrade answered %s: %w", ap, resp.Status, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("upgrade: %s refused POST /upgrade (%s): %s", ap, resp.Status, r.Error)
+	default:
 		return fmt.Errorf("upgrade failed; pid %d keeps serving: %s", r.Pid, r.Error)
 	}
 	fmt.Fprintf(stdout, "pid %d handed over to pid %d (%s)\n", r.PreviousPid, r.Pid, r.Version)
 	return nil
+}
+
+// adminClient asks an admin listener directly, never through the
+// HTTP_PROXY of the environment: a proxy would see the token.
+func adminClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 }
 
 // pausableListener is the admin listening socket. During an upgrade it
