@@ -1,6 +1,6 @@
 // Package admin serves bmpproxy's HTTP admin endpoints: Prometheus
-// metrics, the live router table, and health checks. It only reads from
-// the proxy.
+// metrics, the live router table, health checks, and the state-changing
+// endpoints (POST /upgrade) behind one guard.
 package admin
 
 import (
@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/socket"
@@ -21,10 +22,19 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// Proxy is what the admin endpoints read from the proxy; *proxy.Server
+// implements it. Its methods may be called from any goroutine.
+type Proxy interface {
+	Stats() proxy.Stats
+	ListenerStats() []proxy.ListenerStats
+	Routers() []proxy.RouterStatus
+	IsReady() bool
+}
+
 // Server is the admin listener.
 type Server struct {
 	Addr   netip.AddrPort
-	Proxy  *proxy.Server
+	Proxy  Proxy
 	Logger zerolog.Logger
 	// Listen opens the listening socket. Nil means socket.Listen.
 	Listen func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
@@ -36,6 +46,11 @@ type Server struct {
 	// to the binary at its path and returns the successor's pid and
 	// version. Nil disables the endpoint.
 	Upgrade func(ctx context.Context) (pid int, version string, err error)
+	// Token returns the bearer token that the state-changing endpoints
+	// require. It is called for each of their requests, so the token may
+	// change while serving. A nil func or a nil result means none: they
+	// are then served only if Addr is a loopback address.
+	Token func() *Token
 }
 
 // Handler returns the admin endpoints:
@@ -48,14 +63,15 @@ type Server struct {
 //   - GET /version: JSON, the running binary's version and pid.
 //   - POST /upgrade: hand over to the binary at this one's path (see
 //     docs/upgrade.md); JSON, the successor's pid and version, or 500 and
-//     the reason, with this process still serving.
+//     the reason, with this process still serving. It is state-changing:
+//     see handleChange.
 func (s *Server) Handler() http.Handler {
 	mux := Handler(s.Proxy)
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"version": s.Version, "pid": os.Getpid()})
 	})
 	if s.Upgrade != nil {
-		mux.HandleFunc("POST /upgrade", func(w http.ResponseWriter, r *http.Request) {
+		s.handleChange(mux, "/upgrade", func(w http.ResponseWriter, r *http.Request) {
 			pid, version, err := s.Upgrade(r.Context())
 			if err != nil {
 				writeJSON(w, http.StatusInternalServerError, UpgradeResult{Pid: os.Getpid(), Version: s.Version, Error: err.Error()})
@@ -65,6 +81,74 @@ func (s *Server) Handler() http.Handler {
 		})
 	}
 	return mux
+}
+
+// handleChange registers a state-changing endpoint, POST path, behind the
+// guard; every such endpoint must be registered here. With a token (see
+// Server.Token), a request needs "Authorization: Bearer <token>": 401
+// without one, 403 with a wrong one. Without a token, it is served only if
+// the listener's address is a loopback address, else 403. Each refusal is
+// JSON, an ErrorResult, and is logged without the token presented.
+func (s *Server) handleChange(mux *http.ServeMux, path string, h http.HandlerFunc) {
+	mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+		code, why := s.authorize(r)
+		if code == 0 {
+			h(w, r)
+			return
+		}
+		s.Logger.Warn().Str("remote", r.RemoteAddr).Str("request", r.Method+" "+r.URL.Path).
+			Int("status", code).Str("reason", why).Msg("admin request refused")
+		if code == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="bmpproxy"`)
+		}
+		writeJSON(w, code, ErrorResult{Error: why})
+	})
+}
+
+// authorize returns 0 if r may change state, else the status to answer
+// and why.
+func (s *Server) authorize(r *http.Request) (int, string) {
+	tok := s.token()
+	what := r.Method + " " + r.URL.Path
+	if tok == nil {
+		if s.Addr.Addr().Unmap().IsLoopback() {
+			return 0, ""
+		}
+		return http.StatusForbidden, fmt.Sprintf("%s is served only on a loopback admin address, and this one is on %s: "+
+			"set admin_token_file (--admin-token-file) to allow it with a bearer token", what, s.Addr)
+	}
+	presented, ok := bearer(r.Header.Get("Authorization"))
+	if !ok {
+		return http.StatusUnauthorized, what + " needs the header Authorization: Bearer <token>, with the token in the admin token file"
+	}
+	if !tok.Matches(presented) {
+		return http.StatusForbidden, "the bearer token is not the one in the admin token file"
+	}
+	return 0, ""
+}
+
+// token returns the token the state-changing endpoints require, or nil.
+func (s *Server) token() *Token {
+	if s.Token == nil {
+		return nil
+	}
+	return s.Token()
+}
+
+// bearer returns the token of an Authorization header of the Bearer
+// scheme (RFC 6750), whose name is case-insensitive.
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+// ErrorResult is the answer to a refused request.
+type ErrorResult struct {
+	Error string `json:"error"`
 }
 
 // UpgradeResult is the answer to POST /upgrade.
@@ -85,7 +169,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // Handler returns the read-only endpoints: /metrics, /routers, /healthz
 // and /readyz.
-func Handler(p *proxy.Server) *http.ServeMux {
+func Handler(p Proxy) *http.ServeMux {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(p), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
@@ -127,6 +211,10 @@ func (s *Server) Run(ctx context.Context) error {
 		IdleTimeout:       time.Minute,
 	}
 	s.Logger.Info().Stringer("addr", ln.Addr()).Msg("admin listening")
+	if s.token() == nil && !s.Addr.Addr().Unmap().IsLoopback() {
+		s.Logger.Info().Stringer("addr", ln.Addr()).
+			Msg("admin: POST /upgrade is refused on this address, which is not loopback; admin_token_file (--admin-token-file) allows it with a token")
+	}
 	if s.Ready != nil {
 		s.Ready(ln.Addr())
 	}

@@ -280,6 +280,10 @@ type Config struct {
 	// Admin is the address of the HTTP admin listener. The zero value
 	// means none.
 	Admin netip.AddrPort
+	// AdminTokenFile, if set, is the file holding the bearer token that
+	// the admin listener's state-changing endpoints (POST /upgrade)
+	// require. Empty means none: they are served only on a loopback Admin.
+	AdminTokenFile string
 	// TransparentSetup, if set, is the return-routing case ("loopback",
 	// "namespace" or "docker") that bmpproxy applies, idempotently, at
 	// start in its own network namespace, for its transparent listeners.

@@ -341,6 +341,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			}
 			c.Admin = a
 		},
+		"admin_token_file":  func(v *yaml.Node, p string) { d.str(v, p, &c.AdminTokenFile) },
 		"drain_timeout":     func(v *yaml.Node, p string) { d.duration(v, p, &c.DrainTimeout) },
 		"transparent_setup": func(v *yaml.Node, p string) { d.str(v, p, &c.TransparentSetup) },
 		"transparent_table": func(v *yaml.Node, p string) { d.integer(v, p, &c.TransparentTable) },

@@ -47,7 +47,7 @@ listeners:
 listener:
 	- name: bmp
 `),
-			want: `line 1: unknown field "listener" (known: admin, drain_timeout, listeners, log, splice, transparent_setup, transparent_table)
+			want: `line 1: unknown field "listener" (known: admin, admin_token_file, drain_timeout, listeners, log, splice, transparent_setup, transparent_table)
 listeners: at least one listener is required`,
 		},
 		{

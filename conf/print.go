@@ -10,11 +10,12 @@ import (
 // Field order is the order of the printed keys.
 type (
 	fileConfig struct {
-		Admin        string         `yaml:"admin,omitempty"`
-		DrainTimeout string         `yaml:"drain_timeout"`
-		Log          fileLog        `yaml:"log"`
-		Splice       fileSplice     `yaml:"splice"`
-		Listeners    []fileListener `yaml:"listeners"`
+		Admin          string         `yaml:"admin,omitempty"`
+		AdminTokenFile string         `yaml:"admin_token_file,omitempty"`
+		DrainTimeout   string         `yaml:"drain_timeout"`
+		Log            fileLog        `yaml:"log"`
+		Splice         fileSplice     `yaml:"splice"`
+		Listeners      []fileListener `yaml:"listeners"`
 	}
 	fileLog struct {
 		Level  string `yaml:"level"`
@@ -55,6 +56,7 @@ func (c *Config) YAML() ([]byte, error) {
 		Log:          fileLog(c.Log),
 		Splice:       fileSplice{Disabled: c.Splice.Disabled, MaxPipes: c.Splice.MaxPipes},
 	}
+	f.AdminTokenFile = c.AdminTokenFile
 	if c.Admin.IsValid() {
 		f.Admin = c.Admin.String()
 	}

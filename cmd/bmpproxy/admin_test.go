@@ -8,6 +8,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -177,11 +180,131 @@ listeners:
 	case <-time.After(200 * time.Millisecond):
 	}
 	_, m = httpGet(t, admin+"/metrics")
-	if v := metric(m, `bmpproxy_bmp_precheck_rejections_total{listener="bmp"}`); v != 2 {
-		t.Fatalf("pre-check rejections %v, want 2", v)
-	}
 	if v := metric(m, `bmpproxy_connections_refused_total{listener="bmp",reason="bmp"}`); v != 2 {
 		t.Fatalf("refused{reason=bmp} %v, want 2", v)
 	}
+	// One metric per thing: the refusal is not counted twice.
+	if strings.Contains(m, "bmpproxy_bmp_precheck_rejections_total") || strings.Contains(m, "bmpproxy_proxy_header_errors_total") {
+		t.Fatalf("/metrics repeats connections_refused_total under another name:\n%s", m)
+	}
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// TestAdminTokenBinary runs the real binary with its admin listener on
+// [::] and admin_token_file set: GET /metrics needs no token, while POST
+// /upgrade answers 401 without one and 403 with a wrong one, and with the
+// right one runs the upgrade. The upgrade fails here, since the binary is
+// gone from its path; the process serves on. "bmpproxy upgrade --admin"
+// sends the token of --token-file or BMPPROXY_ADMIN_TOKEN_FILE. SIGHUP
+// reads the token file again; a token file that no longer passes the
+// checks fails the reload and the old token stays.
+func TestAdminTokenBinary(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "bmpproxy")
+	install(t, binPath(), exe)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("e2e-token-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := testtarget.New(t, testtarget.V2, nil)
+	path := writeConfig(t, dir, `
+admin: "[::]:0"
+admin_token_file: "`+tokenFile+`"
+listeners:
+  - listen: "127.0.0.1:0"
+    target: "`+tg.Addr()+`"
+`)
+	cmd := exec.Command(exe, "--config", path)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	p := startCmd(t, 1, cmd)
+	_, port, _ := net.SplitHostPort(p.waitLog(t, "admin listening", 1)[0]["addr"].(string))
+	adminV4, adminV6 := "127.0.0.1:"+port, "[::1]:"+port
+	if err := os.Remove(exe); err != nil { // an upgrade now fails at once
+		t.Fatal(err)
+	}
+
+	post := func(auth string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+adminV4+"/upgrade", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := directHTTPClient(10 * time.Second).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode == http.StatusUnauthorized && !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("401 without WWW-Authenticate: Bearer: %v", resp.Header)
+		}
+		return resp.StatusCode, string(b)
+	}
+	for _, a := range []string{adminV4, adminV6} {
+		if code, body := httpGet(t, "http://"+a+"/metrics"); code != 200 || !strings.Contains(body, "bmpproxy_connections_accepted_total") {
+			t.Fatalf("GET %s/metrics without a token: %d", a, code)
+		}
+	}
+	if code, body := post(""); code != http.StatusUnauthorized || !strings.Contains(body, `"error"`) {
+		t.Fatalf("POST /upgrade without a token: %d %s", code, body)
+	}
+	if code, body := post("Bearer e2e-wrong"); code != http.StatusForbidden {
+		t.Fatalf("POST /upgrade with a wrong token: %d %s", code, body)
+	}
+	if code, body := post("Bearer e2e-token-1"); code == http.StatusUnauthorized || code == http.StatusForbidden {
+		t.Fatalf("POST /upgrade with the token: %d %s", code, body)
+	}
+	p.waitLog(t, "upgrade failed; this process keeps serving", 1)
+
+	// The client: refused without the token, let through with it.
+	out, err := exec.Command(binPath(), "upgrade", "--admin", adminV4).CombinedOutput()
+	if code := exitCode(err); code != exitError || !strings.Contains(string(out), "401 Unauthorized") {
+		t.Fatalf("bmpproxy upgrade --admin without a token: exit %d\n%s", code, out)
+	}
+	out, err = exec.Command(binPath(), "upgrade", "--admin", adminV4, "--token-file", tokenFile).CombinedOutput()
+	if code := exitCode(err); code != exitError || !strings.Contains(string(out), "keeps serving") {
+		t.Fatalf("bmpproxy upgrade --admin --token-file: exit %d\n%s", code, out)
+	}
+	client := exec.Command(binPath(), "upgrade", "--admin", adminV6)
+	client.Env = append(os.Environ(), "BMPPROXY_ADMIN_TOKEN_FILE="+tokenFile)
+	if out, err := client.CombinedOutput(); exitCode(err) != exitError || !strings.Contains(string(out), "keeps serving") {
+		t.Fatalf("bmpproxy upgrade --admin with BMPPROXY_ADMIN_TOKEN_FILE: %v\n%s", err, out)
+	}
+	p.waitLog(t, "upgrade failed; this process keeps serving", 3)
+
+	// SIGHUP: a new token replaces the old one.
+	if err := os.WriteFile(tokenFile, []byte("e2e-token-2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "the admin token changed", 1)
+	if code, body := post("Bearer e2e-token-1"); code != http.StatusForbidden {
+		t.Fatalf("POST /upgrade with the old token after the reload: %d %s", code, body)
+	}
+	if code, body := post("Bearer e2e-token-2"); code == http.StatusUnauthorized || code == http.StatusForbidden {
+		t.Fatalf("POST /upgrade with the new token: %d %s", code, body)
+	}
+	// A token file others may read fails the reload; the token stays.
+	os.Chmod(tokenFile, 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	failed := p.waitLog(t, "reload failed; the running configuration stays in force", 1)[0]
+	if e := fmt.Sprint(failed["error"]); !strings.Contains(e, "admin_token_file: "+tokenFile+": mode 0644") || !strings.Contains(e, "chmod 600") {
+		t.Fatalf("the reload failure says %q", e)
+	}
+	if code, body := post("Bearer e2e-token-2"); code == http.StatusUnauthorized || code == http.StatusForbidden {
+		t.Fatalf("POST /upgrade with the token after a failed reload: %d %s", code, body)
+	}
+
+	if n := len(p.logs.match("admin request refused")); n < 3 {
+		t.Errorf("%d refusals logged, want at least 3", n)
+	}
+	if strings.Contains(p.logs.String(), "e2e-token") || strings.Contains(p.logs.String(), "e2e-wrong") {
+		t.Errorf("a token is in the log:\n%s", p.logs)
+	}
+	if code, _ := httpGet(t, "http://"+adminV4+"/healthz"); code != 200 {
+		t.Fatalf("/healthz %d after the refused and failed upgrades", code)
+	}
+	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
+		t.Fatalf("exit %v after SIGTERM", st)
+	}
 }

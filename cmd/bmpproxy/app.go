@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -188,6 +189,12 @@ func serveFlags() []cli.Flag {
 			Usage:   "address for the HTTP admin listener (/metrics, /routers, /healthz, /readyz); off when empty",
 			EnvVars: []string{"BMPPROXY_ADMIN_LISTEN"},
 		},
+		&cli.StringFlag{
+			Name: "admin-token-file",
+			Usage: "file (mode 0600) with the bearer token that POST /upgrade on the admin listener requires; " +
+				"without it, POST /upgrade is served only on a loopback --admin-listen",
+			EnvVars: []string{"BMPPROXY_ADMIN_TOKEN_FILE"},
+		},
 		&cli.BoolFlag{
 			Name:  "version",
 			Usage: "print the version and exit",
@@ -197,7 +204,7 @@ func serveFlags() []cli.Flag {
 
 // fileFlags are the flags whose settings a config file holds instead.
 var fileFlags = []string{"listen", "target", "proxy-protocol", "connect-timeout", "drain-timeout",
-	"log-level", "log-format", "splice", "max-pipes", "bmp", "admin-listen"}
+	"log-level", "log-format", "splice", "max-pipes", "bmp", "admin-listen", "admin-token-file"}
 
 // loadConfig returns the configuration from --config, or from the flags.
 func loadConfig(c *cli.Context) (*conf.Config, error) {
@@ -280,6 +287,7 @@ func configFromFlags(c *cli.Context) (*conf.Config, error) {
 			return nil, usagef("--admin-listen: %v", err)
 		}
 	}
+	cfg.AdminTokenFile = c.String("admin-token-file")
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, usagef("%s", flagNames(err.Error()))
@@ -318,6 +326,13 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		if err != nil {
 			return err
 		}
+		// Read once here, and again on each SIGHUP reload.
+		var token atomic.Pointer[admin.Token]
+		tok, err := adminToken(cfg, c.String("config") != "")
+		if err != nil {
+			return configError{err}
+		}
+		token.Store(tok)
 		log, err := newLogger(cfg.Log, stderr)
 		if err != nil {
 			return usagef("%v", err)
@@ -390,7 +405,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 		if err != nil {
 			return cannotStart(err)
 		}
-		reloads := watchReloads(ctx, srv, c.String("config"), log, notify)
+		reloads := watchReloads(ctx, srv, c.String("config"), &token, log, notify)
 		defer reloads()
 		// The admin listener, if it fails, stops the proxy through runCtx.
 		runCtx, cancel := context.WithCancel(ctx)
@@ -419,6 +434,7 @@ func serveAction(stdout, stderr io.Writer) cli.ActionFunc {
 			Logger:  log,
 			Version: versionString(),
 			Upgrade: func(context.Context) (int, string, error) { return up.upgrade() },
+			Token:   token.Load,
 			Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 				ln, ok := succ.adminListener(a)
 				if !ok {
@@ -493,9 +509,28 @@ func startAdmin(ctx context.Context, stop context.CancelFunc, as *admin.Server, 
 	return done
 }
 
+// adminToken reads the admin token file of cfg, if it names one. An error
+// names the setting: the flag, or the key when fromFile.
+func adminToken(cfg *conf.Config, fromFile bool) (*admin.Token, error) {
+	if cfg.AdminTokenFile == "" {
+		return nil, nil
+	}
+	tok, err := admin.ReadTokenFile(cfg.AdminTokenFile)
+	if err != nil {
+		setting := "--admin-token-file"
+		if fromFile {
+			setting = "admin_token_file"
+		}
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
+	return admin.NewToken(tok), nil
+}
+
 // watchReloads reloads the config file at path into srv on every SIGHUP
-// until ctx is done. The returned function stops it and waits for it.
-func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerolog.Logger, notify sdnotify.Notifier) (stop func()) {
+// until ctx is done, and its admin token file into token. A token file
+// that cannot be read fails the whole reload: nothing changes. The
+// returned function stops it and waits for it.
+func watchReloads(ctx context.Context, srv *proxy.Server, path string, token *atomic.Pointer[admin.Token], log zerolog.Logger, notify sdnotify.Notifier) (stop func()) {
 	return onSignal(ctx, syscall.SIGHUP, func(ctx context.Context) bool {
 		if path == "" {
 			log.Warn().Msg("SIGHUP ignored: there is no --config file to reload")
@@ -504,10 +539,17 @@ func watchReloads(ctx context.Context, srv *proxy.Server, path string, log zerol
 		log.Info().Str("config", path).Msg("SIGHUP: reloading")
 		notify.Reloading()
 		cfg, err := conf.Load(path)
+		var tok *admin.Token
+		if err == nil {
+			tok, err = adminToken(cfg, true)
+		}
 		if err != nil {
 			srv.ReloadFailed(err)
 		} else {
 			srv.Reload(ctx, cfg) // logs its own outcome
+			if old := token.Swap(tok); !old.Equal(tok) {
+				log.Info().Str("admin_token_file", cfg.AdminTokenFile).Msg("the admin token changed")
+			}
 		}
 		notify.Ready()
 		return true

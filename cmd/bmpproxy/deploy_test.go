@@ -26,6 +26,34 @@ type invocation struct {
 	args   []string          // the arguments after the program
 	health []string          // the health check's arguments, if the file has one
 	files  map[string]string // config paths in the container → files in the repository
+	// secrets are the arguments that name a file of a Kubernetes Secret
+	// volume, with the file's mode and group as the kubelet makes them.
+	secrets map[string]secretFile
+}
+
+// secretFile is a file of a Secret volume: the kubelet writes it as root
+// with the volume's defaultMode; with the Pod's fsGroup it gives the file
+// that group and adds group read (0440).
+type secretFile struct {
+	mode os.FileMode
+	gid  int
+}
+
+// write makes a stand-in for the file in dir, owned by root and the
+// file's group, and returns its path.
+func (s secretFile) write(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte("deployed-arguments-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, 0, s.gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, s.mode); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // deployRoot is the repository, seen from this package.
@@ -197,9 +225,22 @@ func kubernetesInvocations(t *testing.T) []invocation {
 				Spec     struct {
 					Template struct {
 						Spec struct {
+							SecurityContext struct {
+								FSGroup *int `yaml:"fsGroup"`
+							} `yaml:"securityContext"`
+							Volumes []struct {
+								Name   string
+								Secret *struct {
+									DefaultMode *int `yaml:"defaultMode"`
+								}
+							}
 							Containers []struct {
 								Name, Image   string
 								Command, Args []string
+								VolumeMounts  []struct {
+									Name      string
+									MountPath string `yaml:"mountPath"`
+								} `yaml:"volumeMounts"`
 							}
 						}
 					}
@@ -223,8 +264,29 @@ func kubernetesInvocations(t *testing.T) []invocation {
 					}
 					args = append(c.Command[1:], args...)
 				}
-				out = append(out, invocation{where: rel(path) + " " + doc.Kind + "/" + doc.Metadata.Name + " container " + c.Name,
-					args: args, files: map[string]string{}})
+				inv := invocation{where: rel(path) + " " + doc.Kind + "/" + doc.Metadata.Name + " container " + c.Name,
+					args: args, files: map[string]string{}, secrets: map[string]secretFile{}}
+				pod := doc.Spec.Template.Spec
+				for _, m := range c.VolumeMounts {
+					for _, v := range pod.Volumes {
+						if v.Name != m.Name || v.Secret == nil {
+							continue
+						}
+						f := secretFile{mode: 0o644} // the API's default
+						if v.Secret.DefaultMode != nil {
+							f.mode = os.FileMode(*v.Secret.DefaultMode)
+						}
+						if g := pod.SecurityContext.FSGroup; g != nil {
+							f.mode, f.gid = f.mode|0o440, *g
+						}
+						for _, a := range args {
+							if strings.HasPrefix(a, strings.TrimSuffix(m.MountPath, "/")+"/") {
+								inv.secrets[a] = f
+							}
+						}
+					}
+				}
+				out = append(out, inv)
 			}
 		}
 	}
@@ -246,7 +308,8 @@ func rel(p string) string {
 // every shipped unit file, Dockerfile stage, compose service and
 // Kubernetes container, so that a renamed or removed flag fails here and
 // not for users. Only config file paths are mapped to the repository files
-// the deployment puts there. Each runs in a network namespace of its own,
+// the deployment puts there, and a Secret's files to stand-ins with the
+// mode and group the kubelet gives them. Each runs in a network namespace of its own,
 // where the fixed ports are free; it must become ready (its admin /readyz,
 // asked through "bmpproxy healthcheck", the image's HEALTHCHECK) and stop
 // cleanly on SIGTERM.
@@ -270,6 +333,8 @@ func TestDeployedArguments(t *testing.T) {
 			for i, a := range args {
 				if f, ok := inv.files[a]; ok {
 					args[i] = filepath.Join(deployRoot, f)
+				} else if s, ok := inv.secrets[a]; ok {
+					args[i] = s.write(t, t.TempDir(), filepath.Base(a))
 				} else if i > 0 && (args[i-1] == "--config" || args[i-1] == "-c") {
 					t.Fatalf("%s: --config %s is not a file the deployment provides (%v)", inv.where, a, inv.files)
 				}

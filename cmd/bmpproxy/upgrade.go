@@ -177,14 +177,20 @@ func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
 		Name:  "upgrade",
 		Usage: "hand a running bmpproxy's listeners and open sessions to the binary now at its path",
 		UsageText: "bmpproxy upgrade --pid PID\n" +
-			"bmpproxy upgrade --admin HOST:PORT",
+			"bmpproxy upgrade --admin HOST:PORT [--token-file FILE]",
 		Description: "With --pid, sends SIGUSR2, waits until that process has handed over and exited, and\n" +
 			"reports its successor: the process it started that now holds its listening sockets. With --admin,\n" +
-			"asks the admin listener (POST /upgrade) and prints the successor's pid and version. Either way a\n" +
-			"failed upgrade leaves the running process serving every session, and the reason is in its log.",
+			"asks the admin listener (POST /upgrade) and prints the successor's pid and version; --token-file\n" +
+			"sends the token of the process's --admin-token-file. Either way a failed upgrade leaves the\n" +
+			"running process serving every session, and the reason is in its log.",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "pid", Usage: "process to upgrade"},
 			&cli.StringFlag{Name: "admin", Usage: "admin listener address of the process to upgrade, host:port"},
+			&cli.StringFlag{
+				Name:    "token-file",
+				Usage:   "with --admin: file (mode 0600) with the bearer token of the process's --admin-token-file",
+				EnvVars: []string{"BMPPROXY_ADMIN_TOKEN_FILE"},
+			},
 			&cli.DurationFlag{Name: "timeout", Value: time.Minute, Usage: "how long to wait for the handover"},
 		},
 		OnUsageError: onUsageError,
@@ -198,7 +204,7 @@ func upgradeCommand(stdout, stderr io.Writer) *cli.Command {
 				return usagef("upgrade: --timeout must be positive")
 			}
 			if admin != "" {
-				return upgradeByAdmin(stdout, admin, timeout)
+				return upgradeByAdmin(stdout, admin, c.String("token-file"), timeout)
 			}
 			return upgradeByPid(stdout, pid, timeout)
 		},
@@ -263,14 +269,25 @@ func upgradeByPid(stdout io.Writer, pid int, timeout time.Duration) error {
 	return nil
 }
 
-// upgradeByAdmin posts to the admin listener's /upgrade and prints the
-// result.
-func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error {
+// upgradeByAdmin posts to the admin listener's /upgrade, with the token
+// in tokenFile if set, and prints the result.
+func upgradeByAdmin(stdout io.Writer, addr, tokenFile string, timeout time.Duration) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return usagef("upgrade: --admin %q: want host:port with an IP address: %v", addr, err)
 	}
-	resp, err := directHTTPClient(timeout).Post("http://"+ap.String()+"/upgrade", "application/json", nil)
+	req, err := http.NewRequest(http.MethodPost, "http://"+ap.String()+"/upgrade", nil)
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	if tokenFile != "" {
+		tok, err := admin.ReadTokenFile(tokenFile)
+		if err != nil {
+			return usagef("upgrade: --token-file: %v", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := directHTTPClient(timeout).Do(req)
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}
@@ -279,7 +296,11 @@ func upgradeByAdmin(stdout io.Writer, addr string, timeout time.Duration) error 
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&r); err != nil {
 		return fmt.Errorf("upgrade: %s: POST /upgrade answered %s: %w", ap, resp.Status, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("upgrade: %s refused POST /upgrade (%s): %s", ap, resp.Status, r.Error)
+	default:
 		return fmt.Errorf("upgrade failed; pid %d keeps serving: %s", r.Pid, r.Error)
 	}
 	fmt.Fprintf(stdout, "pid %d handed over to pid %d (%s)\n", r.PreviousPid, r.Pid, r.Version)
