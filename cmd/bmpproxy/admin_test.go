@@ -17,6 +17,7 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/bmp"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // httpGet is GET on a new connection: a kept-alive one may belong to a
@@ -99,7 +100,7 @@ listeners:
 	sent := len(ini) + len(more)
 	testtarget.Recv(t, accepts)
 	var rr routersReply
-	waitUntil(t, "/routers to list edge-1 with its bytes", func() bool {
+	waitfor.Within(t, binaryWait, "/routers to list edge-1 with its bytes", func() bool {
 		_, body := httpGet(t, admin+"/routers")
 		rr = routersReply{}
 		json.Unmarshal([]byte(body), &rr)
@@ -119,7 +120,7 @@ listeners:
 	}
 
 	c.Close()
-	waitUntil(t, "/routers to show the session closed", func() bool {
+	waitfor.Within(t, binaryWait, "/routers to show the session closed", func() bool {
 		_, body := httpGet(t, admin+"/routers")
 		rr = routersReply{}
 		json.Unmarshal([]byte(body), &rr)
@@ -157,7 +158,7 @@ listeners:
 		}
 	}
 	var refused []map[string]any
-	waitUntil(t, "two refusal lines", func() bool {
+	waitfor.Within(t, binaryWait, "two refusal lines", func() bool {
 		refused = refused[:0]
 		for _, l := range p.logs.match("connection closed") {
 			if l["reason"] == "refused" {

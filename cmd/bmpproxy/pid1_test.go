@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // TestUpgradeAsPID1 runs bmpproxy as PID 1 of a PID namespace, as in a
@@ -36,7 +37,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 		t.Fatalf("bmpproxy runs as pid %d in its namespace, want 1", pid)
 	}
 	var init int // PID 1, as this namespace numbers it
-	waitUntil(t, "unshare's child", func() bool {
+	waitfor.Within(t, binaryWait, "unshare's child", func() bool {
 		kids := procfs.Children(cmd.Process.Pid)
 		if len(kids) > 0 {
 			init = kids[0]
@@ -72,7 +73,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 		// forwards the signal to the serving process.
 		syscall.Kill(init, syscall.SIGUSR2)
 		var pid int
-		waitUntil(t, "a new serving process", func() bool {
+		waitfor.Within(t, binaryWait, "a new serving process", func() bool {
 			pid, _ = adminVersion(t, admin)
 			return pid != last
 		})

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bmpproxy/bmpproxy/internal/testtarget"
-	"golang.org/x/sys/unix"
-
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
+	"golang.org/x/sys/unix"
 )
 
 // TestSystemdNotify runs the binary with a NOTIFY_SOCKET the test reads,
@@ -227,7 +227,7 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if lines[0]["successor_pid"].(float64) != float64(succ) {
 		t.Fatalf("handed over to %v, MAINPID said %d", lines[0]["successor_pid"], succ)
 	}
-	waitUntil(t, "the predecessor to exit", func() bool { return !procfs.Alive(pid0) })
+	waitfor.Within(t, binaryWait, "the predecessor to exit", func() bool { return !procfs.Alive(pid0) })
 
 	c.Write([]byte("after"))
 	c.CloseWrite()
@@ -239,5 +239,5 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if got := mgr.next(t).text; got != "STOPPING=1" {
 		t.Fatalf("on SIGTERM to the successor: %q", got)
 	}
-	waitUntil(t, "the successor to exit", func() bool { return !procfs.Alive(succ) })
+	waitfor.Within(t, binaryWait, "the successor to exit", func() bool { return !procfs.Alive(succ) })
 }

@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/bmp"
-	"github.com/bmpproxy/bmpproxy/internal/testtarget"
-
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // buildVersion builds the binary with version stamped, as make release
@@ -207,7 +207,7 @@ func sessionStarts(t *testing.T, admin string) map[string]string {
 // waitExit waits for pid to be gone or a zombie.
 func waitExit(t *testing.T, pid int) {
 	t.Helper()
-	waitUntil(t, fmt.Sprintf("pid %d to exit", pid), func() bool { return !procfs.Alive(pid) })
+	waitfor.Within(t, binaryWait, fmt.Sprintf("pid %d to exit", pid), func() bool { return !procfs.Alive(pid) })
 }
 
 // TestUpgradeUnderLoad is the zero-drop upgrade: 50 BMP sessions stream
@@ -265,7 +265,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 	t.Cleanup(stopAll)
 
-	waitUntil(t, "50 sessions in /routers", func() bool { return len(sessionStarts(t, admin)) == sessions })
+	waitfor.Within(t, binaryWait, "50 sessions in /routers", func() bool { return len(sessionStarts(t, admin)) == sessions })
 	before := sessionStarts(t, admin)
 	time.Sleep(300 * time.Millisecond)
 
@@ -274,7 +274,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	upgraded := func(how string, old int, version string) int {
 		t.Helper()
 		var pid int
-		waitUntil(t, how+": a new pid on /version", func() bool {
+		waitfor.Within(t, binaryWait, how+": a new pid on /version", func() bool {
 			pid, _ = adminVersion(t, admin)
 			return pid != old
 		})
@@ -367,7 +367,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		}
 		return lines
 	}
-	waitUntil(t, "a closing line per session", func() bool { return len(closedBMP()) >= sessions })
+	waitfor.Within(t, binaryWait, "a closing line per session", func() bool { return len(closedBMP()) >= sessions })
 	time.Sleep(100 * time.Millisecond) // a second line for a session would show now
 	if lines := closedBMP(); len(lines) != sessions {
 		t.Errorf("%d closing lines for the %d sessions", len(lines), sessions)

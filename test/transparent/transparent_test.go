@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/bmp"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"golang.org/x/sys/unix"
 )
 
@@ -388,7 +389,7 @@ listeners:
 			t.Errorf("spoofed connection got %q", b)
 		}
 	})
-	waitFor(t, "the refusal line", func() bool { return strings.Contains(inner.String(), "not in accept_proxy_from") })
+	waitfor.True(t, "the refusal line", func() bool { return strings.Contains(inner.String(), "not in accept_proxy_from") })
 	echo6.mu.Lock()
 	after := len(echo6.peers)
 	echo6.mu.Unlock()
@@ -410,17 +411,6 @@ func (tp *topo) startIn(ns, cfg string) *proxyProc {
 	tp.hub = ns
 	defer func() { tp.hub = hub }()
 	return tp.startProxy(cfg)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // pmbmpdSees runs pmacct's pmbmpd in the collector namespace, with no
@@ -455,7 +445,7 @@ func pmbmpdSees(t *testing.T, tp *topo) {
 			c.Write(bmp.EncodeInitiation("test router", tc.name))
 			time.Sleep(300 * time.Millisecond)
 		})
-		waitFor(t, "pmbmpd to log "+tc.name, func() bool {
+		waitfor.True(t, "pmbmpd to log "+tc.name, func() bool {
 			b, _ := os.ReadFile(log)
 			for _, line := range strings.Split(string(b), "\n") {
 				if strings.Contains(line, `"bmp_init_info_sysname": "`+tc.name+`"`) {
@@ -495,7 +485,7 @@ listeners:
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		io.ReadAll(c)
 	})
-	waitFor(t, "the dial failure", func() bool { return strings.Contains(p.String(), `"reason":"dial failed"`) })
+	waitfor.True(t, "the dial failure", func() bool { return strings.Contains(p.String(), `"reason":"dial failed"`) })
 	if !strings.Contains(p.String(), "set up the return routing with 'bmpproxy transparent-setup'") {
 		t.Fatalf("no hint in:\n%s", p)
 	}
