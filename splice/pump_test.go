@@ -297,8 +297,7 @@ func TestDirtyPipeIsClosed(t *testing.T) {
 		}
 	}()
 	// Stalled: the pipe is held and the sink is not reading.
-	waitfor.True(t, "a stalled pipe", func() bool { return p.Stats().PipesInUse == 1 })
-	time.Sleep(50 * time.Millisecond)
+	waitfor.True(t, "a stalled pipe", func() bool { return p.Stats().PipesInUse == 1 && parkedIn("drain") })
 	r.sink.SetLinger(0)
 	r.sink.Close() // RST
 
