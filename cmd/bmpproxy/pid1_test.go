@@ -68,7 +68,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 
 	last := 1
 	for round := 1; round <= 2; round++ {
-		time.Sleep(200 * time.Millisecond)
+		streams(t, admin, len(routers))
 		// Always PID 1: the first time it upgrades itself, then it
 		// forwards the signal to the serving process.
 		syscall.Kill(init, syscall.SIGUSR2)
@@ -85,7 +85,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 	if n := len(p.logs.match("init: following the new serving process")); n != 1 {
 		t.Errorf("PID 1 followed %d handovers by MAINPID, want 1 (the second)", n)
 	}
-	time.Sleep(200 * time.Millisecond)
+	streams(t, admin, len(routers))
 	close(stop)
 	wg.Wait()
 	for _, r := range routers {
