@@ -430,21 +430,23 @@ func pmbmpdSees(t *testing.T, tp *topo) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	time.Sleep(500 * time.Millisecond)
+	waitfor.True(t, "pmbmpd to listen", func() bool {
+		out, _ := exec.Command("ip", "netns", "exec", tp.col, "ss", "-Hltn", "sport = :7001").Output()
+		return len(bytes.TrimSpace(out)) > 0
+	})
 	for _, tc := range []struct{ proxy, name, want string }{
 		{"[" + hubR6 + "]:5001", "edge-v6", rtr6},
 		{hubR4 + ":5001", "edge-v4", rtr4},
 	} {
-		inNS(t, tp.rtr, func() {
-			c, err := net.DialTimeout("tcp", tc.proxy, 5*time.Second)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer c.Close()
-			c.Write(bmp.EncodeInitiation("test router", tc.name))
-			time.Sleep(300 * time.Millisecond)
-		})
+		// Dialed in the router's namespace; the socket stays there. It
+		// is open until pmbmpd has logged the router.
+		var c net.Conn
+		var err error
+		inNS(t, tp.rtr, func() { c, err = net.DialTimeout("tcp", tc.proxy, 5*time.Second) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(bmp.EncodeInitiation("test router", tc.name))
 		waitfor.True(t, "pmbmpd to log "+tc.name, func() bool {
 			b, _ := os.ReadFile(log)
 			for _, line := range strings.Split(string(b), "\n") {
@@ -457,6 +459,7 @@ func pmbmpdSees(t *testing.T, tp *topo) {
 			}
 			return false
 		})
+		c.Close()
 	}
 }
 
