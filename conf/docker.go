@@ -45,7 +45,7 @@ type DockerRule struct {
 	ContainerPort uint16        // the container's port
 	HostPort      uint16        // the published port
 	ContainerIP   Prefixes      // the container's address
-	ProxyProtocol ProxyProtocol // v2, v1 or none; required
+	ProxyProtocol ProxyProtocol // v2, v1 (with proto tcp only) or none; required
 }
 
 // DockerMapping is what dockerd asked for, as a rule sees it.
@@ -151,7 +151,7 @@ func (d *decoder) dockerRule(n *yaml.Node, path string, r *DockerRule) {
 			*dst = uint16(n)
 		}
 	}
-	given := false
+	var mode *yaml.Node // proxy_protocol's value, checked once proto is known
 	d.mapping(n, path, map[string]func(*yaml.Node, string){
 		"proto": func(v *yaml.Node, p string) {
 			d.str(v, p, &r.Proto)
@@ -162,24 +162,46 @@ func (d *decoder) dockerRule(n *yaml.Node, path string, r *DockerRule) {
 		"container_port": port(&r.ContainerPort),
 		"host_port":      port(&r.HostPort),
 		"container_ip":   func(v *yaml.Node, p string) { d.prefixes(v, p, &r.ContainerIP) },
-		"proxy_protocol": func(v *yaml.Node, p string) {
-			given = true
-			s, ok := d.scalar(v, p, "v2, v1 or none")
-			if !ok {
-				return
-			}
-			pp, err := ParseProxyProtocol(s)
-			if err == nil && pp == ProxyTransparent {
-				err = errors.New("transparent is not available in docker-proxy mode (want v2, v1 or none)")
-			}
-			if err != nil {
-				d.fail(v, p, "%v", err)
-				return
-			}
-			r.ProxyProtocol = pp
-		},
+		"proxy_protocol": func(v *yaml.Node, p string) { mode = v },
 	})
-	if !given && n.Kind == yaml.MappingNode {
-		d.fail(n, path+".proxy_protocol", "missing (want v2, v1, none or transparent)")
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	d.dockerMode(n, mode, path+".proxy_protocol", r)
+}
+
+// dockerMode sets r.ProxyProtocol from v, the rule n's proxy_protocol, and
+// refuses what docker mode cannot do: transparent dialing, and v1 on a rule
+// that matches UDP, since PROXY v1 has no form for datagrams. Each error
+// offers only the modes the rule could use.
+func (d *decoder) dockerMode(n, v *yaml.Node, path string, r *DockerRule) {
+	want := "v2, v1 or none"
+	if r.Proto == "udp" {
+		want = "v2 or none"
+	}
+	if v == nil {
+		d.fail(n, path, "missing (want %s)", want)
+		return
+	}
+	s, ok := d.scalar(v, path, want)
+	if !ok {
+		return
+	}
+	switch pp := ProxyProtocol(s); pp {
+	case ProxyV2, ProxyNone:
+		r.ProxyProtocol = pp
+	case ProxyV1:
+		switch r.Proto {
+		case "udp":
+			d.fail(v, path, "v1 has no UDP form (want %s)", want)
+		case "":
+			d.fail(v, path, "v1 has no UDP form, and a rule without proto matches UDP too (want v2 or none, or add proto: tcp)")
+		default:
+			r.ProxyProtocol = pp
+		}
+	case ProxyTransparent:
+		d.fail(v, path, "transparent is not available in docker-proxy mode (want %s)", want)
+	default:
+		d.fail(v, path, "unknown proxy protocol %q (want %s)", s, want)
 	}
 }

@@ -23,6 +23,9 @@ import (
 const (
 	udpIdleTimeout = 90 * time.Second // a flow quiet this long is closed
 	udpBufferSize  = 64 << 10         // the largest datagram, and then some
+	// udpDropLogEvery is the least time between two lines about datagrams
+	// dropped because no PROXY header could carry their addresses.
+	udpDropLogEvery = 10 * time.Second
 )
 
 // udpProxy forwards datagrams between clients and one container address.
@@ -33,9 +36,16 @@ const (
 type udpProxy struct {
 	conn   *net.UDPConn
 	target netip.AddrPort
-	pp     conf.ProxyProtocol
+	pp     conf.ProxyProtocol // v2 or none
 	log    zerolog.Logger
 	idle   time.Duration
+	// dropLogEvery is the least time between two "udp datagrams dropped"
+	// lines; each line counts the drops since the one before.
+	dropLogEvery time.Duration
+
+	// unsent counts the datagrams dropped because no PROXY header could
+	// carry their addresses. The serve loop writes it.
+	unsent atomic.Int64
 
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpFlow
@@ -45,19 +55,34 @@ type udpProxy struct {
 type udpFlow struct {
 	client, local netip.AddrPort // local: where the client sent to
 	up            *net.UDPConn
-	start         time.Time
-	last          atomic.Int64 // UnixNano of the last datagram either way
-	sent, recv    atomic.Int64 // payload bytes client → container, back
-	closing       atomic.Bool  // set when the proxy is stopping
+	// header precedes every datagram to the container; nil for none. When
+	// headerErr is set no header can carry the pair, and every datagram
+	// of the flow is dropped and counted in unsent.
+	header     []byte
+	headerErr  error
+	start      time.Time
+	last       atomic.Int64 // UnixNano of the last datagram either way
+	sent, recv atomic.Int64 // payload bytes client → container, back
+	unsent     atomic.Int64 // datagrams dropped for want of a header
+	closing    atomic.Bool  // set when the proxy is stopping
+}
+
+// newUDPProxy returns a proxy from conn to target with docker-proxy's
+// idle timeout and the default drop-log interval.
+func newUDPProxy(conn *net.UDPConn, target netip.AddrPort, pp conf.ProxyProtocol, log zerolog.Logger) *udpProxy {
+	return &udpProxy{conn: conn, target: target, pp: pp, log: log, idle: udpIdleTimeout,
+		dropLogEvery: udpDropLogEvery, flows: map[netip.AddrPort]*udpFlow{}}
 }
 
 func runUDP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol, log zerolog.Logger, st *status) error {
+	if pp != conf.ProxyV2 && pp != conf.ProxyNone {
+		return fmt.Errorf("proxy_protocol %s has no UDP form (want v2 or none)", pp)
+	}
 	conn, err := listenUDP(ctx, env, inv)
 	if err != nil {
 		return err
 	}
-	p := &udpProxy{conn: conn, target: inv.Container, pp: pp, log: log, idle: udpIdleTimeout,
-		flows: map[netip.AddrPort]*udpFlow{}}
+	p := newUDPProxy(conn, inv.Container, pp, log)
 	st.report(nil)
 	log.Info().Stringer("addr", conn.LocalAddr()).Msg("listening")
 	return p.serve(ctx)
@@ -123,8 +148,11 @@ func recvPktInfo(c *net.UDPConn) error {
 func (p *udpProxy) serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { p.conn.Close() })
 	defer stop()
+	drops := &dropLog{every: p.dropLogEvery}
+	defer func() { drops.flush(p.log, p.unsent.Load()) }() // after the flows' closing lines
 	defer p.closeAll()
 	buf := make([]byte, udpBufferSize)
+	out := make([]byte, 0, udpBufferSize+maxV2Header)
 	oob := make([]byte, 128)
 	for {
 		n, oobn, _, client, err := p.conn.ReadMsgUDPAddrPort(buf, oob)
@@ -141,17 +169,14 @@ func (p *udpProxy) serve(ctx context.Context) error {
 			p.log.Warn().Err(err).Stringer("client", client).Msg("udp flow not opened")
 			continue
 		}
+		if f.headerErr != nil {
+			f.unsent.Add(1)
+			drops.add(p.log, p.unsent.Add(1), f, f.headerErr)
+			continue // never sent with a LOCAL header, nor none
+		}
 		msg := buf[:n]
-		if p.pp == conf.ProxyV2 {
-			h := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(f.client), net.UDPAddrFromAddrPort(f.local))
-			if !h.Command.IsProxy() {
-				continue // an address pair the header cannot carry; never sent as LOCAL
-			}
-			hdr, err := h.Format()
-			if err != nil {
-				continue
-			}
-			msg = append(hdr, msg...)
+		if f.header != nil {
+			msg = append(append(out[:0], f.header...), msg...)
 		}
 		f.last.Store(time.Now().UnixNano())
 		if _, err := f.up.Write(msg); err == nil {
@@ -193,6 +218,9 @@ func (p *udpProxy) flow(client, local netip.AddrPort) (*udpFlow, error) {
 		return nil, fmt.Errorf("connect to %s: %w", p.target, err)
 	}
 	f := &udpFlow{client: client, local: local, up: up, start: time.Now()}
+	if p.pp == conf.ProxyV2 {
+		f.header, f.headerErr = udpHeader(client, local)
+	}
 	f.last.Store(time.Now().UnixNano())
 	p.flows[client] = f
 	p.wg.Add(1)
@@ -261,6 +289,7 @@ func (p *udpProxy) end(f *udpFlow, reason string) {
 		Stringer("target", p.target).
 		Int64("bytes_from_client", f.sent.Load()).
 		Int64("bytes_to_client", f.recv.Load()).
+		Int64("datagrams_dropped", f.unsent.Load()).
 		Stringer("duration", time.Since(f.start)).
 		Str("reason", reason).
 		Msg("udp flow closed")
@@ -275,4 +304,75 @@ func (p *udpProxy) closeAll() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// maxV2Header is the length of the longest header udpHeader returns: v2
+// for IPv6, with no TLVs.
+const maxV2Header = 16 + 36
+
+// udpHeader returns the PROXY v2 header for datagrams from client to
+// local. Both ends are unmapped and lose their zones, which the header
+// has no room for. An invalid address or a pair of two families is an
+// error: such a datagram must not go out with a LOCAL header that hides
+// the client.
+func udpHeader(client, local netip.AddrPort) ([]byte, error) {
+	src := netip.AddrPortFrom(client.Addr().Unmap().WithZone(""), client.Port())
+	dst := netip.AddrPortFrom(local.Addr().Unmap().WithZone(""), local.Port())
+	if !src.Addr().IsValid() || !dst.Addr().IsValid() {
+		return nil, fmt.Errorf("cannot build PROXY header: invalid address in %s -> %s", client, local)
+	}
+	if src.Addr().Is4() != dst.Addr().Is4() {
+		return nil, fmt.Errorf("cannot build PROXY header: mixed families %s -> %s", src, dst)
+	}
+	want := proxyproto.UDPv6
+	if src.Addr().Is4() {
+		want = proxyproto.UDPv4
+	}
+	h := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst))
+	if h.Command != proxyproto.PROXY || h.TransportProtocol != want {
+		return nil, fmt.Errorf("cannot build PROXY header: %s -> %s would be sent as %v/%v", src, dst, h.Command, h.TransportProtocol)
+	}
+	b, err := h.Format()
+	if err != nil {
+		return nil, fmt.Errorf("cannot build PROXY header: %s -> %s: %w", src, dst, err)
+	}
+	return b, nil
+}
+
+// dropLog writes at most one line per every about datagrams dropped for
+// want of a header, each with the count since the line before. The serve
+// loop owns it.
+type dropLog struct {
+	every  time.Duration
+	last   time.Time // when the last line was written
+	logged int64     // the total at that line
+}
+
+// add notes a drop that brought the total to total, and writes a line if
+// the last is at least every old.
+func (d *dropLog) add(log zerolog.Logger, total int64, f *udpFlow, err error) {
+	now := time.Now()
+	if !d.last.IsZero() && now.Sub(d.last) < d.every {
+		return
+	}
+	log.Warn().Err(err).
+		Stringer("client", f.client).
+		Stringer("local", f.local).
+		Int64("dropped", total-d.logged).
+		Int64("dropped_total", total).
+		Stringer("interval", d.every).
+		Msg("udp datagrams dropped: no PROXY header can carry their addresses")
+	d.last, d.logged = now, total
+}
+
+// flush writes the drops no line has counted yet, when the proxy stops.
+func (d *dropLog) flush(log zerolog.Logger, total int64) {
+	if total == d.logged {
+		return
+	}
+	log.Warn().
+		Int64("dropped", total-d.logged).
+		Int64("dropped_total", total).
+		Msg("udp datagrams dropped: no PROXY header can carry their addresses")
+	d.logged = total
 }

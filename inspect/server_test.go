@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/bmp"
 	"github.com/bmpproxy/bmpproxy/inspect"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 func TestMain(m *testing.M) {
@@ -491,18 +493,32 @@ func TestMaxMessage(t *testing.T) {
 	}
 }
 
-// notifyListener reports each accepted connection on accepted.
+// notifyListener reports each accepted connection on accepted, wrapped
+// to count what the server has read from it.
 type notifyListener struct {
 	net.Listener
-	accepted chan struct{}
+	accepted chan *countingConn
 }
 
 func (l *notifyListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.accepted <- struct{}{}
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	cc := &countingConn{Conn: c}
+	l.accepted <- cc
+	return cc, nil
+}
+
+type countingConn struct {
+	net.Conn
+	read atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
 }
 
 func TestShutdownWithOpenConnections(t *testing.T) {
@@ -511,7 +527,7 @@ func TestShutdownWithOpenConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := &notifyListener{Listener: inner, accepted: make(chan struct{}, 8)}
+	ln := &notifyListener{Listener: inner, accepted: make(chan *countingConn, 8)}
 	out := &syncBuffer{}
 	srv := &inspect.Server{Out: out, JSON: true}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -526,6 +542,7 @@ func TestShutdownWithOpenConnections(t *testing.T) {
 		append(bytes.Clone(hdr), frr...),      // between messages
 	}
 	var conns []net.Conn
+	var served []*countingConn
 	for _, data := range sends {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -536,9 +553,16 @@ func TestShutdownWithOpenConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
-		<-ln.accepted
+		served = append(served, <-ln.accepted)
 	}
-	time.Sleep(100 * time.Millisecond) // let the handlers read what was sent
+	waitfor.True(t, "the handlers to read what was sent", func() bool {
+		for i, c := range served {
+			if c.read.Load() != int64(len(sends[i])) {
+				return false
+			}
+		}
+		return true
+	})
 
 	cancel()
 	select {

@@ -3,10 +3,12 @@ package sdnotify
 import (
 	"net"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,11 +72,16 @@ func TestMainPIDBarrier(t *testing.T) {
 	if got != "BARRIER=1" || len(fds) != 1 {
 		t.Fatalf("got %q with %d fds, want BARRIER=1 and one fd", got, len(fds))
 	}
-	select {
-	case err := <-done:
-		t.Fatalf("MainPID returned (%v) before the barrier was acknowledged", err)
-	case <-time.After(200 * time.Millisecond):
-	}
+	// Unacknowledged, MainPID waits in the barrier's poll; it has not
+	// returned while it is there.
+	waitfor.True(t, "MainPID to wait in the barrier's poll", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("MainPID returned (%v) before the barrier was acknowledged", err)
+		default:
+		}
+		return inBarrierPoll()
+	})
 	unix.Close(fds[0])
 	select {
 	case err := <-done:
@@ -92,4 +99,17 @@ func TestMainPIDBarrier(t *testing.T) {
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "did not answer within 300ms") {
 		t.Fatalf("unacknowledged barrier: %v", err)
 	}
+}
+
+// inBarrierPoll reports whether a goroutine is in the poll(2) of
+// Notifier.Barrier.
+func inBarrierPoll() bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, " [syscall") && strings.Contains(g, "unix.Ppoll(") && strings.Contains(g, "sdnotify.Notifier.Barrier(") {
+			return true
+		}
+	}
+	return false
 }

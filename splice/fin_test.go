@@ -3,8 +3,14 @@ package splice
 import (
 	"bytes"
 	"io"
+	"net"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
+	"golang.org/x/sys/unix"
 )
 
 // TestDataAndFINTogether sends a small message and the FIN back to back,
@@ -38,11 +44,11 @@ func TestDataAndFINTogether(t *testing.T) {
 				}
 				if tt.parked {
 					go func() { done <- p.Copy(r.out, r.in, nil) }()
-					time.Sleep(2 * time.Millisecond)
+					waitfor.True(t, "Copy to park", func() bool { return parkedIn("fill") })
 					send()
 				} else {
 					send()
-					time.Sleep(2 * time.Millisecond)
+					waitfor.True(t, "the data and the FIN to arrive", func() bool { return finReceived(t, r.in) })
 					go func() { done <- p.Copy(r.out, r.in, nil) }()
 				}
 				select {
@@ -62,4 +68,28 @@ func TestDataAndFINTogether(t *testing.T) {
 			}
 		})
 	}
+}
+
+// parkedIn reports whether a goroutine waits in the poller inside
+// (*direction).fn: "fill" found nothing to read, "drain" no room to write.
+func parkedIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, " [IO wait") && strings.Contains(g, "splice.(*direction)."+fn+"(") {
+			return true
+		}
+	}
+	return false
+}
+
+// finReceived reports whether c has received its peer's FIN (CLOSE_WAIT),
+// and so every byte sent before it.
+func finReceived(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	info, err := unix.GetsockoptTCPInfo(fdOf(t, c), unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State == unix.BPF_TCP_CLOSE_WAIT
 }

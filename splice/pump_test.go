@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"go.uber.org/goleak"
 )
 
@@ -229,18 +230,6 @@ func TestCopyFallback(t *testing.T) {
 	}
 }
 
-// waitFor polls cond for up to 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestIdleHoldsNoPipe checks that a direction parked on an idle source has
 // given its pipe back.
 func TestIdleHoldsNoPipe(t *testing.T) {
@@ -263,7 +252,7 @@ func TestIdleHoldsNoPipe(t *testing.T) {
 		if !bytes.Equal(buf[:len(msg)], msg) {
 			t.Fatal("payload mismatch")
 		}
-		waitFor(t, "the pipe to return to the pool", func() bool { return p.Stats().PipesInUse == 0 })
+		waitfor.True(t, "the pipe to return to the pool", func() bool { return p.Stats().PipesInUse == 0 })
 		if s := p.Stats(); s.PipesIdle != 1 || s.PipesCreated != 1 {
 			t.Fatalf("round %d: stats %+v; want one pipe, idle and reused", round, s)
 		}
@@ -308,8 +297,7 @@ func TestDirtyPipeIsClosed(t *testing.T) {
 		}
 	}()
 	// Stalled: the pipe is held and the sink is not reading.
-	waitFor(t, "a stalled pipe", func() bool { return p.Stats().PipesInUse == 1 })
-	time.Sleep(50 * time.Millisecond)
+	waitfor.True(t, "a stalled pipe", func() bool { return p.Stats().PipesInUse == 1 && parkedIn("drain") })
 	r.sink.SetLinger(0)
 	r.sink.Close() // RST
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
@@ -188,7 +189,7 @@ listeners:
 		}
 		c.CloseWrite()
 	}
-	waitUntil(t, "every stream to finish on the old target", func() bool { return col1.count(sum) == streams })
+	waitfor.Within(t, binaryWait, "every stream to finish on the old target", func() bool { return col1.count(sum) == streams })
 	for _, l := range p.waitLog(t, "connection closed", streams) {
 		if l["reason"] != "closed" || l["bytes_from_client"] != float64(len(payload)) {
 			t.Fatalf("closing line %v", l)

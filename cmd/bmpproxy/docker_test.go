@@ -217,6 +217,7 @@ func TestDockerModeFailures(t *testing.T) {
 		{"bad -proto", []string{"-proto", "icmp", "-host-ip", "127.0.0.1", "-host-port", "1", "-container-ip", "127.0.0.1", "-container-port", "2"}, "", "1\n-proto: unknown protocol \"icmp\" (want tcp, udp or sctp)"},
 		{"sctp", []string{"-proto", "sctp", "-host-ip", "127.0.0.1", "-host-port", "1", "-container-ip", "127.0.0.1", "-container-port", "2"}, "", "1\nsctp is not supported"},
 		{"bad rules file", base(), "rules:\n  - container_port: 5000\n    proxy_protocl: v2\n", "line 3: rules[0]: unknown field \"proxy_protocl\""},
+		{"v1 rule for udp", base(), "rules:\n  - proto: udp\n    proxy_protocol: v1\n", "line 3: rules[0].proxy_protocol: v1 has no UDP form (want v2 or none)"},
 		{"missing -container-ip", []string{"-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", "1", "-container-port", "2"}, "", "1\n-container-ip is required"},
 		{"listen fd missing", base("-use-listen-fd"), "", "1\n-use-listen-fd: fd 4 is not open"},
 	} {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"github.com/bmpproxy/bmpproxy/splice"
 )
 
@@ -74,7 +75,7 @@ func TestHeaderBytes(t *testing.T) {
 				t.Fatalf("echo %q", got)
 			}
 			want := tt.want(c.LocalAddr().(*net.TCPAddr).Port)
-			waitUntil(t, "the header", func() bool { return len(tg.Headers()) > i })
+			waitfor.Within(t, binaryWait, "the header", func() bool { return len(tg.Headers()) > i })
 			got := tg.Headers()[i]
 			if !bytes.Equal(got, want) {
 				t.Fatalf("header (%d bytes)\n got % x\nwant % x", len(got), got, want)
@@ -261,7 +262,7 @@ func TestIdleConnectionsFDs(t *testing.T) {
 	}
 	// Every connection has moved data both ways and is now idle.
 	var sockets, pipes int
-	waitUntil(t, "2 sockets per connection", func() bool {
+	waitfor.Within(t, binaryWait, "2 sockets per connection", func() bool {
 		sockets, pipes = p.fds(t)
 		pipes -= basePipes
 		return sockets-baseSockets == 2*conns
@@ -344,7 +345,7 @@ func TestSigtermDrains(t *testing.T) {
 	if _, err := io.ReadFull(busy, buf); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "both connections proxied", func() bool {
+	waitfor.Within(t, binaryWait, "both connections proxied", func() bool {
 		return len(tg.Headers()) == 2
 	})
 
@@ -396,7 +397,7 @@ func TestFDExhaustion(t *testing.T) {
 		}
 		open = append(open, c)
 	}
-	waitUntil(t, "fd exhaustion to show in the log", func() bool {
+	waitfor.Within(t, binaryWait, "fd exhaustion to show in the log", func() bool {
 		for _, l := range p.logs.match("accept failed") {
 			if l["fd_exhausted"] == true {
 				return true
@@ -413,7 +414,7 @@ func TestFDExhaustion(t *testing.T) {
 		c.Close()
 	}
 	// Once fds are free, a fresh connection goes through.
-	waitUntil(t, "a connection to succeed again", func() bool {
+	waitfor.Within(t, binaryWait, "a connection to succeed again", func() bool {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			return false

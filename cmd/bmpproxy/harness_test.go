@@ -20,6 +20,10 @@ import (
 	"go.uber.org/goleak"
 )
 
+// binaryWait bounds a wait on the real binary, built with -race and
+// sharing the machine with other tests.
+const binaryWait = 20 * time.Second
+
 // binPath is the bmpproxy binary built once for the end-to-end tests. It is
 // set by TestMain before any test runs and only read afterwards.
 func binPath() string { return os.Getenv("BMPPROXY_TEST_BINARY") }
@@ -288,15 +292,4 @@ func dialT(t *testing.T, network, addr string) *net.TCPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.TCPConn)
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // TestInspectThroughProxy runs the real proxy in front of the real
@@ -44,7 +46,7 @@ func TestInspectThroughProxy(t *testing.T) {
 				c.CloseWrite()
 				c.SetReadDeadline(time.Now().Add(10 * time.Second))
 				c.Read(make([]byte, 1)) // EOF once the inspector has closed
-				waitUntil(t, "the inspector's record", func() bool { return len(ins.out.all()) > i })
+				waitfor.Within(t, binaryWait, "the inspector's record", func() bool { return len(ins.out.all()) > i })
 				rec := ins.out.all()[i]
 				types := ""
 				for j, tc := range rec["bmp_types"].([]any) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // TestUpgradeAsPID1 runs bmpproxy as PID 1 of a PID namespace, as in a
@@ -36,7 +37,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 		t.Fatalf("bmpproxy runs as pid %d in its namespace, want 1", pid)
 	}
 	var init int // PID 1, as this namespace numbers it
-	waitUntil(t, "unshare's child", func() bool {
+	waitfor.Within(t, binaryWait, "unshare's child", func() bool {
 		kids := procfs.Children(cmd.Process.Pid)
 		if len(kids) > 0 {
 			init = kids[0]
@@ -67,12 +68,12 @@ func TestUpgradeAsPID1(t *testing.T) {
 
 	last := 1
 	for round := 1; round <= 2; round++ {
-		time.Sleep(200 * time.Millisecond)
+		streams(t, admin, len(routers))
 		// Always PID 1: the first time it upgrades itself, then it
 		// forwards the signal to the serving process.
 		syscall.Kill(init, syscall.SIGUSR2)
 		var pid int
-		waitUntil(t, "a new serving process", func() bool {
+		waitfor.Within(t, binaryWait, "a new serving process", func() bool {
 			pid, _ = adminVersion(t, admin)
 			return pid != last
 		})
@@ -84,7 +85,7 @@ func TestUpgradeAsPID1(t *testing.T) {
 	if n := len(p.logs.match("init: following the new serving process")); n != 1 {
 		t.Errorf("PID 1 followed %d handovers by MAINPID, want 1 (the second)", n)
 	}
-	time.Sleep(200 * time.Millisecond)
+	streams(t, admin, len(routers))
 	close(stop)
 	wg.Wait()
 	for _, r := range routers {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bmpproxy/bmpproxy/internal/testtarget"
-	"golang.org/x/sys/unix"
-
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
+	"golang.org/x/sys/unix"
 )
 
 // TestSystemdNotify runs the binary with a NOTIFY_SOCKET the test reads,
@@ -209,11 +210,13 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 			if len(n.fds) != 1 {
 				t.Fatalf("BARRIER=1 came with %d descriptors, want 1", len(n.fds))
 			}
-			// Unacknowledged, the predecessor must wait.
-			time.Sleep(500 * time.Millisecond)
-			if !procfs.Alive(pid0) {
-				t.Fatal("the predecessor exited before its barrier was acknowledged")
-			}
+			// Unacknowledged, the predecessor must wait: in ppoll(2), on
+			// the read end of the pipe whose write end came with
+			// BARRIER=1. That it stopped waiting because of the close,
+			// not a timeout, is checked below.
+			waitfor.Within(t, binaryWait, "the predecessor to wait on the barrier", func() bool {
+				return holdsPipe(t, pid0, n.fds[0]) && inPoll(pid0)
+			})
 			unix.Close(n.fds[0])
 		case strings.HasPrefix(got, "READY=1\nMAINPID="):
 			sawReady = true
@@ -227,7 +230,11 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if lines[0]["successor_pid"].(float64) != float64(succ) {
 		t.Fatalf("handed over to %v, MAINPID said %d", lines[0]["successor_pid"], succ)
 	}
-	waitUntil(t, "the predecessor to exit", func() bool { return !procfs.Alive(pid0) })
+	// The predecessor logs a barrier that timed out before that line.
+	if l := p.logs.match("upgrade: could not tell the service manager the new main pid"); len(l) != 0 {
+		t.Fatalf("the barrier was not answered by the close: %v", l[0])
+	}
+	waitfor.Within(t, binaryWait, "the predecessor to exit", func() bool { return !procfs.Alive(pid0) })
 
 	c.Write([]byte("after"))
 	c.CloseWrite()
@@ -239,5 +246,40 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if got := mgr.next(t).text; got != "STOPPING=1" {
 		t.Fatalf("on SIGTERM to the successor: %q", got)
 	}
-	waitUntil(t, "the successor to exit", func() bool { return !procfs.Alive(succ) })
+	waitfor.Within(t, binaryWait, "the successor to exit", func() bool { return !procfs.Alive(succ) })
+}
+
+// inPoll reports whether a thread of pid is in ppoll(2), which
+// unix.Poll calls and the Go runtime itself never does.
+func inPoll(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", pid))
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			continue
+		}
+		nr, _, _ := strings.Cut(string(b), " ")
+		if n, err := strconv.Atoi(nr); err == nil && n == unix.SYS_PPOLL {
+			return true
+		}
+	}
+	return false
+}
+
+// holdsPipe reports whether process pid has open the other end of the
+// pipe whose end this process holds as fd.
+func holdsPipe(t *testing.T, pid, fd int) bool {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("pipe:[%d]", st.Ino)
+	links, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, l := range links {
+		if dst, err := os.Readlink(l); err == nil && dst == want {
+			return true
+		}
+	}
+	return false
 }

@@ -24,9 +24,9 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/bmp"
-	"github.com/bmpproxy/bmpproxy/internal/testtarget"
-
 	"github.com/bmpproxy/bmpproxy/internal/procfs"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // buildVersion builds the binary with version stamped, as make release
@@ -183,8 +183,15 @@ func adminVersion(t *testing.T, admin string) (pid int, version string) {
 	return v.Pid, v.Version
 }
 
-// sessionStarts is GET /routers: each connected router's start time.
-func sessionStarts(t *testing.T, admin string) map[string]string {
+// session is a connected router's entry in GET /routers.
+type session struct {
+	since string // connected_since
+	bytes int64  // bytes_from_router
+}
+
+// connected is GET /routers: each connected router's session, the
+// connect loop's probes left out.
+func connected(t *testing.T, admin string) map[string]session {
 	t.Helper()
 	_, body := httpGet(t, "http://"+admin+"/routers")
 	var r struct {
@@ -193,24 +200,55 @@ func sessionStarts(t *testing.T, admin string) map[string]string {
 			State   string `json:"state"`
 			SysName string `json:"sys_name"`
 			Since   string `json:"connected_since"`
+			Bytes   int64  `json:"bytes_from_router"`
 		} `json:"routers"`
 	}
 	if err := json.Unmarshal([]byte(body), &r); err != nil {
 		t.Fatalf("/routers: %v\n%s", err, body)
 	}
-	out := map[string]string{}
+	out := map[string]session{}
 	for _, x := range r.Routers {
 		if x.State == "connected" && x.SysName != "probe" {
-			out[x.Router] = x.Since
+			out[x.Router] = session{since: x.Since, bytes: x.Bytes}
 		}
 	}
 	return out
 }
 
+// sessionStarts is each connected router's start time.
+func sessionStarts(t *testing.T, admin string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for r, s := range connected(t, admin) {
+		out[r] = s.since
+	}
+	return out
+}
+
+// streams waits until n sessions are connected and each has moved bytes
+// since: they stream under the process serving now.
+func streams(t *testing.T, admin string, n int) {
+	t.Helper()
+	var before map[string]session
+	waitfor.Within(t, binaryWait, fmt.Sprintf("%d sessions in /routers", n), func() bool {
+		before = connected(t, admin)
+		return len(before) == n
+	})
+	waitfor.Within(t, binaryWait, fmt.Sprintf("%d sessions to stream", n), func() bool {
+		moved := 0
+		for r, s := range connected(t, admin) {
+			if b, ok := before[r]; ok && s.bytes > b.bytes {
+				moved++
+			}
+		}
+		return moved == n
+	})
+}
+
 // waitExit waits for pid to be gone or a zombie.
 func waitExit(t *testing.T, pid int) {
 	t.Helper()
-	waitUntil(t, fmt.Sprintf("pid %d to exit", pid), func() bool { return !procfs.Alive(pid) })
+	waitfor.Within(t, binaryWait, fmt.Sprintf("pid %d to exit", pid), func() bool { return !procfs.Alive(pid) })
 }
 
 // TestUpgradeUnderLoad is the zero-drop upgrade: 50 BMP sessions stream
@@ -268,16 +306,16 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 	t.Cleanup(stopAll)
 
-	waitUntil(t, "50 sessions in /routers", func() bool { return len(sessionStarts(t, admin)) == sessions })
+	waitfor.Within(t, binaryWait, "50 sessions in /routers", func() bool { return len(sessionStarts(t, admin)) == sessions })
 	before := sessionStarts(t, admin)
-	time.Sleep(300 * time.Millisecond)
+	streams(t, admin, sessions)
 
 	// upgraded waits until the admin listener answers from a new process
 	// with version, and the old one has exited.
 	upgraded := func(how string, old int, version string) int {
 		t.Helper()
 		var pid int
-		waitUntil(t, how+": a new pid on /version", func() bool {
+		waitfor.Within(t, binaryWait, how+": a new pid on /version", func() bool {
 			pid, _ = adminVersion(t, admin)
 			return pid != old
 		})
@@ -285,7 +323,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Fatalf("%s: /version says %q, want %s", how, v, version)
 		}
 		waitExit(t, old)
-		time.Sleep(300 * time.Millisecond) // stream under the new process
+		streams(t, admin, sessions)
 		return pid
 	}
 
@@ -338,7 +376,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if e, _ := failed["error"].(string); !strings.Contains(e, "exit status 1") {
 		t.Errorf("the failure line says %q; want the successor's exit status", e)
 	}
-	time.Sleep(300 * time.Millisecond)
+	streams(t, admin, sessions)
 	if pid, _ := adminVersion(t, admin); pid != pid3 {
 		t.Fatalf("after the failed upgrade pid %d serves, want %d", pid, pid3)
 	}
@@ -370,8 +408,16 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		}
 		return lines
 	}
-	waitUntil(t, "a closing line per session", func() bool { return len(closedBMP()) >= sessions })
-	time.Sleep(100 * time.Millisecond) // a second line for a session would show now
+	waitfor.Within(t, binaryWait, "a closing line per session", func() bool { return len(closedBMP()) >= sessions })
+	// A second line for a session would be in by the end of the log: when
+	// the last process has exited and its stderr is closed.
+	syscall.Kill(pid3, syscall.SIGTERM)
+	waitExit(t, pid3)
+	select {
+	case <-p.done:
+	case <-time.After(binaryWait):
+		t.Fatal("stderr still open after the last process exited")
+	}
 	if lines := closedBMP(); len(lines) != sessions {
 		t.Errorf("%d closing lines for the %d sessions", len(lines), sessions)
 	}
@@ -380,8 +426,6 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Errorf("closing line %v", l)
 		}
 	}
-	syscall.Kill(pid3, syscall.SIGTERM)
-	waitExit(t, pid3)
 }
 
 // TestUpgradeRefusedBySuccessor: a successor that cannot load the

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/bmp"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"golang.org/x/sys/unix"
 )
 
@@ -388,7 +389,7 @@ listeners:
 			t.Errorf("spoofed connection got %q", b)
 		}
 	})
-	waitFor(t, "the refusal line", func() bool { return strings.Contains(inner.String(), "not in accept_proxy_from") })
+	waitfor.True(t, "the refusal line", func() bool { return strings.Contains(inner.String(), "not in accept_proxy_from") })
 	echo6.mu.Lock()
 	after := len(echo6.peers)
 	echo6.mu.Unlock()
@@ -412,17 +413,6 @@ func (tp *topo) startIn(ns, cfg string) *proxyProc {
 	return tp.startProxy(cfg)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // pmbmpdSees runs pmacct's pmbmpd in the collector namespace, with no
 // PROXY parsing, and checks that it records each router under its own
 // address.
@@ -440,22 +430,24 @@ func pmbmpdSees(t *testing.T, tp *topo) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	time.Sleep(500 * time.Millisecond)
+	waitfor.True(t, "pmbmpd to listen", func() bool {
+		out, _ := exec.Command("ip", "netns", "exec", tp.col, "ss", "-Hltn", "sport = :7001").Output()
+		return len(bytes.TrimSpace(out)) > 0
+	})
 	for _, tc := range []struct{ proxy, name, want string }{
 		{"[" + hubR6 + "]:5001", "edge-v6", rtr6},
 		{hubR4 + ":5001", "edge-v4", rtr4},
 	} {
-		inNS(t, tp.rtr, func() {
-			c, err := net.DialTimeout("tcp", tc.proxy, 5*time.Second)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer c.Close()
-			c.Write(bmp.EncodeInitiation("test router", tc.name))
-			time.Sleep(300 * time.Millisecond)
-		})
-		waitFor(t, "pmbmpd to log "+tc.name, func() bool {
+		// Dialed in the router's namespace; the socket stays there. It
+		// is open until pmbmpd has logged the router.
+		var c net.Conn
+		var err error
+		inNS(t, tp.rtr, func() { c, err = net.DialTimeout("tcp", tc.proxy, 5*time.Second) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(bmp.EncodeInitiation("test router", tc.name))
+		waitfor.True(t, "pmbmpd to log "+tc.name, func() bool {
 			b, _ := os.ReadFile(log)
 			for _, line := range strings.Split(string(b), "\n") {
 				if strings.Contains(line, `"bmp_init_info_sysname": "`+tc.name+`"`) {
@@ -467,6 +459,7 @@ func pmbmpdSees(t *testing.T, tp *topo) {
 			}
 			return false
 		})
+		c.Close()
 	}
 }
 
@@ -495,7 +488,7 @@ listeners:
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		io.ReadAll(c)
 	})
-	waitFor(t, "the dial failure", func() bool { return strings.Contains(p.String(), `"reason":"dial failed"`) })
+	waitfor.True(t, "the dial failure", func() bool { return strings.Contains(p.String(), `"reason":"dial failed"`) })
 	if !strings.Contains(p.String(), "set up the return routing with 'bmpproxy transparent-setup'") {
 		t.Fatalf("no hint in:\n%s", p)
 	}
