@@ -13,6 +13,7 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
@@ -225,7 +226,7 @@ func TestMaxConnections(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	a.Close()
-	waitFor(t, "a slot to free", func() bool { return ts.Stats().Active == 1 })
+	waitfor.True(t, "a slot to free", func() bool { return ts.Stats().Active == 1 })
 	echo(dial(t, "tcp", ts.addrs[0].String()))
 }
 
@@ -253,7 +254,7 @@ func TestReload(t *testing.T) {
 		c.Write(payload[:len(payload)/2])
 		conns = append(conns, c)
 	}
-	waitFor(t, "streams to be set up", func() bool { return ts.Stats().Active == streams })
+	waitfor.True(t, "streams to be set up", func() bool { return ts.Stats().Active == streams })
 
 	next := &conf.Config{Listeners: []conf.Listener{
 		{Name: "a", Listen: []netip.AddrPort{ap(addrA)}, Target: t2},

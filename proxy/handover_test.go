@@ -19,6 +19,7 @@ import (
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"golang.org/x/sys/unix"
 )
 
@@ -151,7 +152,7 @@ func TestHandover(t *testing.T) {
 			half.Write([]byte("half"))
 			half.CloseWrite()
 
-			waitFor(t, "every connection set up", func() bool { return cur.Stats().Active == streams+1 })
+			waitfor.True(t, "every connection set up", func() bool { return cur.Stats().Active == streams+1 })
 			cur.mu.Lock()
 			for c := range cur.conns {
 				starts[c.id] = c.start
@@ -164,7 +165,7 @@ func TestHandover(t *testing.T) {
 				// park: wait for both.
 				moved := cur.ListenerStats()[0].BytesFromClient
 				parks := cur.Stats().Parks
-				waitFor(t, "bytes to move and a direction to park", func() bool {
+				waitfor.True(t, "bytes to move and a direction to park", func() bool {
 					return cur.ListenerStats()[0].BytesFromClient > moved && cur.Stats().Parks > parks
 				})
 				var next *testServer
@@ -198,7 +199,7 @@ func TestHandover(t *testing.T) {
 					t.Errorf("stream %d: %v; hash match %v", i, r.err, r.got == r.sent)
 				}
 			}
-			waitFor(t, "every closing line", func() bool { return len(lines)+len(cur.logs.closed()) >= streams+1 })
+			waitfor.True(t, "every closing line", func() bool { return len(lines)+len(cur.logs.closed()) >= streams+1 })
 			lines = append(lines, cur.logs.closed()...)
 			seen := map[float64]bool{}
 			for _, l := range lines {
@@ -252,7 +253,7 @@ func TestHandoverRollback(t *testing.T) {
 				wg.Add(1)
 				go runEchoStream(dial(t, "tcp", addr), randomBytes(t, 48<<10), 4<<10, 20*time.Millisecond, &results[i], &wg)
 			}
-			waitFor(t, "every connection set up", func() bool { return rs.Stats().Active == streams })
+			waitfor.True(t, "every connection set up", func() bool { return rs.Stats().Active == streams })
 			err := rs.Upgrade(context.Background(), tc.handoff(t, cfg))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Upgrade = %v, want %q", err, tc.want)
@@ -307,7 +308,7 @@ func TestFreezeTimeout(t *testing.T) {
 	// Wait until the pump is stuck writing: the target advertises a zero
 	// window, which lasts until it reads, and the up direction holds a
 	// pipe, which it does only with bytes in it.
-	waitFor(t, "the proxy to stall on the target with bytes in a pipe", func() bool {
+	waitfor.True(t, "the proxy to stall on the target with bytes in a pipe", func() bool {
 		return zeroWindow(t, rs.Server) && rs.Stats().Splice.PipesInUse > 0
 	})
 	err := rs.Upgrade(context.Background(), func(context.Context, *Snapshot) error {

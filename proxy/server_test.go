@@ -20,6 +20,7 @@ import (
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
@@ -60,19 +61,8 @@ func (l *logSink) closed() []map[string]any {
 
 func (l *logSink) waitClosed(t *testing.T, n int) []map[string]any {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d closing log lines", n), func() bool { return len(l.closed()) >= n })
+	waitfor.True(t, fmt.Sprintf("%d closing log lines", n), func() bool { return len(l.closed()) >= n })
 	return l.closed()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // testServer runs a Server on loopback and returns its listening
@@ -315,7 +305,7 @@ func TestIdleConnectionsHoldNoPipe(t *testing.T) {
 			t.Fatalf("conn %d: echo mismatch: %v", i, err)
 		}
 	}
-	waitFor(t, "pipes to return", func() bool { return ts.Stats().Splice.PipesInUse == 0 })
+	waitfor.True(t, "pipes to return", func() bool { return ts.Stats().Splice.PipesInUse == 0 })
 	st := ts.Stats()
 	if st.Active != n || st.Splice.BytesSpliced != 2*n*512 || st.Splice.PipesIdle > splice.DefaultMaxIdle {
 		t.Fatalf("stats %+v", st)
@@ -369,11 +359,11 @@ func TestShutdownDrains(t *testing.T) {
 	ts := startServer(t, cfg, nil)
 	finishing := dial(t, "tcp", ts.addrs[0].String())
 	idle := dial(t, "tcp", ts.addrs[0].String())
-	waitFor(t, "two connections", func() bool { return ts.Stats().Active == 2 })
+	waitfor.True(t, "two connections", func() bool { return ts.Stats().Active == 2 })
 
 	ts.cancel()
 	// The listener closes at once.
-	waitFor(t, "draining to start", func() bool {
+	waitfor.True(t, "draining to start", func() bool {
 		ts.logs.mu.Lock()
 		defer ts.logs.mu.Unlock()
 		for _, l := range ts.logs.lines {
@@ -521,12 +511,12 @@ func TestIdleParking(t *testing.T) {
 		conns[i] = dial(t, "tcp", ts.addrs[0].String())
 		roundTrip(i, "hello")
 	}
-	waitFor(t, "every direction parked", func() bool { return ts.Stats().Parked == 2*n })
+	waitfor.True(t, "every direction parked", func() bool { return ts.Stats().Parked == 2*n })
 	// Data wakes a parked direction; the reply wakes the other.
 	for i := range conns {
 		roundTrip(i, fmt.Sprintf("again %d", i))
 	}
-	waitFor(t, "parked again", func() bool { return ts.Stats().Parked == 2*n })
+	waitfor.True(t, "parked again", func() bool { return ts.Stats().Parked == 2*n })
 	// A half-close wakes the client's direction, which passes it on.
 	conns[0].CloseWrite()
 	if rest, err := io.ReadAll(conns[0]); err != nil || len(rest) != 0 {
@@ -570,7 +560,7 @@ func TestKeepAlive(t *testing.T) {
 			c := dial(t, "tcp", ts.addrs[0].String())
 			c.Write([]byte("x"))
 			io.ReadFull(c, make([]byte, 1))
-			waitFor(t, "both directions parked", func() bool { return ts.Stats().Parked == 2 })
+			waitfor.True(t, "both directions parked", func() bool { return ts.Stats().Parked == 2 })
 			ts.mu.Lock()
 			var pc *conn
 			for k := range ts.conns {
