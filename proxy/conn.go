@@ -168,7 +168,7 @@ func (s *Server) setup(job setupJob) {
 		s.finish(c)
 		return
 	}
-	if o.BMPCheck() {
+	if o.BMP {
 		pre, info, err := bmpPrecheck(nc, in.pre, o.BMPTimeout)
 		if err != nil {
 			s.countRefusal(o, err)

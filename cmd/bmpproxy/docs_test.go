@@ -188,8 +188,11 @@ func TestBashCompletion(t *testing.T) {
 	if got := complete("bmpproxy", ""); !has(got, "inspect") || !has(got, "check") || !has(got, "transparent-setup") {
 		t.Errorf("bmpproxy <TAB>: %q, want the subcommands", got)
 	}
-	if got := complete("bmpproxy", "--adm"); len(got) != 1 || got[0] != "--admin-listen" {
-		t.Errorf("bmpproxy --adm<TAB>: %q, want --admin-listen", got)
+	if got := complete("bmpproxy", "--admin-l"); len(got) != 1 || got[0] != "--admin-listen" {
+		t.Errorf("bmpproxy --admin-l<TAB>: %q, want --admin-listen", got)
+	}
+	if got := complete("bmpproxy", "--adm"); len(got) != 2 || !has(got, "--admin-listen") || !has(got, "--admin-token-file") {
+		t.Errorf("bmpproxy --adm<TAB>: %q, want --admin-listen and --admin-token-file", got)
 	}
 	if got := complete("bmpproxy", "inspect", "--js"); len(got) != 1 || got[0] != "--json" {
 		t.Errorf("bmpproxy inspect --js<TAB>: %q, want --json", got)
