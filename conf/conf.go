@@ -30,7 +30,7 @@ const (
 	ProxyTransparent ProxyProtocol = "transparent"
 )
 
-// ParseProxyProtocol parses "v2", "v1" or "none".
+// ParseProxyProtocol parses "v2", "v1", "none" or "transparent".
 func ParseProxyProtocol(s string) (ProxyProtocol, error) {
 	switch p := ProxyProtocol(s); p {
 	case ProxyV2, ProxyV1, ProxyNone, ProxyTransparent:
@@ -52,6 +52,9 @@ const (
 	MinProxyHeaderTimeout = 3 * time.Second
 
 	DefaultBMPTimeout = 10 * time.Second
+
+	// DefaultMaxPipes is the splice package's own default.
+	DefaultMaxPipes = 1024
 
 	DefaultTransparentMark  = 1
 	DefaultTransparentTable = 100
@@ -169,19 +172,19 @@ func parsePort(s string) (uint16, error) {
 }
 
 // Listener is one port mapping: the addresses it accepts on and the target
-// it forwards to.
+// it forwards to. DefaultListener has every default; ApplyDefaults reads a
+// zero field as unset.
 type Listener struct {
-	// Name identifies the listener in logs. Empty means "default" after
-	// ApplyDefaults.
+	// Name identifies the listener in logs. Unset, it is "default" for
+	// the only listener and "listenerN" for the Nth.
 	Name string
 	// Listen holds the addresses to accept on. See ParseListen.
 	Listen []netip.AddrPort
 	// Target is dialed once per accepted connection.
 	Target Target
-	// ProxyProtocol is the header sent to the target. Empty means v2.
+	// ProxyProtocol is the header sent to the target.
 	ProxyProtocol ProxyProtocol
-	// ConnectTimeout bounds name resolution and connect. Zero means
-	// DefaultConnectTimeout.
+	// ConnectTimeout bounds name resolution and connect. It is positive.
 	ConnectTimeout time.Duration
 	// Allow lists the client prefixes that may connect. Empty means any.
 	// A client outside them is refused before anything is dialed. For a
@@ -195,36 +198,26 @@ type Listener struct {
 	// expected, and leading bytes are payload whatever they look like.
 	AcceptProxyFrom Prefixes
 	// ProxyHeaderTimeout bounds the wait for a trusted proxy's header.
-	// Zero means DefaultProxyHeaderTimeout.
 	ProxyHeaderTimeout time.Duration
 	// MaxConnections bounds the open connections; a connection beyond it
-	// is closed at once. Zero means no bound.
+	// is closed at once. Zero means no bound, which a file writes as
+	// "none".
 	MaxConnections int
 	// TransparentMark is the SO_MARK of target sockets dialed
-	// transparently, which the return routing matches. Zero means
-	// DefaultTransparentMark.
+	// transparently, which the return routing matches. It is at least 1.
 	TransparentMark uint32
 	// KeepAlive is TCP keepalive on both sockets of each connection.
 	KeepAlive KeepAlive
-	// Log overrides the top-level log settings for this listener's lines;
-	// empty fields inherit them.
+	// Log holds the log settings for this listener's lines. Unset fields
+	// inherit the top level's.
 	Log Log
 	// BMP turns on the BMP pre-check: before the target is dialed, the
 	// first BMP message header must arrive within BMPTimeout and be valid,
-	// and an Initiation message is read for the router's name. Nil means
-	// on for a listener whose name contains "bmp", off otherwise.
-	BMP *bool
-	// BMPTimeout bounds the wait for the first BMP message. Zero means
-	// DefaultBMPTimeout.
+	// and an Initiation message is read for the router's name.
+	BMP bool
+	// BMPTimeout bounds the wait for the first BMP message. It is
+	// positive.
 	BMPTimeout time.Duration
-}
-
-// BMPCheck reports whether the BMP pre-check is on; see BMP.
-func (l *Listener) BMPCheck() bool {
-	if l.BMP != nil {
-		return *l.BMP
-	}
-	return strings.Contains(strings.ToLower(l.Name), "bmp")
 }
 
 // Prefixes is a list of address prefixes, as allow lists hold them.
@@ -243,25 +236,22 @@ func (ps Prefixes) Contains(a netip.Addr) bool {
 // KeepAlive configures TCP keepalive probes. With the defaults a peer that
 // vanishes is detected after Idle + Count × Interval, about 2.5 minutes.
 type KeepAlive struct {
-	// Disabled turns keepalive off.
+	// Disabled turns keepalive off; the other fields then do nothing.
 	Disabled bool
-	// Idle is the quiet time before the first probe. Zero means
-	// DefaultKeepAliveIdle.
+	// Idle is the quiet time before the first probe.
 	Idle time.Duration
-	// Interval is the time between probes. Zero means
-	// DefaultKeepAliveInterval.
+	// Interval is the time between probes.
 	Interval time.Duration
 	// Count is the number of unanswered probes before the connection is
-	// dropped. Zero means DefaultKeepAliveCount.
+	// dropped.
 	Count int
 }
 
 // Log selects log level and format.
 type Log struct {
-	// Level is a zerolog level name: trace, debug, info, warn, error.
-	// Empty means DefaultLogLevel.
+	// Level is a level name; see LevelNames.
 	Level string
-	// Format is "json" or "console". Empty means DefaultLogFormat.
+	// Format is "json" or "console".
 	Format string
 }
 
@@ -269,20 +259,19 @@ type Log struct {
 type Splice struct {
 	// Disabled forces the userspace copy for every connection.
 	Disabled bool
-	// MaxPipes bounds the pipes that exist at once. Zero means the splice
-	// package's default.
+	// MaxPipes bounds the pipes that exist at once. It is positive.
 	MaxPipes int
 }
 
-// Config is a whole bmpproxy configuration.
+// Config is a whole bmpproxy configuration. Default has every top-level
+// default; ApplyDefaults reads a zero field as unset.
 type Config struct {
 	Listeners []Listener
 	// Admin is the address of the HTTP admin listener. The zero value
 	// means none.
 	Admin netip.AddrPort
-	// AdminTokenFile, if set, is the file holding the bearer token that
-	// the admin listener's state-changing endpoints (POST /upgrade)
-	// require. Empty means none: they are served only on a loopback Admin.
+	// AdminTokenFile is the path of the file that holds the admin
+	// listener's token. Empty means none.
 	AdminTokenFile string
 	// TransparentSetup, if set, is the return-routing case ("loopback",
 	// "namespace" or "docker") that bmpproxy applies, idempotently, at
@@ -290,76 +279,12 @@ type Config struct {
 	// It is never removed automatically.
 	TransparentSetup string
 	// TransparentTable is the routing table the return routing uses.
-	// Zero means DefaultTransparentTable.
 	TransparentTable int
 	// DrainTimeout is how long open connections may run after a stop
-	// signal before they are closed. Zero means DefaultDrainTimeout; a
-	// negative value closes them at once.
+	// signal before they are closed. Zero closes them at once.
 	DrainTimeout time.Duration
 	Log          Log
 	Splice       Splice
-}
-
-// ApplyDefaults fills every zero field that has a default.
-func (c *Config) ApplyDefaults() {
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = DefaultDrainTimeout
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = DefaultLogLevel
-	}
-	if c.Log.Format == "" {
-		c.Log.Format = DefaultLogFormat
-	}
-	if c.TransparentTable == 0 {
-		c.TransparentTable = DefaultTransparentTable
-	}
-	for i := range c.Listeners {
-		l := &c.Listeners[i]
-		if l.Name == "" {
-			if len(c.Listeners) == 1 {
-				l.Name = "default"
-			} else {
-				l.Name = "listener" + strconv.Itoa(i)
-			}
-		}
-		if l.ProxyProtocol == "" {
-			l.ProxyProtocol = ProxyV2
-		}
-		if l.ConnectTimeout == 0 {
-			l.ConnectTimeout = DefaultConnectTimeout
-		}
-		if l.ProxyHeaderTimeout == 0 {
-			l.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
-		}
-		if l.BMP == nil {
-			on := l.BMPCheck()
-			l.BMP = &on
-		}
-		if l.BMPTimeout == 0 {
-			l.BMPTimeout = DefaultBMPTimeout
-		}
-		if l.TransparentMark == 0 {
-			l.TransparentMark = DefaultTransparentMark
-		}
-		if l.Log.Level == "" {
-			l.Log.Level = c.Log.Level
-		}
-		if l.Log.Format == "" {
-			l.Log.Format = c.Log.Format
-		}
-		if !l.KeepAlive.Disabled {
-			if l.KeepAlive.Idle == 0 {
-				l.KeepAlive.Idle = DefaultKeepAliveIdle
-			}
-			if l.KeepAlive.Interval == 0 {
-				l.KeepAlive.Interval = DefaultKeepAliveInterval
-			}
-			if l.KeepAlive.Count == 0 {
-				l.KeepAlive.Count = DefaultKeepAliveCount
-			}
-		}
-	}
 }
 
 // Validate reports every problem at once, each prefixed with its path, for
@@ -378,8 +303,11 @@ func (c *Config) Validate() error {
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		add("log.level", "%v", err)
 	}
-	if c.Splice.MaxPipes < 0 {
-		add("splice.max_pipes", "must not be negative, got %d", c.Splice.MaxPipes)
+	if c.DrainTimeout < 0 {
+		add("drain_timeout", "must not be negative, got %s (0s closes connections at once)", c.DrainTimeout)
+	}
+	if c.Splice.MaxPipes <= 0 {
+		add("splice.max_pipes", "must be positive, got %d", c.Splice.MaxPipes)
 	}
 	if c.TransparentSetup != "" {
 		if err := netsetup.CheckCase(c.TransparentSetup); err != nil {
@@ -442,13 +370,13 @@ func (c *Config) Validate() error {
 		if _, err := ParseProxyProtocol(string(l.ProxyProtocol)); err != nil {
 			add(p+".proxy_protocol", "%v", err)
 		}
-		if l.ConnectTimeout < 0 {
+		if l.ConnectTimeout <= 0 {
 			add(p+".connect_timeout", "must be positive, got %s", l.ConnectTimeout)
 		}
 		if len(l.AcceptProxyFrom) > 0 && l.ProxyHeaderTimeout < MinProxyHeaderTimeout {
 			add(p+".proxy_header_timeout", "must be at least %s, got %s", MinProxyHeaderTimeout, l.ProxyHeaderTimeout)
 		}
-		if l.BMPTimeout < 0 {
+		if l.BMPTimeout <= 0 {
 			add(p+".bmp_timeout", "must be positive, got %s", l.BMPTimeout)
 		}
 		if l.MaxConnections < 0 {

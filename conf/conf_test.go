@@ -87,7 +87,7 @@ func TestDefaultsAndValidate(t *testing.T) {
 	}
 	l := c.Listeners[0]
 	if l.Name != "default" || l.ProxyProtocol != ProxyV2 || l.ConnectTimeout != DefaultConnectTimeout ||
-		c.DrainTimeout != DefaultDrainTimeout || c.Log.Level != "info" || c.Log.Format != "json" {
+		c.DrainTimeout != 0 || c.Splice.MaxPipes != DefaultMaxPipes || c.Log.Level != "info" || c.Log.Format != "json" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 
@@ -102,7 +102,7 @@ func TestDefaultsAndValidate(t *testing.T) {
 	bad.ApplyDefaults()
 	want := `log.format: unknown format "xml" (want json or console)
 log.level: unknown level "loud" (want one of trace, debug, info, warn, error, disabled)
-splice.max_pipes: must not be negative, got -1
+splice.max_pipes: must be positive, got -1
 listeners[0].listen[1]: [::]:5000 is already used by listeners[0].listen[0]
 listeners[0].target: missing
 listeners[0].proxy_protocol: unknown proxy protocol "v9" (want v2, v1, none or transparent)
@@ -113,7 +113,7 @@ listeners[1].target: missing`
 	if err := bad.Validate(); err == nil || err.Error() != want {
 		t.Fatalf("Validate() =\n%v\nwant\n%s", err, want)
 	}
-	if err := (&Config{Log: Log{Level: "info", Format: "json"}}).Validate(); err == nil || err.Error() != "listeners: at least one listener is required" {
+	if err := Default().Validate(); err == nil || err.Error() != "listeners: at least one listener is required" {
 		t.Fatalf("empty config: %v", err)
 	}
 }

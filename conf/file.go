@@ -51,10 +51,11 @@ func readFile(what, path string) ([]byte, error) {
 	return data, nil
 }
 
-// Parse decodes a YAML configuration, applies defaults and validates it.
-// Decoding is strict: an unknown or repeated key is an error. Every problem
-// is reported, joined, each as a *FieldError with the line it is on, for
-// example
+// Parse decodes a YAML configuration and validates it. Decoding starts
+// from the defaults, so that a default applies only to a key that is
+// absent, and a zero in the file means zero. It is strict: an unknown or
+// repeated key is an error. Every problem is reported, joined, each as a
+// *FieldError with the line it is on, for example
 //
 //	line 14: listeners[2]: unknown field "proxy_protocl"
 //	line 9: listeners[2].target: missing port in "collector"
@@ -74,17 +75,16 @@ func Parse(data []byte) (*Config, error) {
 	if len(doc.Content) == 0 {
 		return nil, &FieldError{Err: errors.New("empty file: at least one listener is required")}
 	}
-	d := &decoder{lines: map[string]int{}}
-	var c Config
-	d.config(doc.Content[0], &c)
-	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
+	d := newDecoder()
+	c := Default()
+	configSettings().decode(d, doc.Content[0], "", c)
+	if err := c.Complete(); err != nil {
 		d.locate(err)
 	}
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)
 	}
-	return &c, nil
+	return c, nil
 }
 
 // unquotedV6 finds the commonest YAML mistake in a bmpproxy file: an
@@ -116,6 +116,8 @@ type decoder struct {
 	errs  []error
 	lines map[string]int // path → line of its value
 }
+
+func newDecoder() *decoder { return &decoder{lines: map[string]int{}} }
 
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
 	d.errs = append(d.errs, &FieldError{Line: n.Line, Path: path, Err: fmt.Errorf(format, args...)})
@@ -258,16 +260,24 @@ func (d *decoder) duration(n *yaml.Node, path string, dst *time.Duration) {
 }
 
 func (d *decoder) integer(n *yaml.Node, path string, dst *int) {
-	s, ok := d.scalar(n, path, "a whole number")
+	if v, ok := d.wholeNumber(n, path, "a whole number"); ok {
+		*dst = v
+	}
+}
+
+// wholeNumber returns n as a whole number, or reports that it is not
+// what want describes.
+func (d *decoder) wholeNumber(n *yaml.Node, path, want string) (int, bool) {
+	s, ok := d.scalar(n, path, want)
 	if !ok {
-		return
+		return 0, false
 	}
 	v, err := strconv.Atoi(s)
 	if err != nil || n.Tag != "!!int" {
-		d.fail(n, path, "want a whole number, got %q", s)
-		return
+		d.fail(n, path, "want %s, got %q", want, s)
+		return 0, false
 	}
-	*dst = v
+	return v, true
 }
 
 func (d *decoder) boolean(n *yaml.Node, path string, dst *bool) {
@@ -323,125 +333,6 @@ func (d *decoder) prefixes(n *yaml.Node, path string, dst *Prefixes) {
 			return
 		}
 		*dst = append(*dst, pfx)
-	})
-}
-
-func (d *decoder) config(n *yaml.Node, c *Config) {
-	d.mapping(n, "", map[string]func(*yaml.Node, string){
-		"listeners": func(v *yaml.Node, p string) { c.Listeners = decodeList(d, v, p, "listeners", d.listener) },
-		"admin": func(v *yaml.Node, p string) {
-			s, ok := d.scalar(v, p, `an address such as "127.0.0.1:9180"`)
-			if !ok {
-				return
-			}
-			a, err := ParseListen(s)
-			if err != nil {
-				d.fail(v, p, "%v", err)
-				return
-			}
-			c.Admin = a
-		},
-		"admin_token_file":  func(v *yaml.Node, p string) { d.str(v, p, &c.AdminTokenFile) },
-		"drain_timeout":     func(v *yaml.Node, p string) { d.duration(v, p, &c.DrainTimeout) },
-		"transparent_setup": func(v *yaml.Node, p string) { d.str(v, p, &c.TransparentSetup) },
-		"transparent_table": func(v *yaml.Node, p string) { d.integer(v, p, &c.TransparentTable) },
-		"log":               func(v *yaml.Node, p string) { d.log(v, p, &c.Log) },
-		"splice": func(v *yaml.Node, p string) {
-			d.mapping(v, p, map[string]func(*yaml.Node, string){
-				"disabled":  func(v *yaml.Node, p string) { d.boolean(v, p, &c.Splice.Disabled) },
-				"max_pipes": func(v *yaml.Node, p string) { d.integer(v, p, &c.Splice.MaxPipes) },
-			})
-		},
-	})
-}
-
-func (d *decoder) log(n *yaml.Node, path string, l *Log) {
-	d.mapping(n, path, map[string]func(*yaml.Node, string){
-		"level":  func(v *yaml.Node, p string) { d.str(v, p, &l.Level) },
-		"format": func(v *yaml.Node, p string) { d.str(v, p, &l.Format) },
-	})
-}
-
-func (d *decoder) listener(n *yaml.Node, path string, l *Listener) {
-	d.mapping(n, path, map[string]func(*yaml.Node, string){
-		"name": func(v *yaml.Node, p string) { d.str(v, p, &l.Name) },
-		"listen": func(v *yaml.Node, p string) {
-			d.list(v, p, func(v *yaml.Node, p string) {
-				s, ok := d.scalar(v, p, `an address such as "[::]:5000"`)
-				if !ok {
-					return
-				}
-				a, err := ParseListen(s)
-				if err != nil {
-					d.fail(v, p, "%v", err)
-					return
-				}
-				l.Listen = append(l.Listen, a)
-			})
-		},
-		"target": func(v *yaml.Node, p string) {
-			s, ok := d.scalar(v, p, `an address such as "collector:5000"`)
-			if !ok {
-				return
-			}
-			t, err := ParseTarget(s)
-			if err != nil {
-				d.fail(v, p, "%v", err)
-				return
-			}
-			l.Target = t
-		},
-		"proxy_protocol": func(v *yaml.Node, p string) {
-			s, ok := d.scalar(v, p, "v2, v1, none or transparent")
-			if !ok {
-				return
-			}
-			pp, err := ParseProxyProtocol(s)
-			if err != nil {
-				d.fail(v, p, "%v", err)
-				return
-			}
-			l.ProxyProtocol = pp
-		},
-		"allow":                func(v *yaml.Node, p string) { d.prefixes(v, p, &l.Allow) },
-		"accept_proxy_from":    func(v *yaml.Node, p string) { d.prefixes(v, p, &l.AcceptProxyFrom) },
-		"proxy_header_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &l.ProxyHeaderTimeout) },
-		"max_connections":      func(v *yaml.Node, p string) { d.integer(v, p, &l.MaxConnections) },
-		"connect_timeout":      func(v *yaml.Node, p string) { d.duration(v, p, &l.ConnectTimeout) },
-		"tcp_keepalive": func(v *yaml.Node, p string) {
-			if v.Kind == yaml.ScalarNode && v.Tag == "!!bool" {
-				var on bool
-				d.boolean(v, p, &on)
-				l.KeepAlive.Disabled = !on
-				return
-			}
-			d.mapping(v, p, map[string]func(*yaml.Node, string){
-				"enabled": func(v *yaml.Node, p string) {
-					var on bool
-					d.boolean(v, p, &on)
-					l.KeepAlive.Disabled = !on
-				},
-				"idle":     func(v *yaml.Node, p string) { d.duration(v, p, &l.KeepAlive.Idle) },
-				"interval": func(v *yaml.Node, p string) { d.duration(v, p, &l.KeepAlive.Interval) },
-				"count":    func(v *yaml.Node, p string) { d.integer(v, p, &l.KeepAlive.Count) },
-			})
-		},
-		"log": func(v *yaml.Node, p string) { d.log(v, p, &l.Log) },
-		"bmp": func(v *yaml.Node, p string) {
-			var on bool
-			d.boolean(v, p, &on)
-			l.BMP = &on
-		},
-		"bmp_timeout": func(v *yaml.Node, p string) { d.duration(v, p, &l.BMPTimeout) },
-		"transparent_mark": func(v *yaml.Node, p string) {
-			var n int
-			d.integer(v, p, &n)
-			if n < 0 || n > 0xffffffff {
-				d.fail(v, p, "must be 0-4294967295, got %d", n)
-				return
-			}
-			l.TransparentMark = uint32(n)
-		},
 	})
 }
 

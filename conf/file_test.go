@@ -1,8 +1,10 @@
 package conf
 
 import (
+	"bytes"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -162,7 +164,7 @@ splice:
 	disabled: "yes"
 `),
 			want: `line 1: drain_timeout: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")
-line 5: listeners[0].max_connections: want a whole number, got "lots"
+line 5: listeners[0].max_connections: want a whole number or none, got "lots"
 line 6: listeners[0].tcp_keepalive: want a mapping of keys to values, got "sometimes"
 line 7: listeners[0].connect_timeout: want a duration such as "5s", got a list
 line 9: splice.disabled: want true or false, got "yes"`,
@@ -311,7 +313,8 @@ func TestLoadErrors(t *testing.T) {
 }
 
 // FuzzParse checks that no input panics the loader, and that whatever it
-// accepts is a valid configuration.
+// accepts is a valid configuration, which prints to a file that parses to
+// the same configuration and prints the same text.
 func FuzzParse(f *testing.F) {
 	if b, err := os.ReadFile("../examples/openbmp-aio.yaml"); err == nil {
 		f.Add(b)
@@ -326,6 +329,20 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := c.Validate(); err != nil {
 			t.Fatalf("Parse accepted a config that does not validate: %v", err)
+		}
+		text, err := c.YAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Parse(text)
+		if err != nil {
+			t.Fatalf("the printout does not parse: %v\n%s", err, text)
+		}
+		if !reflect.DeepEqual(back, c) {
+			t.Fatalf("Parse(YAML(c)) differs from c:\n%s\ngot  %+v\nwant %+v", text, back, c)
+		}
+		if again, err := back.YAML(); err != nil || !bytes.Equal(again, text) {
+			t.Fatalf("printing the parsed printout gave other text (%v):\n%s\nthen\n%s", err, text, again)
 		}
 	})
 }

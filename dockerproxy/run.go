@@ -110,7 +110,7 @@ func runTCP(ctx context.Context, env Env, inv Invocation, pp conf.ProxyProtocol,
 			Target:        conf.Target{Host: inv.Container.Addr().String(), Port: inv.Container.Port()},
 			ProxyProtocol: pp,
 		}},
-		DrainTimeout: -1, // dockerd waits for the exit without a timeout: be prompt
+		DrainTimeout: 0, // dockerd waits for the exit without a timeout: be prompt
 		Log:          conf.Log{Level: rules.Log.Level, Format: rules.Log.Format},
 	}
 	cfg.ApplyDefaults()

@@ -31,7 +31,7 @@ func BenchmarkBulkBMP(b *testing.B) {
 				done <- n
 			})
 			cfg := oneListener(tg.Addr(), "127.0.0.1:0")
-			cfg.Listeners[0].BMP = &precheck
+			cfg.Listeners[0].BMP = precheck
 			ts := startServer(b, cfg, nil)
 			b.SetBytes(size)
 			b.ResetTimer()

@@ -157,7 +157,7 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		// is the original client's.
 		c.via, c.client, c.local = c.client, in.client, in.local
 	}
-	if o.BMPCheck() {
+	if o.BMP {
 		pre, info, err := bmpPrecheck(nc, in.pre, o.BMPTimeout)
 		if err != nil {
 			return stageBMP.fail(err)

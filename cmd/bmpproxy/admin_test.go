@@ -78,6 +78,7 @@ listeners:
   - name: bmp
     listen: "127.0.0.1:0"
     target: "`+tg.Addr()+`"
+    bmp: true
     bmp_timeout: 2s
 `)
 	p := start(t, 1, "--config", path)

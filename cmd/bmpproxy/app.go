@@ -106,110 +106,36 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 }
 
+// serveFlags are --config, --version and the flags of the settings that
+// conf describes, which a config file holds instead.
 func serveFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{
-			Name:    "config",
-			Aliases: []string{"c"},
-			Usage:   "YAML file with the listeners and settings; not combined with the flags below",
-			EnvVars: []string{"BMPPROXY_CONFIG"},
-		},
-		&cli.StringSliceFlag{
-			Name:    "listen",
-			Aliases: []string{"l"},
-			Usage: "address to accept on; repeat for more. '[::]:P' (or ':P') is dual-stack and accepts IPv4 and IPv6, " +
-				"'0.0.0.0:P' is IPv4 only, any other address listens on itself only",
-			Value:   cli.NewStringSlice("[::]:5000"),
-			EnvVars: []string{"BMPPROXY_LISTEN"},
-		},
-		&cli.StringFlag{
-			Name:    "target",
-			Aliases: []string{"t"},
-			Usage:   "collector address as host:port; a name is resolved again for every connection (required)",
-			EnvVars: []string{"BMPPROXY_TARGET"},
-		},
-		&cli.StringFlag{
-			Name:    "proxy-protocol",
-			Usage:   "header sent to the target before any payload: v2, v1 or none",
-			Value:   string(conf.ProxyV2),
-			EnvVars: []string{"BMPPROXY_PROXY_PROTOCOL"},
-		},
-		&cli.DurationFlag{
-			Name:    "connect-timeout",
-			Usage:   "how long to wait for the target to answer before closing the client",
-			Value:   conf.DefaultConnectTimeout,
-			EnvVars: []string{"BMPPROXY_CONNECT_TIMEOUT"},
-		},
-		&cli.DurationFlag{
-			Name:    "drain-timeout",
-			Usage:   "after SIGINT or SIGTERM, how long open connections may continue before they are closed",
-			Value:   conf.DefaultDrainTimeout,
-			EnvVars: []string{"BMPPROXY_DRAIN_TIMEOUT"},
-		},
-		&cli.StringFlag{
-			Name:    "log-level",
-			Usage:   "one of " + strings.Join(conf.LevelNames(), ", "),
-			Value:   conf.DefaultLogLevel,
-			EnvVars: []string{"BMPPROXY_LOG_LEVEL"},
-		},
-		&cli.StringFlag{
-			Name:    "log-format",
-			Usage:   "json or console",
-			Value:   conf.DefaultLogFormat,
-			EnvVars: []string{"BMPPROXY_LOG_FORMAT"},
-		},
-		&cli.BoolFlag{
-			Name:    "splice",
-			Usage:   "move bytes with splice(2); --splice=false copies through user space",
-			Value:   true,
-			EnvVars: []string{"BMPPROXY_SPLICE"},
-		},
-		&cli.IntFlag{
-			Name:    "max-pipes",
-			Usage:   "bound on kernel pipes in use at once (2 fds each); directions beyond it copy through user space",
-			Value:   1024,
-			EnvVars: []string{"BMPPROXY_MAX_PIPES"},
-		},
-		&cli.BoolFlag{
-			Name:    "bmp",
-			Usage:   "BMP pre-check: refuse a client whose first bytes are not a BMP v3 message, before dialing",
-			EnvVars: []string{"BMPPROXY_BMP"},
-		},
-		&cli.StringFlag{
-			Name:    "admin-listen",
-			Usage:   "address for the HTTP admin listener (/metrics, /routers, /healthz, /readyz); off when empty",
-			EnvVars: []string{"BMPPROXY_ADMIN_LISTEN"},
-		},
-		&cli.StringFlag{
-			Name: "admin-token-file",
-			Usage: "file (mode 0600) with the bearer token that POST /upgrade on the admin listener requires; " +
-				"without it, POST /upgrade is served only on a loopback --admin-listen",
-			EnvVars: []string{"BMPPROXY_ADMIN_TOKEN_FILE"},
-		},
-		&cli.BoolFlag{
-			Name:  "version",
-			Usage: "print the version and exit",
-		},
+	config := &cli.StringFlag{
+		Name:    "config",
+		Aliases: []string{"c"},
+		Usage:   "YAML file with the listeners and settings; not combined with the flags below",
+		EnvVars: []string{"BMPPROXY_CONFIG"},
 	}
+	version := &cli.BoolFlag{
+		Name:  "version",
+		Usage: "print the version and exit",
+	}
+	return append(append([]cli.Flag{config}, newSettingFlags()...), version)
 }
-
-// fileFlags are the flags whose settings a config file holds instead.
-var fileFlags = []string{"listen", "target", "proxy-protocol", "connect-timeout", "drain-timeout",
-	"log-level", "log-format", "splice", "max-pipes", "bmp", "admin-listen", "admin-token-file"}
 
 // loadConfig returns the configuration from --config, or from the flags.
 func loadConfig(c *cli.Context) (*conf.Config, error) {
 	if c.NArg() > 0 {
 		return nil, usagef("unexpected argument %q", c.Args().First())
 	}
+	flags := settingFlags(c.App.Flags)
 	path := c.String("config")
 	if path == "" {
-		return configFromFlags(c)
+		return configFromFlags(flags)
 	}
 	var set []string
-	for _, f := range fileFlags {
-		if c.IsSet(f) {
-			set = append(set, "--"+f)
+	for _, f := range flags {
+		if f.IsSet() {
+			set = append(set, "--"+f.Name)
 		}
 	}
 	if len(set) > 0 {
@@ -229,71 +155,19 @@ type configError struct{ err error }
 func (e configError) Error() string { return e.err.Error() }
 func (e configError) Unwrap() error { return e.err }
 
-// configFromFlags builds and validates a configuration from the command line.
-// Errors name the flag.
-func configFromFlags(c *cli.Context) (*conf.Config, error) {
-	if !c.IsSet("target") {
-		return nil, usagef("--target is required, for example --target collector:5000")
-	}
-	target, err := conf.ParseTarget(c.String("target"))
-	if err != nil {
-		return nil, usagef("--target: %v", err)
-	}
-	addrs := c.StringSlice("listen")
-	if len(addrs) == 0 {
-		return nil, usagef("--listen: at least one address is required")
-	}
-	l := conf.Listener{Target: target, ConnectTimeout: c.Duration("connect-timeout")}
-	for _, s := range addrs {
-		a, err := conf.ParseListen(s)
-		if err != nil {
-			return nil, usagef("--listen: %v", err)
-		}
-		l.Listen = append(l.Listen, a)
-	}
-	pp, err := conf.ParseProxyProtocol(c.String("proxy-protocol"))
-	if err != nil {
-		return nil, usagef("--proxy-protocol: %v", err)
-	}
-	l.ProxyProtocol = pp
-	bmpCheck := c.Bool("bmp")
-	l.BMP = &bmpCheck
-	if l.ConnectTimeout <= 0 {
-		return nil, usagef("--connect-timeout: must be positive, got %s", l.ConnectTimeout)
-	}
-	cfg := &conf.Config{
-		Listeners:    []conf.Listener{l},
-		DrainTimeout: c.Duration("drain-timeout"),
-		Log:          conf.Log{Level: c.String("log-level"), Format: c.String("log-format")},
-		Splice:       conf.Splice{Disabled: !c.Bool("splice"), MaxPipes: c.Int("max-pipes")},
-	}
-	if cfg.DrainTimeout == 0 {
-		cfg.DrainTimeout = -1 // an explicit 0 means "close at once"
-	}
-	if cfg.Splice.MaxPipes <= 0 {
-		return nil, usagef("--max-pipes: must be positive, got %d", cfg.Splice.MaxPipes)
-	}
-	if a := c.String("admin-listen"); a != "" {
-		if cfg.Admin, err = conf.ParseListen(a); err != nil {
-			return nil, usagef("--admin-listen: %v", err)
+// configFromFlags builds and validates a configuration from the command
+// line. Errors name the flag.
+func configFromFlags(flags []*settingFlag) (*conf.Config, error) {
+	cfg := conf.FlagConfig()
+	for _, f := range flags {
+		if err := f.apply(cfg); err != nil {
+			return nil, err
 		}
 	}
-	cfg.AdminTokenFile = c.String("admin-token-file")
-	cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, usagef("%s", flagNames(err.Error()))
+	if err := cfg.Complete(); err != nil {
+		return nil, usagef("%s", flagPaths(flags, err.Error()))
 	}
 	return cfg, nil
-}
-
-// flagNames rewrites configuration paths in validation errors into the
-// flags that set them.
-func flagNames(msg string) string {
-	return strings.NewReplacer(
-		"log.level:", "--log-level:",
-		"log.format:", "--log-format:",
-		"listeners[0].listen", "--listen",
-	).Replace(msg)
 }
 
 // onSignal calls f, on a goroutine of its own, for each sig until ctx is

@@ -330,3 +330,76 @@ listeners:
 	}
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
 }
+
+// TestBMPNotFromName: a listener named bmp that does not say bmp: true
+// gets no pre-check, so bytes that are not BMP reach the collector.
+func TestBMPNotFromName(t *testing.T) {
+	col := newSink(t, testtarget.V2)
+	path := writeConfig(t, t.TempDir(), `
+listeners:
+  - name: bmp
+    listen: "127.0.0.1:0"
+    target: "`+col.Addr()+`"
+`)
+	p := start(t, 1, "--config", path)
+	const payload = "GET / HTTP/1.0\r\n\r\n"
+	c := dialT(t, "tcp", p.addr(0))
+	c.Write([]byte(payload))
+	c.CloseWrite()
+	if got := testtarget.Recv(t, col.got); string(got) != payload {
+		t.Fatalf("collector got %q, want %q", got, payload)
+	}
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// TestDrainTimeoutZero: drain_timeout: 0s in a file means what
+// --drain-timeout 0s means, closing open connections at once on SIGTERM;
+// left out, either way, it is 5s.
+func TestDrainTimeoutZero(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		file string // the config file's top level; the flags if empty
+		flag []string
+		want string
+	}{
+		{name: "file 0s", file: "drain_timeout: 0s\n", want: "0s"},
+		{name: "flag 0s", flag: []string{"--drain-timeout", "0s"}, want: "0s"},
+		{name: "file unset", file: "log: {level: info}\n", want: "5s"},
+		{name: "flag unset", want: "5s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+			args := append([]string{"--listen", "127.0.0.1:0", "--target", tg.Addr()}, tc.flag...)
+			if tc.file != "" {
+				args = []string{"--config", writeConfig(t, t.TempDir(),
+					tc.file+"listeners:\n  - listen: \"127.0.0.1:0\"\n    target: \""+tg.Addr()+"\"\n")}
+			}
+			p := start(t, 1, args...)
+			idle := dialT(t, "tcp", p.addr(0))
+			waitfor.Within(t, binaryWait, "the connection proxied", func() bool { return len(tg.Headers()) == 1 })
+			if tc.want == "0s" {
+				p.cmd.Process.Signal(syscall.SIGTERM)
+			} else {
+				idle.Close() // nothing to wait for: the drain ends at once
+				p.waitLog(t, "connection closed", 1)
+				p.cmd.Process.Signal(syscall.SIGTERM)
+			}
+			if got := p.waitLog(t, "stopped accepting; draining", 1)[0]["drain_timeout"]; got != tc.want {
+				t.Fatalf("drain_timeout %v, want %s", got, tc.want)
+			}
+			if tc.want == "0s" {
+				if l := p.waitLog(t, "connection closed", 1)[0]; l["reason"] != "shutdown" {
+					t.Fatalf("closing line %v, want reason shutdown", l)
+				}
+			}
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("bmpproxy did not exit")
+			}
+			if code := p.state.ExitCode(); code != 0 {
+				t.Fatalf("exit status %d", code)
+			}
+		})
+	}
+}

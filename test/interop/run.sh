@@ -189,14 +189,17 @@ listeners:
     listen: "[::]:$L_PM"
     target: "127.0.0.1:$PM"
     proxy_protocol: $1
+    bmp: true
   - name: bmp-haproxy
     listen: "[::]:$L_HA"
     target: "127.0.0.1:$HA"
     proxy_protocol: $1
+    bmp: true
   - name: bmp-tshark
     listen: "[::]:$L_TS"
     target: "127.0.0.1:$INS_TS"
     proxy_protocol: $1
+    bmp: true
 CONF
 }
 start_proxy() {

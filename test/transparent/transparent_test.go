@@ -233,10 +233,12 @@ listeners:
     listen: "[%[1]s]:5001"
     target: "[%[2]s]:7001"
     proxy_protocol: transparent
+    bmp: true
   - name: pmbmpd-v4
     listen: "%[3]s:5001"
     target: "%[4]s:7001"
     proxy_protocol: transparent
+    bmp: true
 `
 
 // TestTransparentNamespace: a router reaches the hub's bmpproxy over IPv6
