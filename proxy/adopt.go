@@ -104,9 +104,9 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		if o == nil {
 			// The listener is gone from the configuration; its
 			// connections run on with the defaults, as after a reload.
-			cfg := conf.Config{Listeners: []conf.Listener{{Name: sc.Listener}}, Log: s.cfg.Log}
-			cfg.ApplyDefaults()
-			o = s.newOpts(&cfg.Listeners[0])
+			l := conf.DefaultListener()
+			l.Name, l.Log = sc.Listener, s.cfg.Log
+			o = s.newOpts(&l)
 			opts[sc.Listener] = o
 		}
 		if _, err := s.restoreConn(sc, o, streams[i][0], streams[i][1]); err != nil {

@@ -19,7 +19,7 @@ type reloadReq struct {
 	done chan error
 }
 
-// Reload applies cfg, which must have had ApplyDefaults and Validate, to
+// Reload applies cfg, complete and valid as for New, to
 // the running server and returns when it has been applied. Only the
 // difference is applied:
 //

@@ -121,9 +121,11 @@ type Server struct {
 	closing bool                      // the drain timeout has passed; new conns are aborted
 }
 
-// New builds a Server for cfg, which must have had ApplyDefaults, and
-// checks what Run would need: a valid configuration, and the privilege
-// that transparent listeners need. It starts nothing.
+// New builds a Server for cfg, which is complete: from conf.Parse, or
+// built in Go and completed (conf's ApplyDefaults or Complete). It checks
+// what Run will need: a valid configuration, and the privilege that
+// transparent listeners need. It starts nothing, and takes cfg: the
+// caller must not change it.
 func New(cfg *conf.Config, opts Options) (*Server, error) {
 	if cfg == nil {
 		return nil, errors.New("proxy: no configuration")
