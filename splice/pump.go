@@ -14,6 +14,9 @@
 //     is never used. When no usable pipe can be had, the direction copies
 //     through a pooled buffer until it next goes idle, then tries again.
 //     Each such fallback is counted and logged (rate limited).
+//   - With Config.FDs, every open pipe, in use or idle, holds its two fds
+//     of that budget. A pipe the budget cannot cover is not created, and
+//     while someone waits for fds no pipe is kept idle.
 //   - EAGAIN on the pipe-to-socket side means "wait for writability" and
 //     never drops the bytes in the pipe. EINTR is retried.
 //
@@ -45,6 +48,9 @@ const (
 	DefaultPipeSizeBudget = 256 << 10
 	DefaultMinPipeSize    = 64 << 10
 	DefaultBufferSize     = 64 << 10
+
+	// pipeFDs are the descriptors of one pipe.
+	pipeFDs = 2
 
 	// createBackoff is how long the pump stops trying to create pipes
 	// after a creation failure (EMFILE, a pipe below MinPipeSize). Idle
@@ -109,9 +115,23 @@ type Config struct {
 	Disabled bool
 	// Logger receives fallback warnings. The zero value logs nothing.
 	Logger zerolog.Logger
+	// FDs, if set, is the budget pipes take their fds from. Nil means
+	// pipes are bounded by MaxPipes alone.
+	FDs FDBudget
 	// Trace, if set, is called after every data-path system call that
 	// moved n > 0 bytes from fd src to fd dst. It exists for tests.
 	Trace func(op Op, src, dst, n int)
+}
+
+// FDBudget is the fd accounting a Pump creates pipes under.
+// *fdbudget.Budget satisfies it.
+type FDBudget interface {
+	// TryAcquire takes n fds if they are free, without waiting.
+	TryAcquire(n int) bool
+	// Release gives back n fds.
+	Release(n int)
+	// Waiting reports whether someone waits for fds.
+	Waiting() bool
 }
 
 // Stats is a snapshot of a Pump's counters.
@@ -145,6 +165,9 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // ErrPoolExhausted reports that MaxPipes pipes are already in use.
 var ErrPoolExhausted = errors.New("pipe pool exhausted")
+
+// ErrFDBudget reports that Config.FDs has no fds for another pipe.
+var ErrFDBudget = errors.New("fd budget spent")
 
 // errCreateBackoff reports that pipe creation failed recently and is not
 // retried yet.
@@ -224,19 +247,37 @@ func (p *Pump) Stats() Stats {
 // working after Close, without pooling.
 func (p *Pump) Close() error {
 	p.mu.Lock()
-	idle := p.idle
-	p.idle = nil
 	p.closed = true
-	p.open -= len(idle)
 	p.mu.Unlock()
-	for _, pp := range idle {
-		pp.close()
-	}
+	p.CloseIdle()
 	return nil
 }
 
+// CloseIdle closes the idle pipes, giving their fds back to Config.FDs,
+// and returns how many it closed. Pooling goes on.
+func (p *Pump) CloseIdle() int {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	p.mu.Unlock()
+	for _, pp := range idle {
+		p.closePipe(pp)
+	}
+	return len(idle)
+}
+
+// closePipe closes pp, which the pool no longer counts, and gives its fds
+// back.
+func (p *Pump) closePipe(pp *pipe) {
+	pp.close()
+	if p.cfg.FDs != nil {
+		p.cfg.FDs.Release(pipeFDs)
+	}
+}
+
 // getPipe returns an empty pipe from the pool, creating one if the bound
-// allows.
+// and the fd budget allow.
 func (p *Pump) getPipe() (*pipe, error) {
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
@@ -254,6 +295,10 @@ func (p *Pump) getPipe() (*pipe, error) {
 		p.mu.Unlock()
 		return nil, errCreateBackoff
 	}
+	if p.cfg.FDs != nil && !p.cfg.FDs.TryAcquire(pipeFDs) {
+		p.mu.Unlock()
+		return nil, ErrFDBudget
+	}
 	p.open++
 	p.mu.Unlock()
 
@@ -263,32 +308,35 @@ func (p *Pump) getPipe() (*pipe, error) {
 		p.open--
 		p.createAfter = time.Now().Add(createBackoff)
 		p.mu.Unlock()
+		if p.cfg.FDs != nil {
+			p.cfg.FDs.Release(pipeFDs)
+		}
 		return nil, err
 	}
 	p.created.Add(1)
 	return pp, nil
 }
 
-// putPipe returns pp to the pool if it is empty and the pool has room, and
-// closes it otherwise.
+// putPipe returns pp to the pool if it is empty, the pool has room and
+// nobody waits for fds, and closes it otherwise.
 func (p *Pump) putPipe(pp *pipe) {
 	if pp.data != 0 {
 		p.dirty.Add(1)
 		p.mu.Lock()
 		p.open--
 		p.mu.Unlock()
-		pp.close()
+		p.closePipe(pp)
 		return
 	}
 	p.mu.Lock()
-	if !p.closed && len(p.idle) < p.cfg.MaxIdle {
+	if !p.closed && len(p.idle) < p.cfg.MaxIdle && (p.cfg.FDs == nil || !p.cfg.FDs.Waiting()) {
 		p.idle = append(p.idle, pp)
 		p.mu.Unlock()
 		return
 	}
 	p.open--
 	p.mu.Unlock()
-	pp.close()
+	p.closePipe(pp)
 }
 
 // noteFallback counts a fallback to copying and warns at most once per
