@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/bmpproxy/bmpproxy/fdbudget"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 )
 
 // TestPipesUnderFDBudget copies through a pump whose pipes take their fds
@@ -38,7 +39,7 @@ func TestPipesUnderFDBudget(t *testing.T) {
 				b.Charge(2)
 				waited = make(chan error, 1)
 				go func() { waited <- b.Acquire(context.Background(), nil, tt.waiter) }()
-				waitFor(t, "the Acquire to wait", b.Waiting)
+				waitfor.True(t, "the Acquire to wait", b.Waiting)
 			}
 			payload := randomBytes(t, 1<<20)
 			got, c, err := transfer(t, p, newRig(t), payload)
@@ -85,7 +86,7 @@ func TestPipeNotKeptForWaiter(t *testing.T) {
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- b.Acquire(context.Background(), nil, 3) }()
-	waitFor(t, "the Acquire to wait", b.Waiting)
+	waitfor.True(t, "the Acquire to wait", b.Waiting)
 	p.putPipe(pp)
 	if err := <-waited; err != nil {
 		t.Fatal(err)
