@@ -51,6 +51,10 @@ type conn struct {
 	router   routerInfo  // from the Initiation message, if it came first
 	session  atomic.Bool // a BMP session reached its target: Routers lists it
 	cc       stream      // client socket; nil if the accepted one is not a stream
+	// fds are charged to the fd budget: setupFDs until the dial, then
+	// connFDs. Set by newConn or restoreConn, changed by setup, given
+	// back by finish or release.
+	fds int
 
 	mu        sync.Mutex
 	tc        stream // target socket; nil until dialed
@@ -74,6 +78,7 @@ func (s *Server) newConn(o *listenerOpts, nc net.Conn, client, local netip.AddrP
 		target:   o.Target.String(),
 		start:    time.Now(),
 		cc:       cc,
+		fds:      setupFDs(o),
 	}
 }
 
@@ -122,10 +127,11 @@ func (c *conn) setTarget(tc stream) bool {
 	return true
 }
 
-// finish untracks c, adds its counts to its listener's and writes its
-// single closing log line.
+// finish untracks c, gives back its fds, adds its counts to its
+// listener's and writes its single closing log line.
 func (s *Server) finish(c *conn) {
 	s.untrack(c)
+	s.budget.Release(c.fds)
 	st := c.opts.state
 	st.active.Add(-1)
 	up, down := &c.dirs[up].n, &c.dirs[down].n
@@ -259,10 +265,11 @@ func (c *conn) snapshot(snap *Snapshot) SnapshotConn {
 }
 
 // restoreConn rebuilds a predecessor's connection from sc and its two
-// sockets, for listener options o. Its directions that had not ended are
-// held, with their counts in live, until the takeover resumes them; it
-// returns an error, and takes nothing, if both had ended, which a settled
-// predecessor never snapshots.
+// sockets, for listener options o, and charges them to the fd budget. Its
+// directions that had not ended are held, with their counts in live,
+// until the takeover resumes them; it returns an error, and takes
+// nothing, if both had ended, which a settled predecessor never
+// snapshots.
 func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*conn, error) {
 	if sc.Ended[up] && sc.Ended[down] {
 		return nil, fmt.Errorf("connection %d from %s: both directions ended", sc.ID, sc.Client)
@@ -271,7 +278,7 @@ func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*
 		id: sc.ID, srv: s, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
 		target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
 		router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
-		cc:     cc, tc: tc,
+		cc:     cc, tc: tc, fds: connFDs,
 	}
 	c.session.Store(sc.Session)
 	c.dirs[up].n.Spliced.Store(sc.Up[0])
@@ -287,6 +294,7 @@ func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*
 		s.live.Add(1)
 	}
 	o.state.active.Add(1)
+	s.budget.Charge(c.fds) // open already, whether or not they fit
 	s.track(c)
 	return c, nil
 }

@@ -203,6 +203,9 @@ type Stats struct {
 	RefusedBMP        uint64 // failed the BMP pre-check
 	Parked            int    // directions parked in the idle watcher, without a goroutine
 	Splice            splice.Stats
+	FDBudget          int  // fds connections and pipes may hold
+	FDBudgetInUse     int  // fds they hold, and accept loops hold for their next connection
+	FDBudgetReached   bool // the budget is spent: accepting waits, new connections queue
 }
 
 // Stats returns a snapshot of the counters.
@@ -228,5 +231,7 @@ func (s *Server) Stats() Stats {
 	if w := s.watcher.Load(); w != nil {
 		st.Parked = w.Parked()
 	}
+	b := s.budget.Stats()
+	st.FDBudget, st.FDBudgetInUse, st.FDBudgetReached = b.Size, b.InUse, b.Reached
 	return st
 }

@@ -17,6 +17,7 @@ func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 	s.frozen.Store(true)
 	for _, l := range s.listeners {
 		l.setDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop
+		l.stopAccepting()              // and a loop waiting for fds
 	}
 	s.accepting.Wait()
 

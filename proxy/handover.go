@@ -119,6 +119,7 @@ func (s *Server) release() {
 			c.tc.Close()
 		}
 		s.untrack(c)
+		s.budget.Release(c.fds)
 		c.opts.state.active.Add(-1)
 		for range held {
 			s.live.Done()

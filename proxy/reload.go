@@ -113,6 +113,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 			continue
 		}
 		l.ln.Close()
+		l.stopAccepting()
 		delete(s.listeners, a)
 		s.opts.Logger.Info().Str("listener", name).Stringer("addr", l.ln.Addr()).
 			Msg("listener removed; its open connections run on")

@@ -1,10 +1,11 @@
 // Package proxy accepts connections, dials their targets, writes the PROXY
 // header and pumps the bytes until both directions have ended.
 //
-// One connection's path, file by file: the accept loop (server.go) admits
-// it and hands it to a setup worker (workers.go); setup (setup.go) is a
-// straight pipeline of stages from the accepted socket to the connected
-// target, with one exit for every failure; then its two directions
+// One connection's path, file by file: the accept loop (server.go), once
+// the fd budget has room for it (fdbudget.go), admits it and hands it to
+// a setup worker (workers.go); setup (setup.go) is a straight pipeline of
+// stages from the accepted socket to the connected target, with one exit
+// for every failure; then its two directions
 // (direction.go) run, park, are held and end as a state machine; the one
 // that ends last writes the connection's closing line (conn.go). Reload
 // (reload.go) and upgrade (handover.go, freeze.go, snapshot.go, adopt.go)
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/fdbudget"
 	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"github.com/rs/zerolog"
@@ -77,6 +79,10 @@ type Options struct {
 	// serve, or an error, and then Run releases the inherited sockets
 	// without shutting them down and returns it. Nil means go at once.
 	Takeover func() error
+	// FDBudget is the number of fds connections and pipes may hold (see
+	// fdbudget.go). Zero means New sizes it from RLIMIT_NOFILE. Pipes are
+	// counted only in a pump New builds.
+	FDBudget int
 }
 
 // Server serves one configuration. Make it with New; its zero value only
@@ -93,6 +99,7 @@ type Server struct {
 
 	watcher atomic.Pointer[splice.Watcher] // nil while parking is off
 	workers *setupWorkers
+	budget  *fdbudget.Budget // set by New; nil, counting nothing, in a zero Server
 
 	frozen  atomic.Bool   // set during a handover; see freeze.go
 	settled chan struct{} // a frozen connection settled or ended
@@ -123,9 +130,10 @@ type Server struct {
 
 // New builds a Server for cfg, which is complete: from conf.Parse, or
 // built in Go and completed (conf's ApplyDefaults or Complete). It checks
-// what Run will need: a valid configuration, and the privilege that
-// transparent listeners need. It starts nothing, and takes cfg: the
-// caller must not change it.
+// what Run will need: a valid configuration, the privilege that
+// transparent listeners need, and an fd limit with room for a connection
+// (fdbudget.go). It starts nothing, and takes cfg: the caller must not
+// change it.
 func New(cfg *conf.Config, opts Options) (*Server, error) {
 	if cfg == nil {
 		return nil, errors.New("proxy: no configuration")
@@ -147,11 +155,15 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		conns:     make(map[*conn]struct{}),
 		states:    make(map[string]*listenerState),
 	}
+	if err := s.openBudget(); err != nil {
+		return nil, err
+	}
 	if s.opts.Pump == nil {
 		s.opts.Pump = splice.New(splice.Config{
 			Disabled: cfg.Splice.Disabled,
 			MaxPipes: cfg.Splice.MaxPipes,
 			Logger:   opts.Logger,
+			FDs:      s.budget,
 		})
 		s.ownPump = true
 	}
@@ -164,6 +176,7 @@ type listener struct {
 	opts atomic.Pointer[listenerOpts]
 	addr netip.AddrPort // bound
 	ln   net.Listener
+	stop chan struct{} // closed to end the accept loop; owned by the Run goroutine
 }
 
 // listenerOpts is one listener's configuration as of a reload, with what
@@ -286,10 +299,12 @@ func (s *Server) serve(ctx, connCtx context.Context, l *listener) {
 
 // startAccepting starts l's accept loop.
 func (s *Server) startAccepting(ctx, connCtx context.Context, l *listener) {
+	l.stop = make(chan struct{})
+	stop := l.stop
 	s.accepting.Add(1)
 	go func() {
 		defer s.accepting.Done()
-		s.acceptLoop(ctx, connCtx, l)
+		s.acceptLoop(ctx, connCtx, l, stop)
 	}()
 }
 
@@ -412,16 +427,22 @@ func (s *Server) drain(abort context.CancelFunc) {
 	s.opts.Logger.Info().Msg("stopped")
 }
 
-// acceptLoop accepts until l is closed, or stops at a freeze. Temporary
-// failures, notably EMFILE/ENFILE, back off exponentially up to
-// acceptBackoffMax; the loop never spins and never gives up while the
-// listener is open. A connection that passes the gate is tracked here,
-// before a setup worker has it, so that a freeze always sees it.
-func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
+// acceptLoop accepts until l is closed or ctx is done, or stops at a
+// freeze (stop). Before each accept it takes the connection's fds,
+// waiting while the fd budget is spent (fdbudget.go). Temporary failures,
+// notably EMFILE/ENFILE, back off exponentially up to acceptBackoffMax;
+// the loop never spins and never gives up while the listener is open. A
+// connection that passes the gate is tracked here, before a setup worker
+// has it, so that a freeze always sees it.
+func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener, stop <-chan struct{}) {
 	var delay time.Duration
 	for {
+		if err := s.reserveAccept(ctx, stop); err != nil {
+			return // stopping, or frozen for a handover; the socket stays open and queues
+		}
 		nc, err := l.ln.Accept()
 		if err != nil {
+			s.budget.Release(acceptFDs)
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
@@ -447,10 +468,12 @@ func (s *Server) acceptLoop(ctx, connCtx context.Context, l *listener) {
 		o.state.accepted.Add(1)
 		client, local := addrPort(nc.RemoteAddr()), addrPort(nc.LocalAddr())
 		if st, err := admit(o, client.Addr()); err != nil {
+			s.budget.Release(acceptFDs)
 			s.refuse(o, nc, client, local, st, err)
 			continue
 		}
 		c := s.newConn(o, nc, client, local)
+		s.accepted(c)
 		s.track(c)
 		s.setups.Add(1)
 		s.workers.run(s, setupJob{ctx: connCtx, c: c, nc: nc})

@@ -173,6 +173,7 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		return stageDial.fail(err)
 	}
 	c.upstream = socket.AddrPort(tc.RemoteAddr()).String()
+	s.dialed(c)
 	if s.watcher.Load() == nil && !o.KeepAlive.Disabled {
 		// No sweeper to set it once the connection has lived a sweep.
 		socket.SetKeepAlive(tc, socket.KeepAlive(o.KeepAlive))
