@@ -59,7 +59,8 @@ type Server struct {
 //   - GET /routers: JSON, every open BMP session and the recently closed ones.
 //   - GET /healthz: 200 while the process serves HTTP.
 //   - GET /readyz: 200 once every listener is open, 503 before and while
-//     stopping.
+//     stopping. The body shows the fd budget; a spent budget is still
+//     ready: new connections queue until fds are free.
 //   - GET /version: JSON, the running binary's version and pid.
 //   - POST /upgrade: hand over to the binary at this one's path (see
 //     docs/upgrade.md); JSON, the successor's pid and version, or 500 and
@@ -190,6 +191,13 @@ func Handler(p Proxy) *http.ServeMux {
 			return
 		}
 		fmt.Fprintln(w, "ready")
+		if st := p.Stats(); st.FDBudget > 0 {
+			fmt.Fprintf(w, "fd budget: %d of %d in use", st.FDBudgetInUse, st.FDBudget)
+			if st.FDBudgetReached {
+				fmt.Fprint(w, "; spent: new connections wait in the listen backlog")
+			}
+			fmt.Fprintln(w)
+		}
 	})
 	return mux
 }

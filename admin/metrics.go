@@ -14,7 +14,7 @@ type collector struct {
 
 	accepted, refused, active, bytes, connectFailures, dataPath,
 	pipesInUse, pipesIdle, parked, reloads, reloadFailures, acceptErrors,
-	upgrades, upgradeFailures, carriedOver *prometheus.Desc
+	upgrades, upgradeFailures, carriedOver, fdBudget, fdBudgetInUse *prometheus.Desc
 }
 
 func newCollector(p Proxy) *collector {
@@ -38,6 +38,8 @@ func newCollector(p Proxy) *collector {
 	d(&c.upgrades, "upgrades_total", "Upgrades that handed every socket to a new process, counted across upgrades.")
 	d(&c.upgradeFailures, "upgrade_failures_total", "Upgrades that failed; the running process kept serving.")
 	d(&c.carriedOver, "sessions_carried_over_total", "Connections handed to a new process by upgrades, summed over upgrades.")
+	d(&c.fdBudget, "fd_budget", "File descriptors connections and pipes may hold: RLIMIT_NOFILE less those open at start and a reserve.")
+	d(&c.fdBudgetInUse, "fd_budget_in_use", "File descriptors of the budget held now; at the budget, new connections wait in the listen backlog.")
 	return c
 }
 
@@ -76,4 +78,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.upgrades, float64(st.Upgrades))
 	counter(c.upgradeFailures, float64(st.UpgradeFailures))
 	counter(c.carriedOver, float64(st.CarriedOver))
+	gauge(c.fdBudget, float64(st.FDBudget))
+	gauge(c.fdBudgetInUse, float64(st.FDBudgetInUse))
 }
