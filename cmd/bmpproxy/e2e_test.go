@@ -379,53 +379,140 @@ func TestSigtermDrains(t *testing.T) {
 }
 
 // TestFDExhaustion runs the proxy under a small fd limit and opens more
-// connections than it can hold: it must back off, refuse or delay what it
-// cannot serve, keep running, and serve again once fds are free.
+// connections than its fd budget holds. It accepts only what it can
+// serve: every accepted connection is echoed, the rest wait in the listen
+// backlog, the accept loop waits instead of spinning on EMFILE, and the
+// budget is reached once. As served connections close one by one, those
+// waiting are accepted and served; once all have closed the budget
+// clears. No connection ends with "too many open files".
 func TestFDExhaustion(t *testing.T) {
-	const limit, conns = 32, 40
+	const limit, conns = 64, 40
 	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
 	cmd := exec.Command("/bin/sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, limit),
-		binPath(), "--listen", "127.0.0.1:0", "--target", tg.Addr(), "--drain-timeout", "0s")
+		binPath(), "--listen", "127.0.0.1:0", "--target", tg.Addr(), "--admin-listen", "127.0.0.1:0", "--drain-timeout", "0s")
 	p := startCmd(t, 1, cmd)
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port(0))
-
-	var open []net.Conn
-	for i := 0; i < conns; i++ {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			t.Fatalf("dial %d: %v", i, err)
-		}
-		open = append(open, c)
+	admin := "http://" + p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
+	budget := p.waitLog(t, "fd budget", 1)[0]["fd_budget"].(float64)
+	if budget < 2*5+3 || budget > conns {
+		t.Fatalf("fd budget %v under a limit of %d: want room for a few connections, fewer than %d", budget, limit, conns)
 	}
-	waitfor.Within(t, binaryWait, "fd exhaustion to show in the log", func() bool {
-		for _, l := range p.logs.match("accept failed") {
-			if l["fd_exhausted"] == true {
-				return true
+	const (
+		reached = "fd budget reached; accepting paused, new connections wait in the listen backlog"
+		cleared = "fd budget cleared; accepting again"
+	)
+	scrape := func() (accepted, inUse float64) {
+		_, body := httpGet(t, admin+"/metrics")
+		if got := metric(body, "bmpproxy_fd_budget"); got != budget {
+			t.Fatalf("bmpproxy_fd_budget %v, logged %v", got, budget)
+		}
+		return metric(body, `bmpproxy_connections_accepted_total{listener="default"}`), metric(body, "bmpproxy_fd_budget_in_use")
+	}
+
+	// Each client sends its name and reads the echo on its own goroutine,
+	// which ends with the echo or the client's close at cleanup.
+	type client struct {
+		c      *net.TCPConn
+		msg    string
+		echoed chan bool
+		served bool // the echo came back whole; read by this goroutine only
+		ended  bool
+	}
+	cl := make([]*client, conns)
+	for i := range cl {
+		c := &client{c: dialT(t, "tcp", addr), msg: fmt.Sprintf("client %02d", i), echoed: make(chan bool, 1)}
+		if _, err := c.c.Write([]byte(c.msg)); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			b := make([]byte, len(c.msg))
+			_, err := io.ReadFull(c.c, b)
+			c.echoed <- err == nil && string(b) == c.msg
+		}()
+		cl[i] = c
+	}
+	served := func() int {
+		n := 0
+		for _, c := range cl {
+			if !c.served {
+				select {
+				case c.served = <-c.echoed:
+				default:
+				}
+			}
+			if c.served {
+				n++
 			}
 		}
-		for _, l := range p.logs.match("connection closed") {
-			if e, _ := l["error"].(string); strings.Contains(e, "too many open files") {
-				return true
-			}
+		return n
+	}
+
+	// Spent: every accepted connection is served, the rest wait.
+	waitfor.Within(t, binaryWait, "the budget spent, with every accepted connection served", func() bool {
+		if len(p.logs.match(reached)) == 0 {
+			return false
+		}
+		accepted, inUse := scrape()
+		if accepted > 0 && accepted < conns && int(accepted) == served() && inUse > budget-3 {
+			t.Logf("fd budget %v spent: %v connections served, %v fds in use, %v waiting", budget, accepted, inUse, conns-accepted)
+			return true
 		}
 		return false
 	})
-	for _, c := range open {
-		c.Close()
+	if code, body := httpGet(t, admin+"/readyz"); code != 200 || !strings.Contains(body, "spent: new connections wait in the listen backlog") {
+		t.Fatalf("/readyz with the budget spent: %d %q", code, body)
 	}
-	// Once fds are free, a fresh connection goes through.
-	waitfor.Within(t, binaryWait, "a connection to succeed again", func() bool {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return false
+
+	// One connection closes, one more from the backlog is served, until
+	// none waits. The budget stays spent meanwhile: reached once.
+	for n := served(); n < conns; {
+		var next *client
+		for _, c := range cl {
+			if c.served && !c.ended {
+				next = c
+				break
+			}
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(3 * time.Second))
-		c.Write([]byte("alive"))
-		c.(*net.TCPConn).CloseWrite()
-		got, _ := io.ReadAll(c)
-		return string(got) == "alive"
-	})
+		if next == nil {
+			t.Fatalf("%d of %d served, none open to close", n, conns)
+		}
+		next.c.CloseWrite()
+		if _, err := io.ReadAll(next.c); err != nil {
+			t.Fatalf("%s: %v", next.msg, err)
+		}
+		next.ended = true
+		waitfor.Within(t, binaryWait, fmt.Sprintf("more than %d connections served", n), func() bool { return served() > n })
+		n = served()
+	}
+	for _, c := range cl {
+		if !c.ended {
+			c.c.CloseWrite()
+			io.ReadAll(c.c)
+		}
+	}
+	lines := p.waitLog(t, "connection closed", conns)
+	p.waitLog(t, cleared, 1)
+	for _, l := range lines {
+		if e, _ := l["error"].(string); l["reason"] != "closed" || strings.Contains(e, "too many open files") {
+			t.Errorf("connection closed: %v", l)
+		}
+	}
+	if n := len(p.logs.match(reached)); n != 1 {
+		t.Errorf("%q logged %d times, want once", reached, n)
+	}
+	if n := len(p.logs.match("accept failed")); n != 0 {
+		t.Errorf("%d accept failures", n)
+	}
+	_, body := httpGet(t, admin+"/metrics")
+	if got := metric(body, "bmpproxy_accept_errors_total"); got != 0 {
+		t.Errorf("bmpproxy_accept_errors_total %v", got)
+	}
+	if got := metric(body, `bmpproxy_connections_accepted_total{listener="default"}`); got != conns {
+		t.Errorf("%v connections accepted, want %d", got, conns)
+	}
+	if code, body := httpGet(t, admin+"/readyz"); code != 200 || strings.Contains(body, "spent") {
+		t.Errorf("/readyz after the budget cleared: %d %q", code, body)
+	}
 	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
 		t.Fatalf("exit status %d", st.ExitCode())
 	}
