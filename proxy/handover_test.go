@@ -116,13 +116,15 @@ func TestHandover(t *testing.T) {
 			releaseHalf := make(chan struct{})
 			var releaseOnce sync.Once
 			release := func() { releaseOnce.Do(func() { close(releaseHalf) }) }
-			t.Cleanup(release)
 			tg := testtarget.New(t, testtarget.V2, func(c *net.TCPConn, r *bufio.Reader) {
 				if b, _ := r.Peek(4); string(b) == "half" {
 					<-releaseHalf
 				}
 				testtarget.Echo(c, r)
 			})
+			// Cleanups run last first: the held handler is released
+			// before the target waits for its handlers.
+			t.Cleanup(release)
 			cfg := oneListener(tg.Addr(), "127.0.0.1:0")
 			cfg.Splice.Disabled = !tc.splice
 			cfg.ApplyDefaults()
@@ -184,9 +186,11 @@ func TestHandover(t *testing.T) {
 					}
 				}
 				cur.mu.Unlock()
-				if got := cur.Stats().Upgrades; got != uint64(round) {
-					t.Fatalf("upgrade %d: Upgrades = %d", round, got)
-				}
+				// The successor counts the upgrade once it is told to go,
+				// just after the predecessor let go.
+				waitfor.True(t, fmt.Sprintf("upgrade %d to be counted", round), func() bool {
+					return cur.Stats().Upgrades == uint64(round)
+				})
 			}
 			release()
 			b, _ := io.ReadAll(half)
