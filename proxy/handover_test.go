@@ -66,6 +66,7 @@ func inProcess(t *testing.T, cfg *conf.Config, next **testServer, giveUp bool) H
 			return errors.New("the successor gave up")
 		}
 		answer <- nil
+		rs.waitReady(t)
 		*next = rs
 		return nil
 	}
@@ -186,11 +187,9 @@ func TestHandover(t *testing.T) {
 					}
 				}
 				cur.mu.Unlock()
-				// The successor counts the upgrade once it is told to go,
-				// just after the predecessor let go.
-				waitfor.True(t, fmt.Sprintf("upgrade %d to be counted", round), func() bool {
-					return cur.Stats().Upgrades == uint64(round)
-				})
+				if got := cur.Stats().Upgrades; got != uint64(round) {
+					t.Fatalf("upgrade %d: Upgrades = %d", round, got)
+				}
 			}
 			release()
 			b, _ := io.ReadAll(half)

@@ -73,6 +73,7 @@ type testServer struct {
 	logs   *logSink
 	cancel context.CancelFunc
 	done   chan error
+	ready  chan []net.Addr
 }
 
 func startServer(t testing.TB, cfg *conf.Config, mutate func(*Options)) *testServer {
@@ -102,18 +103,25 @@ func runServer(t testing.TB, cfg *conf.Config, opts Options) *testServer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{Server: srv, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	ts := &testServer{Server: srv, logs: logs, cancel: cancel, done: make(chan error, 1), ready: ready}
 	go func() { ts.done <- srv.Run(ctx) }()
 	if opts.Inherit != nil {
 		return ts
 	}
+	ts.waitReady(t)
+	return ts
+}
+
+// waitReady waits until the server serves: every listener accepts and,
+// for a successor, the takeover is done and counted.
+func (ts *testServer) waitReady(t testing.TB) {
+	t.Helper()
 	select {
-	case ts.addrs = <-ready:
+	case ts.addrs = <-ts.ready:
 	case err := <-ts.done:
-		cancel()
+		ts.cancel()
 		t.Fatalf("Run: %v", err)
 	}
-	return ts
 }
 
 // wait returns Run's result, such as ErrHandedOver, without stopping it.
