@@ -657,3 +657,49 @@ func TestParkingUnderBursts(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestNewThenRun checks the construct-then-run contract: New refuses what
+// Run could not serve, counters can be read before Run, and a second Run
+// is an error, not a panic.
+func TestNewThenRun(t *testing.T) {
+	if _, err := New(nil, Options{}); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+	bad := oneListener("127.0.0.1:1", "127.0.0.1:0")
+	bad.Listeners[0].Target = conf.Target{} // none
+	if _, err := New(bad, Options{}); err == nil || !strings.Contains(err.Error(), "target") {
+		t.Errorf("New with no target = %v, want an error naming the target", err)
+	}
+	if err := new(Server).Run(context.Background()); err == nil {
+		t.Error("Run on a Server not made by New succeeded")
+	}
+
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	cfg := oneListener(tg.Addr(), "127.0.0.1:0")
+	cfg.ApplyDefaults()
+	srv, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.Stats(); st.Accepted != 0 || st.Active != 0 || srv.IsReady() {
+		t.Errorf("before Run: %+v, ready %v", st, srv.IsReady())
+	}
+	if ls := srv.ListenerStats(); len(ls) != 0 {
+		t.Errorf("before Run: listener stats %+v", ls)
+	}
+	if rs := srv.Routers(); len(rs) != 0 {
+		t.Errorf("before Run: routers %+v", rs)
+	}
+
+	ts := startServer(t, cfg, nil)
+	if err := ts.Run(context.Background()); !errors.Is(err, errRunTwice) {
+		t.Fatalf("second Run = %v, want %v", err, errRunTwice)
+	}
+	// The first Run serves on.
+	c := dial(t, "tcp", ts.addrs[0].String())
+	c.Write([]byte("still"))
+	c.CloseWrite()
+	if b, _ := io.ReadAll(c); string(b) != "still" {
+		t.Fatalf("echo after a second Run: %q", b)
+	}
+}
