@@ -1,10 +1,8 @@
 package conf
 
 import (
-	"bytes"
 	"net/netip"
 	"os"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -330,19 +328,6 @@ func FuzzParse(f *testing.F) {
 		if err := c.Validate(); err != nil {
 			t.Fatalf("Parse accepted a config that does not validate: %v", err)
 		}
-		text, err := c.YAML()
-		if err != nil {
-			t.Fatal(err)
-		}
-		back, err := Parse(text)
-		if err != nil {
-			t.Fatalf("the printout does not parse: %v\n%s", err, text)
-		}
-		if !reflect.DeepEqual(back, c) {
-			t.Fatalf("Parse(YAML(c)) differs from c:\n%s\ngot  %+v\nwant %+v", text, back, c)
-		}
-		if again, err := back.YAML(); err != nil || !bytes.Equal(again, text) {
-			t.Fatalf("printing the parsed printout gave other text (%v):\n%s\nthen\n%s", err, text, again)
-		}
+		checkRoundTrip(t, c)
 	})
 }

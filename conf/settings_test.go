@@ -289,6 +289,13 @@ func roundTrip(t *testing.T, seed1, seed2 uint64) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("generated an invalid config: %v\n%+v", err, c)
 	}
+	checkRoundTrip(t, c)
+}
+
+// checkRoundTrip checks that c prints to a file that parses to c again,
+// and that printing that gives the same text.
+func checkRoundTrip(t *testing.T, c *Config) {
+	t.Helper()
 	text, err := c.YAML()
 	if err != nil {
 		t.Fatal(err)
