@@ -225,14 +225,14 @@ func waitClosed(t *testing.T, c net.Conn) {
 func TestHeadersAndPayloads(t *testing.T) {
 	frr := capture(t, frrFile)
 	gobgp := capture(t, gobgpFile)
-	v4 := v2Header(0x21, 0x11, addrBlock("192.0.2.1", "198.51.100.7", 51000, 5000), nil)
+	v4 := v2Header(0x21, 0x11, addrBlock("203.0.113.1", "198.51.100.7", 51000, 5000), nil)
 	v6 := v2Header(0x21, 0x21, addrBlock("2001:db8::1", "2001:db8::2", 51000, 5000), nil)
-	v4TLV := v2Header(0x21, 0x11, addrBlock("192.0.2.1", "198.51.100.7", 51000, 5000), []byte{0x02, 0x00, 0x03, 'a', '.', 'b'})
+	v4TLV := v2Header(0x21, 0x11, addrBlock("203.0.113.1", "198.51.100.7", 51000, 5000), []byte{0x02, 0x00, 0x03, 'a', '.', 'b'})
 	local := v2Header(0x20, 0x00, nil, nil)
 	if len(v4) != 28 || len(v6) != 52 || len(local) != 16 {
 		t.Fatalf("hand-built header sizes %d, %d, %d; want 28, 52, 16", len(v4), len(v6), len(local))
 	}
-	v1 := []byte("PROXY TCP4 192.0.2.1 198.51.100.7 51000 5000\r\n")
+	v1 := []byte("PROXY TCP4 203.0.113.1 198.51.100.7 51000 5000\r\n")
 	v1six := []byte("PROXY TCP6 2001:db8::1 2001:db8::2 51000 5000\r\n")
 	v1unknown := []byte("PROXY UNKNOWN\r\n")
 	garbage := append([]byte(sigV2), 0x99, 0x11, 0, 12, 1, 2, 3, 4)
@@ -248,9 +248,9 @@ func TestHeadersAndPayloads(t *testing.T) {
 		BMPTypes: []inspect.TypeCount{{Type: "initiation", Count: 1}, {Type: "peer-down", Count: 1}},
 		SysName:  "edge-r1", SysDescr: "FRRouting 8.4.4",
 	}
-	v4Fields := inspect.Record{Proxy: "v2", Command: "PROXY", Family: "TCP4", Src: "192.0.2.1:51000", Dst: "198.51.100.7:5000"}
+	v4Fields := inspect.Record{Proxy: "v2", Command: "PROXY", Family: "TCP4", Src: "203.0.113.1:51000", Dst: "198.51.100.7:5000"}
 	v6Fields := inspect.Record{Proxy: "v2", Command: "PROXY", Family: "TCP6", Src: "[2001:db8::1]:51000", Dst: "[2001:db8::2]:5000"}
-	v1Fields := inspect.Record{Proxy: "v1", Command: "PROXY", Family: "TCP4", Src: "192.0.2.1:51000", Dst: "198.51.100.7:5000"}
+	v1Fields := inspect.Record{Proxy: "v1", Command: "PROXY", Family: "TCP4", Src: "203.0.113.1:51000", Dst: "198.51.100.7:5000"}
 
 	// merge overlays the non-zero fields of parts.
 	merge := func(parts ...inspect.Record) inspect.Record {
@@ -415,7 +415,7 @@ func TestHeaderTimeout(t *testing.T) {
 		}
 	})
 	t.Run("stall inside a v2 header", func(t *testing.T) {
-		hdr := v2Header(0x21, 0x11, addrBlock("192.0.2.1", "198.51.100.7", 51000, 5000), nil)
+		hdr := v2Header(0x21, 0x11, addrBlock("203.0.113.1", "198.51.100.7", 51000, 5000), nil)
 		peer := send(t, srv.addr, 300*time.Millisecond, hdr[:20], append(hdr[20:], frr...))
 		got := srv.record(t, peer)
 		if got.Proxy != "v2" || got.Bytes != int64(len(hdr)+87) || !strings.Contains(got.Error, "proxy header: ") ||
@@ -535,7 +535,7 @@ func TestShutdownWithOpenConnections(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
 
-	hdr := v2Header(0x21, 0x11, addrBlock("192.0.2.1", "198.51.100.7", 51000, 5000), nil)
+	hdr := v2Header(0x21, 0x11, addrBlock("203.0.113.1", "198.51.100.7", 51000, 5000), nil)
 	sends := [][]byte{
 		nil,                                   // silent: still waiting for a header
 		append(bytes.Clone(hdr), frr[:40]...), // inside a message
