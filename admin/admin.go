@@ -28,6 +28,7 @@ type Proxy interface {
 	Stats() proxy.Stats
 	ListenerStats() []proxy.ListenerStats
 	Routers() []proxy.RouterStatus
+	Targets() []proxy.TargetStatus
 	IsReady() bool
 }
 
@@ -59,8 +60,9 @@ type Server struct {
 //   - GET /routers: JSON, every open BMP session and the recently closed ones.
 //   - GET /healthz: 200 while the process serves HTTP.
 //   - GET /readyz: 200 once every listener is open, 503 before and while
-//     stopping. The body shows the fd budget; a spent budget is still
-//     ready: new connections queue until fds are free.
+//     stopping. The body shows the fd budget, and each target name that
+//     does not resolve; neither makes it unready: new connections queue
+//     until fds are free, and a collector may come later.
 //   - GET /version: JSON, the running binary's version and pid.
 //   - POST /upgrade: hand over to the binary at this one's path (see
 //     docs/upgrade.md); JSON, the successor's pid and version, or 500 and
@@ -197,6 +199,11 @@ func Handler(p Proxy) *http.ServeMux {
 				fmt.Fprint(w, "; spent: new connections wait in the listen backlog")
 			}
 			fmt.Fprintln(w)
+		}
+		for _, t := range p.Targets() {
+			if !t.Resolves {
+				fmt.Fprintf(w, "listener %q: target %s does not resolve (%s); its connections fail until it does\n", t.Listener, t.Target, t.Error)
+			}
 		}
 	})
 	return mux

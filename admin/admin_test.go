@@ -89,12 +89,14 @@ type fakeProxy struct {
 	stats     proxy.Stats
 	listeners []proxy.ListenerStats
 	routers   []proxy.RouterStatus
+	targets   []proxy.TargetStatus
 	ready     bool
 }
 
 func (f *fakeProxy) Stats() proxy.Stats                   { return f.stats }
 func (f *fakeProxy) ListenerStats() []proxy.ListenerStats { return f.listeners }
 func (f *fakeProxy) Routers() []proxy.RouterStatus        { return f.routers }
+func (f *fakeProxy) Targets() []proxy.TargetStatus        { return f.targets }
 func (f *fakeProxy) IsReady() bool                        { return f.ready }
 
 // TestAdminTokenMatrix is the guard on state-changing endpoints: every
@@ -312,7 +314,7 @@ func TestMetricsDescribed(t *testing.T) {
 	p := &fakeProxy{listeners: []proxy.ListenerStats{{
 		Name:    "bmp",
 		Refused: map[string]uint64{proxy.ReasonHeader: 3, proxy.ReasonBMP: 2},
-	}}}
+	}}, targets: []proxy.TargetStatus{{Listener: "bmp", Target: "collector:5000", Resolves: true}}}
 	c := newCollector(p)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)

@@ -14,7 +14,7 @@ type collector struct {
 
 	accepted, refused, active, bytes, connectFailures, dataPath,
 	pipesInUse, pipesIdle, parked, reloads, reloadFailures, acceptErrors,
-	upgrades, upgradeFailures, carriedOver, fdBudget, fdBudgetInUse *prometheus.Desc
+	upgrades, upgradeFailures, carriedOver, fdBudget, fdBudgetInUse, targetResolves *prometheus.Desc
 }
 
 func newCollector(p Proxy) *collector {
@@ -39,6 +39,7 @@ func newCollector(p Proxy) *collector {
 	d(&c.upgradeFailures, "upgrade_failures_total", "Upgrades that failed; the running process kept serving.")
 	d(&c.carriedOver, "sessions_carried_over_total", "Connections handed to a new process by upgrades, summed over upgrades.")
 	d(&c.fdBudget, "fd_budget", "File descriptors connections and pipes may hold: RLIMIT_NOFILE less those open at start and a reserve.")
+	d(&c.targetResolves, "target_resolves", "1 if the listener's target is an address or a name that resolved when last tried (at start, on reload, at each dial), 0 if it did not.", "listener", "target")
 	d(&c.fdBudgetInUse, "fd_budget_in_use", "File descriptors of the budget held now; at the budget, new connections wait in the listen backlog.")
 	return c
 }
@@ -67,6 +68,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.connectFailures, float64(l.ConnectFailures), l.Name)
 		counter(c.dataPath, float64(l.BytesSpliced), l.Name, "splice")
 		counter(c.dataPath, float64(l.BytesCopied), l.Name, "copy")
+	}
+	for _, t := range c.p.Targets() {
+		v := 0.0
+		if t.Resolves {
+			v = 1
+		}
+		gauge(c.targetResolves, v, t.Listener, t.Target)
 	}
 	st := c.p.Stats()
 	gauge(c.pipesInUse, float64(st.Splice.PipesInUse))

@@ -4,6 +4,7 @@ import (
 	"sort"
 	"sync/atomic"
 
+	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/splice"
 )
 
@@ -99,13 +100,23 @@ type ListenerStats struct {
 	BytesCopied     int64
 }
 
-// ListenerStats returns every listener's counters, sorted by name. A
-// listener removed by a reload is still listed.
+// ListenerStats returns the counters of every configured listener, and
+// of a listener removed by a reload while it still has open connections,
+// sorted by name.
 func (s *Server) ListenerStats() []ListenerStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	byName := make(map[string]*ListenerStats, len(s.states))
+	s.targets.mu.Lock()
+	configured := make(map[string]bool, len(s.targets.byName))
+	for name := range s.targets.byName {
+		configured[name] = true
+	}
+	s.targets.mu.Unlock()
 	for name, st := range s.states {
+		if !configured[name] && st.active.Load() == 0 {
+			continue
+		}
 		sv := st.saved()
 		byName[name] = &ListenerStats{
 			Name:            name,
@@ -234,4 +245,22 @@ func (s *Server) Stats() Stats {
 	b := s.budget.Stats()
 	st.FDBudget, st.FDBudgetInUse, st.FDBudgetReached = b.Size, b.InUse, b.Reached
 	return st
+}
+
+// pruneStates forgets the counters of listeners that cfg no longer has
+// and that have no open connection; one that still has them is pruned at
+// a later reload. Their series leave /metrics: ListenerStats lists only
+// configured listeners and those with open connections.
+func (s *Server) pruneStates(cfg *conf.Config) {
+	keep := make(map[string]bool, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
+		keep[l.Name] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, st := range s.states {
+		if !keep[name] && st.active.Load() == 0 {
+			delete(s.states, name)
+		}
+	}
 }

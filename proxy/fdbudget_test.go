@@ -69,18 +69,6 @@ func allServed(cs ...*echoClient) bool {
 	return true
 }
 
-func (l *logSink) count(msg string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, m := range l.lines {
-		if m["message"] == msg {
-			n++
-		}
-	}
-	return n
-}
-
 const (
 	budgetReached = "fd budget reached; accepting paused, new connections wait in the listen backlog"
 	budgetCleared = "fd budget cleared; accepting again"

@@ -330,10 +330,3 @@ func TestReload(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
-
-// all returns every line logged so far.
-func (l *logSink) all() []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]map[string]any(nil), l.lines...)
-}

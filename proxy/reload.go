@@ -89,7 +89,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 				if !reflect.DeepEqual(prev.Listener, *c) {
 					s.opts.Logger.Info().Str("listener", c.Name).Stringer("addr", l.ln.Addr()).
 						Stringer("target", c.Target).Str("proxy_protocol", string(c.ProxyProtocol)).
-						Msg("listener updated; new connections use the new settings")
+						Bool("bmp", c.BMP).Msg("listener updated; new connections use the new settings")
 				}
 				continue
 			}
@@ -128,6 +128,8 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 		s.opts.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
 	}
 	s.cfg = cfg
+	s.checkTargets(cfg)
+	s.pruneStates(cfg)
 	if err := errors.Join(errs...); err != nil {
 		s.stats.reloadFailures.Add(1)
 		s.opts.Logger.Error().Err(err).Msg("reload applied in part")

@@ -74,6 +74,9 @@ type Options struct {
 	// FreezeTimeout bounds how long Upgrade waits for every direction to
 	// be held (freeze.go). Zero means DefaultFreezeTimeout.
 	FreezeTimeout time.Duration
+	// LookupHost resolves a target name for the checks at start and on
+	// reload (targets.go). Nil means net.DefaultResolver.LookupHost.
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 	// Takeover is called by Run, with Inherit set, once everything is
 	// adopted and before any byte moves. It returns when this process may
 	// serve, or an error, and then Run releases the inherited sockets
@@ -109,8 +112,11 @@ type Server struct {
 	listeners map[netip.AddrPort]*listener // by bound address
 	accepting sync.WaitGroup               // accept loops
 
-	ready   atomic.Bool // every listener is open and accepting
-	routers routerTable
+	ready    atomic.Bool // every listener is open and accepting
+	routers  routerTable
+	targets  targetTable     // the configured listeners' targets
+	checks   sync.WaitGroup  // target checks in flight (targets.go)
+	checkCtx context.Context // ends the checks; owned by the Run goroutine
 
 	nextID atomic.Uint64
 	stats  counters
@@ -244,6 +250,13 @@ func (s *Server) Run(ctx context.Context) error {
 		addrs[i] = l.ln.Addr()
 	}
 
+	// Target checks end with Run, whether it stops or hands over.
+	checkCtx, stopChecks := context.WithCancel(ctx)
+	defer s.checks.Wait()
+	defer stopChecks()
+	s.checkCtx = checkCtx
+	s.checkTargets(s.cfg)
+
 	// Connections outlive ctx: they are stopped by the drain logic below.
 	connCtx, abortConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer abortConns()
@@ -293,6 +306,7 @@ func (s *Server) serve(ctx, connCtx context.Context, l *listener) {
 		Stringer("addr", l.ln.Addr()).
 		Stringer("target", o.Target).
 		Str("proxy_protocol", string(o.ProxyProtocol)).
+		Bool("bmp", o.BMP).
 		Msg("listening")
 	s.startAccepting(ctx, connCtx, l)
 }

@@ -59,6 +59,26 @@ func (l *logSink) closed() []map[string]any {
 	return out
 }
 
+// all returns every line logged so far.
+func (l *logSink) all() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]map[string]any(nil), l.lines...)
+}
+
+// count returns how many lines have message msg.
+func (l *logSink) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.lines {
+		if m["message"] == msg {
+			n++
+		}
+	}
+	return n
+}
+
 func (l *logSink) waitClosed(t *testing.T, n int) []map[string]any {
 	t.Helper()
 	waitfor.True(t, fmt.Sprintf("%d closing log lines", n), func() bool { return len(l.closed()) >= n })

@@ -169,6 +169,7 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		return stageHeader.fail(err)
 	}
 	tc, err := s.dial(ctx, o, c.client)
+	s.noteDial(o, err)
 	if err != nil {
 		return stageDial.fail(err)
 	}

@@ -312,3 +312,40 @@ listeners:
 		t.Fatalf("exit %v after SIGTERM", st)
 	}
 }
+
+// TestTargetNotResolving: a target name that does not resolve is found at
+// start, not when a router connects: a warning names the listener and the
+// target, /readyz stays 200 and says so, and a gauge shows it. The
+// listening line shows the listener's mode, pre-check and target.
+func TestTargetNotResolving(t *testing.T) {
+	path := writeConfig(t, t.TempDir(), `
+admin: "127.0.0.1:0"
+listeners:
+  - name: routers
+    listen: "127.0.0.1:0"
+    target: "collector.invalid:5000"
+    bmp: true
+    connect_timeout: 2s
+`)
+	p := start(t, 1, "--config", path)
+	admin := "http://" + p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
+	l := p.waitLog(t, "listening", 1)[0]
+	if l["listener"] != "routers" || l["proxy_protocol"] != "v2" || l["bmp"] != true || l["target"] != "collector.invalid:5000" {
+		t.Errorf("listening line %v: want the listener's mode, pre-check and target", l)
+	}
+	w := p.waitLog(t, "target does not resolve; its connections fail until it does", 1)[0]
+	if w["level"] != "warn" || w["listener"] != "routers" || w["target"] != "collector.invalid:5000" {
+		t.Errorf("warning %v: want the listener and the target named", w)
+	}
+	code, body := httpGet(t, admin+"/readyz")
+	if code != 200 || !strings.Contains(body, `listener "routers": target collector.invalid:5000 does not resolve (`) {
+		t.Errorf("/readyz = %d %q: want 200, naming the target that does not resolve", code, body)
+	}
+	_, m := httpGet(t, admin+"/metrics")
+	if v := metric(m, `bmpproxy_target_resolves{listener="routers",target="collector.invalid:5000"}`); v != 0 {
+		t.Errorf("target_resolves = %v, want 0", v)
+	}
+	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
+		t.Fatalf("exit status %d", st.ExitCode())
+	}
+}
