@@ -7,10 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
+	"unicode"
+
+	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/urfave/cli/v2"
 )
 
 // The man page and the shell completions are generated from the CLI
@@ -197,4 +202,270 @@ func TestBashCompletion(t *testing.T) {
 	if got := complete("bmpproxy", "inspect", "--js"); len(got) != 1 || got[0] != "--json" {
 		t.Errorf("bmpproxy inspect --js<TAB>: %q, want --json", got)
 	}
+}
+
+// docPages returns README.md and every Markdown file under docs/, as
+// paths relative to root, with their text.
+func docPages(t *testing.T, root string) map[string]string {
+	t.Helper()
+	pages := map[string]string{}
+	read := func(rel string) {
+		b, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(rel)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages[rel] = string(b)
+	}
+	read("README.md")
+	err := filepath.WalkDir(filepath.Join(root, "docs"), func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".md") {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		read(filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pages
+}
+
+// mdBlock is a fenced code block of a Markdown page.
+type mdBlock struct {
+	info string // the fence's info string, such as "yaml"
+	line int    // the line of the opening fence, from 1
+	text string
+}
+
+// splitMarkdown returns a page's prose, with fenced code blocks blanked
+// out (so line numbers hold), and its fenced code blocks.
+func splitMarkdown(page string) (prose []string, blocks []mdBlock) {
+	var cur *mdBlock
+	var fence string
+	for i, line := range strings.Split(page, "\n") {
+		trimmed := strings.TrimLeft(line, " ")
+		if cur == nil {
+			if strings.HasPrefix(trimmed, "```") || strings.HasPrefix(trimmed, "~~~") {
+				fence = trimmed[:3]
+				cur = &mdBlock{info: strings.TrimSpace(trimmed[3:]), line: i + 1}
+				prose = append(prose, "")
+				continue
+			}
+			prose = append(prose, line)
+			continue
+		}
+		prose = append(prose, "")
+		if strings.HasPrefix(trimmed, fence) && strings.TrimSpace(trimmed[3:]) == "" {
+			blocks = append(blocks, *cur)
+			cur = nil
+			continue
+		}
+		cur.text += line + "\n"
+	}
+	return prose, blocks
+}
+
+// headingAnchors returns the anchors GitHub makes of a page's headings:
+// lower case, letters, digits, '_' and '-' kept, spaces made '-', the
+// rest dropped; a repeated one gets -1, -2, ….
+func headingAnchors(page string) map[string]bool {
+	prose, _ := splitMarkdown(page)
+	link := regexp.MustCompile(`\[([^\]]*)\]\([^)]*\)`)
+	anchors := map[string]bool{}
+	seen := map[string]int{}
+	for _, line := range prose {
+		text, ok := strings.CutPrefix(line, "#")
+		if !ok {
+			continue
+		}
+		text = strings.TrimLeft(text, "#")
+		if !strings.HasPrefix(text, " ") {
+			continue
+		}
+		text = link.ReplaceAllString(strings.TrimSpace(text), "$1")
+		var b strings.Builder
+		for _, r := range strings.ToLower(text) {
+			switch {
+			case unicode.IsLetter(r) || unicode.IsDigit(r) || r == '_' || r == '-':
+				b.WriteRune(r)
+			case r == ' ':
+				b.WriteByte('-')
+			}
+		}
+		a := b.String()
+		if n := seen[a]; n > 0 {
+			seen[a]++
+			a += "-" + strconv.Itoa(n)
+		} else {
+			seen[a] = 1
+		}
+		anchors[a] = true
+	}
+	return anchors
+}
+
+// TestDocsLinks checks every link of README.md and docs/*.md: a relative
+// one names a file or directory of the repository, and an anchor its
+// headings make; none leaves the repository (no absolute path, no
+// "../" above the root, no scheme but http, https and mailto).
+func TestDocsLinks(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := docPages(t, root)
+	inline := regexp.MustCompile(`\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)`)
+	refDef := regexp.MustCompile(`^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)`)
+	code := regexp.MustCompile("`[^`]*`")
+	scheme := regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9+.-]*:`)
+	anchorsOf := map[string]map[string]bool{}
+	anchors := func(rel string) map[string]bool {
+		if a, ok := anchorsOf[rel]; ok {
+			return a
+		}
+		b, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(rel)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		anchorsOf[rel] = headingAnchors(string(b))
+		return anchorsOf[rel]
+	}
+	links := 0
+	for _, page := range sortedKeys(pages) {
+		prose, _ := splitMarkdown(pages[page])
+		for i, line := range prose {
+			line = code.ReplaceAllString(line, "")
+			var targets []string
+			for _, m := range inline.FindAllStringSubmatch(line, -1) {
+				targets = append(targets, m[1])
+			}
+			if m := refDef.FindStringSubmatch(line); m != nil {
+				targets = append(targets, m[1])
+			}
+			for _, target := range targets {
+				links++
+				where := page + ":" + strconv.Itoa(i+1) + ": link " + strconv.Quote(target)
+				if s := scheme.FindString(target); s != "" {
+					if s != "http:" && s != "https:" && s != "mailto:" {
+						t.Errorf("%s: scheme %s leaves the repository", where, s)
+					}
+					continue
+				}
+				path, anchor, _ := strings.Cut(target, "#")
+				if strings.HasPrefix(path, "/") {
+					t.Errorf("%s: an absolute path leaves the repository; link relative to %s", where, page)
+					continue
+				}
+				rel := page
+				if path != "" {
+					rel = filepath.ToSlash(filepath.Clean(filepath.Join(filepath.Dir(page), filepath.FromSlash(path))))
+				}
+				if rel == ".." || strings.HasPrefix(rel, "../") {
+					t.Errorf("%s: points outside the repository (%s)", where, rel)
+					continue
+				}
+				if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(rel))); err != nil {
+					t.Errorf("%s: %s does not exist", where, rel)
+					continue
+				}
+				if anchor == "" {
+					continue
+				}
+				if !strings.HasSuffix(rel, ".md") {
+					t.Errorf("%s: an anchor into %s, which is not Markdown", where, rel)
+					continue
+				}
+				if !anchors(rel)[anchor] {
+					t.Errorf("%s: no heading of %s makes the anchor #%s", where, rel, anchor)
+				}
+			}
+		}
+	}
+	if links == 0 {
+		t.Fatal("no links found; is the link pattern broken?")
+	}
+}
+
+// TestDocsConfigs loads every configuration shown in README.md and
+// docs/*.md: each document of a yaml block with a top-level listeners:
+// key is a configuration file, and one with rules: is docker mode's.
+func TestDocsConfigs(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := docPages(t, root)
+	configs := 0
+	for _, page := range sortedKeys(pages) {
+		_, blocks := splitMarkdown(pages[page])
+		for _, b := range blocks {
+			if b.info != "yaml" {
+				continue
+			}
+			for n, doc := range strings.Split(b.text, "\n---\n") {
+				where := page + ":" + strconv.Itoa(b.line) + ": yaml block, document " + strconv.Itoa(n+1)
+				var err error
+				switch {
+				case hasTopKey(doc, "listeners"):
+					_, err = conf.Parse([]byte(doc))
+				case hasTopKey(doc, "rules"):
+					_, err = conf.ParseDockerRules([]byte(doc))
+				default:
+					continue
+				}
+				configs++
+				if err != nil {
+					t.Errorf("%s does not load:\n%v\n%s", where, err, doc)
+				}
+			}
+		}
+	}
+	if configs == 0 {
+		t.Fatal("no configuration found in the documents")
+	}
+}
+
+// hasTopKey reports whether a YAML document has key at its top level.
+func hasTopKey(doc, key string) bool {
+	for _, line := range strings.Split(doc, "\n") {
+		if strings.HasPrefix(line, key+":") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDocsFlags checks that the README names every flag of every command.
+func TestDocsFlags(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := newApp(io.Discard, io.Discard)
+	check := func(cmd string, flags []cli.Flag) {
+		for _, f := range flags {
+			name := f.Names()[0]
+			named := regexp.MustCompile(`(^|[^\w-])--` + regexp.QuoteMeta(name) + `([^\w-]|$)`)
+			if !named.Match(readme) {
+				t.Errorf("README.md does not name %s's flag --%s", cmd, name)
+			}
+		}
+	}
+	check("bmpproxy", app.Flags)
+	for _, c := range app.Commands {
+		check("bmpproxy "+c.Name, c.Flags)
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
