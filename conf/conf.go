@@ -389,16 +389,6 @@ func (c *Config) Validate() error {
 			}
 			seen[a] = lp
 		}
-		for k, a := range l.Listen {
-			// [::]:P is dual-stack: it takes every IPv4 address on P too.
-			if !a.IsValid() || a.Port() == 0 || !a.Addr().Is4() {
-				continue
-			}
-			wild := netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port())
-			if other, dup := seen[wild]; dup {
-				add(fmt.Sprintf("%s.listen[%d]", p, k), "%s overlaps %s, which is %s and also accepts IPv4", a, other, wild)
-			}
-		}
 		if l.Target.IsZero() {
 			add(p+".target", "missing")
 		}
@@ -431,6 +421,23 @@ func (c *Config) Validate() error {
 		}
 		if err := checkFormat(l.Log.Format); err != nil && l.Log.Format != c.Log.Format {
 			add(p+".log.format", "%v", err)
+		}
+	}
+	// [::]:P is dual-stack: it takes every IPv4 address on P too, whichever
+	// comes first.
+	overlap := func(path string, a netip.AddrPort) {
+		if !a.IsValid() || a.Port() == 0 || !a.Addr().Is4() {
+			return
+		}
+		wild := netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port())
+		if other, dup := seen[wild]; dup {
+			add(path, "%s overlaps %s, which is %s and also accepts IPv4", a, other, wild)
+		}
+	}
+	overlap("admin", c.Admin)
+	for i, l := range c.Listeners {
+		for k, a := range l.Listen {
+			overlap(fmt.Sprintf("listeners[%d].listen[%d]", i, k), a)
 		}
 	}
 	return errors.Join(errs...)

@@ -116,6 +116,21 @@ listeners:
 			want: `line 6: listeners[1].listen[0]: 0.0.0.0:5000 overlaps listeners[0].listen[0], which is [::]:5000 and also accepts IPv4`,
 		},
 		{
+			name: "dual-stack overlap, the IPv4 address first",
+			in: yml(`
+admin: "127.0.0.1:9180"
+listeners:
+	- name: a
+		listen: "198.51.100.1:5000"
+		target: collector:5000
+	- name: b
+		listen: ["[::]:5000", "[::]:9180"]
+		target: collector:5000
+`),
+			want: `line 1: admin: 127.0.0.1:9180 overlaps listeners[1].listen[1], which is [::]:9180 and also accepts IPv4
+line 4: listeners[0].listen[0]: 198.51.100.1:5000 overlaps listeners[1].listen[0], which is [::]:5000 and also accepts IPv4`,
+		},
+		{
 			name: "missing target",
 			in: yml(`
 listeners:
