@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -285,11 +286,47 @@ func newLogger(l conf.Log, w io.Writer) (zerolog.Logger, error) {
 	switch l.Format {
 	case "json":
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
+		w = consoleWriter(w)
 	default:
 		return zerolog.Logger{}, fmt.Errorf("--log-format: unknown format %q", l.Format)
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// consoleWriter writes the console log format to w, coloured only for a
+// person watching it. An error of several lines, such as the problems of a
+// config file that does not reload, shows its first line in the error
+// field and each further one below the line, indented; JSON keeps them in
+// one string.
+func consoleWriter(w io.Writer) zerolog.ConsoleWriter {
+	noColor := !isTerminal(w) || os.Getenv("NO_COLOR") != ""
+	return zerolog.ConsoleWriter{
+		Out: w, TimeFormat: time.RFC3339, NoColor: noColor,
+		FormatErrFieldValue: func(v any) string {
+			s := fmt.Sprint(v) // quoted already when it needs to be
+			if u, err := strconv.Unquote(s); err == nil {
+				if first, _, ok := strings.Cut(u, "\n"); ok {
+					s = strconv.Quote(first)
+				}
+			}
+			if noColor {
+				return s
+			}
+			return "\x1b[1m\x1b[31m" + s + "\x1b[0m"
+		},
+		FormatExtra: func(evt map[string]any, buf *bytes.Buffer) error {
+			s, _ := evt[zerolog.ErrorFieldName].(string)
+			_, rest, ok := strings.Cut(s, "\n")
+			if !ok {
+				return nil
+			}
+			for _, line := range strings.Split(rest, "\n") {
+				buf.WriteString("\n    ")
+				buf.WriteString(line)
+			}
+			return nil
+		},
+	}
 }
 
 // onUsageError rewrites the flag package's messages, which name flags with

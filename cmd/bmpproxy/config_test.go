@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -305,6 +306,47 @@ listeners:
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	p.waitLog(t, "reload applied", 1)
 	round(2)
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// TestReloadErrorConsole checks that a reload of a file with several
+// problems, in the console format, shows each problem on a line of its
+// own, not a literal \n.
+func TestReloadErrorConsole(t *testing.T) {
+	dir := t.TempDir()
+	col := newSink(t, testtarget.V2)
+	path := writeConfig(t, dir, "listeners:\n  - listen: \"127.0.0.1:0\"\n    target: \""+col.Addr()+"\"\n")
+	cmd := exec.Command(binPath(), "--config", path, "--log-format", "console")
+	p := startCmd(t, 0, cmd)
+	p.waitRaw(t, 1, " INF listening ", "listener=default")
+
+	writeConfig(t, dir, "listeners:\n  - listen: [::]:5000\n    target: collector\n    proxy_protocl: v2\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	last := `    line 4: listeners[0]: unknown field "proxy_protocl"`
+	p.waitRaw(t, 1, last)
+	out := p.logs.String()
+	i := strings.Index(out, " ERR reload failed; the running configuration stays in force ")
+	if i < 0 {
+		t.Fatalf("no reload failure line:\n%s", out)
+	}
+	got := strings.SplitN(out[i:], "\n", 5)[:4]
+	want := []string{
+		` ERR reload failed; the running configuration stays in force error="config ` + path + `:"`,
+		`    line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)`,
+		`    line 3: listeners[0].target: missing port in "collector"`,
+		last + ` (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("reload failure:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if strings.Contains(out, `\n`) {
+		t.Fatalf("a literal \\n in the console log:\n%s", out)
+	}
+
+	// The next reload, of a good file, is logged in the same format.
+	writeConfig(t, dir, "listeners:\n  - listen: \"127.0.0.1:0\"\n    target: \""+col.Addr()+"\"\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitRaw(t, 1, " INF reload applied")
 	p.stop(t, syscall.SIGTERM, 10*time.Second)
 }
 
