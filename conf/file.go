@@ -138,7 +138,7 @@ func document(data []byte) (*yaml.Node, []error) {
 // unquotedV6 finds the commonest YAML mistake in a bmpproxy file: an
 // IPv6 address with a port, unquoted, as a key's value or a list item,
 // which YAML reads as a list.
-var unquotedV6 = regexp.MustCompile(`(?m)^(?:[^#\n]*:[ \t]+|[ \t]*-[ \t]+)(\[[0-9A-Za-z:.%]*\]:\d+)`)
+var unquotedV6 = regexp.MustCompile(`(?m)^(?:[^#\n]*:[ \t]+|[ \t]*-[ \t]+)(\[[0-9A-Za-z.%]*:[0-9A-Za-z:.%]*\]:\d+)`)
 
 // quoteIPv6 returns data with every unquoted IPv6 address with a port
 // quoted, and an error for each, on its line; no errors when there is

@@ -382,6 +382,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("listeners:\n  - listen: \"[::]:5000\"\n    target: c:1\n    allow: [198.51.100.0/24]\n"))
 	f.Add([]byte("listeners: [{listen: ':1', target: 'a:1', tcp_keepalive: {idle: 1s}}]\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("admin: [::1]:1 x: [::]:2\nlisteners:\n  - listen: [::]:5000\n\t  target: c\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
