@@ -55,7 +55,7 @@ func newConfigFlag() *configFlag {
 }
 
 // overridingFlags lists the flags that override a config file's setting:
-// "--log-level, --log-format and --admin-token-file".
+// "--admin-token-file, --log-level and --log-format".
 func overridingFlags() string {
 	var names []string
 	for _, f := range conf.Flags() {
