@@ -74,12 +74,8 @@ type Target struct {
 
 // ParseTarget parses "host:port" or "[v6]:port". The port must be 1-65535.
 func ParseTarget(s string) (Target, error) {
-	host, port, err := net.SplitHostPort(s)
+	host, port, err := splitHostPort(s)
 	if err != nil {
-		var ae *net.AddrError
-		if errors.As(err, &ae) {
-			return Target{}, fmt.Errorf("%s in %q", strings.TrimSuffix(ae.Err, " in address"), s)
-		}
 		return Target{}, err
 	}
 	if host == "" {
@@ -135,12 +131,8 @@ func (t Target) IsZero() bool { return t == Target{} }
 // "[::]:5000". IPv4-mapped IPv6 addresses are unmapped. Port 0 asks the
 // kernel for a free port.
 func ParseListen(s string) (netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(s)
+	host, port, err := splitHostPort(s)
 	if err != nil {
-		var ae *net.AddrError
-		if errors.As(err, &ae) {
-			return netip.AddrPort{}, fmt.Errorf("%s in %q", strings.TrimSuffix(ae.Err, " in address"), s)
-		}
 		return netip.AddrPort{}, err
 	}
 	p, err := parsePort(port)
@@ -158,6 +150,49 @@ func ParseListen(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("zone on non-IPv6 address in %q", s)
 	}
 	return netip.AddrPortFrom(a.Unmap(), p), nil
+}
+
+// splitHostPort is net.SplitHostPort with errors that quote s and, for an
+// IPv6 address written without brackets, give the bracketed form: an
+// address with a port, "2001:db8::1:5000" becomes "[2001:db8::1]:5000",
+// and an address alone, "2001:db8::1", "[2001:db8::1]:PORT".
+func splitHostPort(s string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(s)
+	if err == nil {
+		return host, port, nil
+	}
+	var ae *net.AddrError
+	if !errors.As(err, &ae) {
+		return "", "", err
+	}
+	msg := fmt.Sprintf("%s in %q", strings.TrimSuffix(ae.Err, " in address"), s)
+	if !strings.HasPrefix(s, "[") && strings.Count(s, ":") > 1 {
+		if h, p, ok := cutLast(s, ":"); ok && isPort(p) && isIPv6(h) {
+			return "", "", fmt.Errorf("%s (write an IPv6 address with a port in brackets: %q)", msg, "["+h+"]:"+p)
+		}
+		if isIPv6(s) {
+			return "", "", fmt.Errorf("%s (an IPv6 address needs brackets and a port: %q)", msg, "["+s+"]:PORT")
+		}
+	}
+	return "", "", errors.New(msg)
+}
+
+func cutLast(s, sep string) (before, after string, ok bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
+}
+
+func isPort(s string) bool {
+	_, err := strconv.ParseUint(s, 10, 16)
+	return err == nil
+}
+
+func isIPv6(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6()
 }
 
 func parsePort(s string) (uint16, error) {
@@ -354,16 +389,6 @@ func (c *Config) Validate() error {
 			}
 			seen[a] = lp
 		}
-		for k, a := range l.Listen {
-			// [::]:P is dual-stack: it takes every IPv4 address on P too.
-			if !a.IsValid() || a.Port() == 0 || !a.Addr().Is4() {
-				continue
-			}
-			wild := netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port())
-			if other, dup := seen[wild]; dup {
-				add(fmt.Sprintf("%s.listen[%d]", p, k), "%s overlaps %s, which is %s and also accepts IPv4", a, other, wild)
-			}
-		}
 		if l.Target.IsZero() {
 			add(p+".target", "missing")
 		}
@@ -396,6 +421,23 @@ func (c *Config) Validate() error {
 		}
 		if err := checkFormat(l.Log.Format); err != nil && l.Log.Format != c.Log.Format {
 			add(p+".log.format", "%v", err)
+		}
+	}
+	// [::]:P is dual-stack: it takes every IPv4 address on P too, whichever
+	// comes first.
+	overlap := func(path string, a netip.AddrPort) {
+		if !a.IsValid() || a.Port() == 0 || !a.Addr().Is4() {
+			return
+		}
+		wild := netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port())
+		if other, dup := seen[wild]; dup {
+			add(path, "%s overlaps %s, which is %s and also accepts IPv4", a, other, wild)
+		}
+	}
+	overlap("admin", c.Admin)
+	for i, l := range c.Listeners {
+		for k, a := range l.Listen {
+			overlap(fmt.Sprintf("listeners[%d].listen[%d]", i, k), a)
 		}
 	}
 	return errors.Join(errs...)

@@ -24,6 +24,11 @@ func TestParseListen(t *testing.T) {
 		{in: "[::]:65536", wantErr: `invalid port "65536" in "[::]:65536"`},
 		{in: "[::]:", wantErr: `missing port in "[::]:"`},
 		{in: "[::]:http", wantErr: `invalid port "http" in "[::]:http"`},
+		{in: "::1:5001", wantErr: `too many colons in "::1:5001" (write an IPv6 address with a port in brackets: "[::1]:5001")`},
+		{in: "2001:db8::1:5000", wantErr: `too many colons in "2001:db8::1:5000" (write an IPv6 address with a port in brackets: "[2001:db8::1]:5000")`},
+		{in: "fe80::1%eth0:5000", wantErr: `too many colons in "fe80::1%eth0:5000" (write an IPv6 address with a port in brackets: "[fe80::1%eth0]:5000")`},
+		{in: "2001:db8::", wantErr: `too many colons in "2001:db8::" (an IPv6 address needs brackets and a port: "[2001:db8::]:PORT")`},
+		{in: "a:b:c", wantErr: `too many colons in "a:b:c"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -58,6 +63,9 @@ func TestParseTarget(t *testing.T) {
 		{in: "collector:99999", wantErr: `invalid port "99999" in "collector:99999"`},
 		{in: "bad host:1", wantErr: `invalid host "bad host" in "bad host:1"`},
 		{in: "a..b:1", wantErr: `invalid host "a..b" in "a..b:1"`},
+		{in: "::1:5001", wantErr: `too many colons in "::1:5001" (write an IPv6 address with a port in brackets: "[::1]:5001")`},
+		{in: "::ffff:198.51.100.2:5000", wantErr: `too many colons in "::ffff:198.51.100.2:5000" (write an IPv6 address with a port in brackets: "[::ffff:198.51.100.2]:5000")`},
+		{in: "2001:db8::2", wantErr: `too many colons in "2001:db8::2" (an IPv6 address needs brackets and a port: "[2001:db8::2]:PORT")`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

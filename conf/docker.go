@@ -96,6 +96,9 @@ func ParseDockerRules(data []byte) (*DockerRules, error) {
 		if errors.Is(err, io.EOF) {
 			return &DockerRules{}, nil
 		}
+		if _, errs := quoteIPv6(data); len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
 		return nil, syntaxError(err, data)
 	}
 	r := &DockerRules{}

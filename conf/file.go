@@ -20,17 +20,25 @@ import (
 const MaxFileSize = 1 << 20
 
 // Load reads the YAML file at path, applies defaults and validates it. It
-// reports every problem at once; see Parse.
-func Load(path string) (*Config, error) {
+// reports every problem at once; see Parse, which also says what the
+// overrides do.
+func Load(path string, overrides ...Override) (*Config, error) {
 	data, err := readFile("config", path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := Parse(data)
+	c, err := Parse(data, overrides...)
 	if err != nil {
 		return nil, fmt.Errorf("config %s:\n%w", path, err)
 	}
 	return c, nil
+}
+
+// Override is a value given for a flag, on the command line or in the
+// environment, that replaces the file's own (see Flag.Overrides).
+type Override struct {
+	Flag   Flag
+	Values []string
 }
 
 // readFile reads at most MaxFileSize bytes of the file at path. Errors
@@ -59,25 +67,25 @@ func readFile(what, path string) ([]byte, error) {
 //
 //	line 14: listeners[2]: unknown field "proxy_protocl"
 //	line 9: listeners[2].target: missing port in "collector"
-func Parse(data []byte) (*Config, error) {
-	var doc yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, &FieldError{Err: errors.New("empty file: at least one listener is required")}
-		}
-		return nil, syntaxError(err, data)
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, &FieldError{Line: extra.Line, Err: errors.New("more than one YAML document")}
-	}
-	if len(doc.Content) == 0 {
-		return nil, &FieldError{Err: errors.New("empty file: at least one listener is required")}
+//
+// Each override replaces a top-level setting after decoding and before
+// the defaults derived from it, so that a listener with no log settings
+// of its own inherits an overridden one. A bad override value is reported
+// as its flag's: Flag.Check finds it first.
+func Parse(data []byte, overrides ...Override) (*Config, error) {
+	root, errs := document(data)
+	if root == nil {
+		return nil, errors.Join(errs...)
 	}
 	d := newDecoder()
+	d.errs = errs
 	c := Default()
-	configSettings().decode(d, doc.Content[0], "", c)
+	configSettings().decode(d, root, "", c)
+	for _, o := range overrides {
+		if err := o.apply(c); err != nil {
+			d.errs = append(d.errs, err)
+		}
+	}
 	if err := c.Complete(); err != nil {
 		d.locate(err)
 	}
@@ -87,17 +95,103 @@ func Parse(data []byte) (*Config, error) {
 	return c, nil
 }
 
+func (o Override) apply(c *Config) error {
+	if !o.Flag.Overrides {
+		return fmt.Errorf("--%s cannot override a file's setting", o.Flag.Name)
+	}
+	if err := o.Flag.Check(o.Values...); err != nil {
+		return fmt.Errorf("--%s: %w", o.Flag.Name, err)
+	}
+	return o.Flag.Set(c, o.Values...)
+}
+
+// document parses data as a single YAML document and returns its root, or
+// nil and why not. A syntax error is given in words that say what to
+// write instead when its cause is one bmpproxy files are known for: an
+// IPv6 address with a port, unquoted, which YAML reads as a list, or tabs
+// in the indentation. Unquoted addresses are then quoted in memory and
+// the document parsed again, so that the root is returned, after the
+// errors for them, and the file's other problems are found too.
+func document(data []byte) (*yaml.Node, []error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, []error{&FieldError{Err: errors.New("empty file: at least one listener is required")}}
+		}
+		if fixed, errs := quoteIPv6(data); len(errs) > 0 {
+			root, more := document(fixed)
+			return root, append(errs, more...)
+		}
+		return nil, []error{syntaxError(err, data)}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, []error{&FieldError{Line: extra.Line, Err: errors.New("more than one YAML document")}}
+	}
+	if len(doc.Content) == 0 {
+		return nil, []error{&FieldError{Err: errors.New("empty file: at least one listener is required")}}
+	}
+	return doc.Content[0], nil
+}
+
 // unquotedV6 finds the commonest YAML mistake in a bmpproxy file: an
-// IPv6 address with a port, unquoted, which YAML reads as a list.
-var unquotedV6 = regexp.MustCompile(`(?m)^[^#\n]*:\s+(\[[0-9A-Fa-f:.]*\]:\d+)`)
+// IPv6 address with a port, unquoted, as a key's value or a list item,
+// which YAML reads as a list.
+var unquotedV6 = regexp.MustCompile(`(?m)^(?:[^#\n]*:[ \t]+|[ \t]*-[ \t]+)(\[[0-9A-Za-z.%]*:[0-9A-Za-z:.%]*\]:\d+)`)
+
+// quoteIPv6 returns data with every unquoted IPv6 address with a port
+// quoted, and an error for each, on its line; no errors when there is
+// none. The lines stay where they were.
+func quoteIPv6(data []byte) ([]byte, []error) {
+	var errs []error
+	var fixed []byte
+	last := 0
+	for _, loc := range unquotedV6.FindAllSubmatchIndex(data, -1) {
+		addr := string(data[loc[2]:loc[3]])
+		line := 1 + bytes.Count(data[:loc[2]], []byte("\n"))
+		errs = append(errs, &FieldError{Line: line, Err: fmt.Errorf("quote IPv6 addresses: %q, not %s (YAML reads [ ] as a list)", addr, addr)})
+		fixed = append(fixed, data[last:loc[2]]...)
+		fixed = strconv.AppendQuote(fixed, addr)
+		last = loc[3]
+	}
+	return append(fixed, data[last:]...), errs
+}
+
+// tabError reports the lines indented with a tab, which YAML forbids, or
+// nil when there are none.
+func tabError(data []byte) error {
+	var lines []int
+	for i, line := range bytes.Split(data, []byte("\n")) {
+		content := bytes.TrimLeft(line, " \t")
+		if len(content) > 0 && bytes.ContainsRune(line[:len(line)-len(content)], '\t') {
+			lines = append(lines, i+1)
+		}
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	msg := "indented with a tab: YAML forbids tabs for indentation; indent with spaces"
+	switch more := lines[1:]; len(more) {
+	case 0:
+	case 1:
+		msg += fmt.Sprintf(" (line %d too)", more[0])
+	default:
+		s := make([]string, len(more))
+		for i, l := range more {
+			s[i] = strconv.Itoa(l)
+		}
+		msg += fmt.Sprintf(" (lines %s and %s too)", strings.Join(s[:len(s)-1], ", "), s[len(s)-1])
+	}
+	return &FieldError{Line: lines[0], Err: errors.New(msg)}
+}
 
 // syntaxError turns a yaml parse error ("yaml: line 3: did not find ...")
-// into a FieldError with its line.
+// into a FieldError with its line, unless data has tabs in its
+// indentation, which is the error then.
 func syntaxError(err error, data []byte) error {
-	if loc := unquotedV6.FindSubmatchIndex(data); loc != nil {
-		line := 1 + bytes.Count(data[:loc[2]], []byte("\n"))
-		return &FieldError{Line: line, Err: fmt.Errorf("quote IPv6 addresses: %q, not %s (YAML reads [ ] as a list)",
-			string(data[loc[2]:loc[3]]), data[loc[2]:loc[3]])}
+	if err := tabError(data); err != nil {
+		return err
 	}
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {

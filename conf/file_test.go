@@ -116,6 +116,21 @@ listeners:
 			want: `line 6: listeners[1].listen[0]: 0.0.0.0:5000 overlaps listeners[0].listen[0], which is [::]:5000 and also accepts IPv4`,
 		},
 		{
+			name: "dual-stack overlap, the IPv4 address first",
+			in: yml(`
+admin: "127.0.0.1:9180"
+listeners:
+	- name: a
+		listen: "198.51.100.1:5000"
+		target: collector:5000
+	- name: b
+		listen: ["[::]:5000", "[::]:9180"]
+		target: collector:5000
+`),
+			want: `line 1: admin: 127.0.0.1:9180 overlaps listeners[1].listen[1], which is [::]:9180 and also accepts IPv4
+line 4: listeners[0].listen[0]: 198.51.100.1:5000 overlaps listeners[1].listen[0], which is [::]:5000 and also accepts IPv4`,
+		},
+		{
 			name: "missing target",
 			in: yml(`
 listeners:
@@ -142,6 +157,53 @@ listeners:
 		target: collector:5000
 `),
 			want: `line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)`,
+		},
+		{
+			name: "unquoted IPv6 list item",
+			in: yml(`
+listeners:
+	- listen:
+			- "127.0.0.1:5000"
+			- [::]:5001
+		target: collector:5000
+`),
+			want: `line 4: quote IPv6 addresses: "[::]:5001", not [::]:5001 (YAML reads [ ] as a list)`,
+		},
+		{
+			name: "unquoted IPv6 addresses and other problems",
+			in: yml(`
+admin: [::1]:9180
+listeners:
+	- listen: [::]:5000
+		target: collector
+		proxy_protocl: v2
+	- listen: [2001:db8::1]:5001 # a comment
+		target: ::1:5001
+		connect_timeout: 5
+`),
+			want: `line 1: quote IPv6 addresses: "[::1]:9180", not [::1]:9180 (YAML reads [ ] as a list)
+line 3: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)
+line 6: quote IPv6 addresses: "[2001:db8::1]:5001", not [2001:db8::1]:5001 (YAML reads [ ] as a list)
+line 4: listeners[0].target: missing port in "collector"
+line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)
+line 7: listeners[1].target: too many colons in "::1:5001" (write an IPv6 address with a port in brackets: "[::1]:5001")
+line 8: listeners[1].connect_timeout: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")`,
+		},
+		{
+			name: "unquoted IPv6 address and another syntax error",
+			in:   "listeners:\n  - listen: [::]:5000\n    name: [a\n",
+			want: `line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)
+line 2: did not find expected ',' or ']'`,
+		},
+		{
+			name: "a tab in the indentation",
+			in:   "listeners:\n\t- listen: \"[::]:5000\"\n\t  target: collector:5000\n",
+			want: `line 2: indented with a tab: YAML forbids tabs for indentation; indent with spaces (line 3 too)`,
+		},
+		{
+			name: "a tab after spaces",
+			in:   "listeners:\n  - listen: \"[::]:5000\"\n  \t target: collector:5000\n  - listen: \"[::]:5001\"\n\t\ttarget: c:1\n\t\tbmp: true\n",
+			want: `line 3: indented with a tab: YAML forbids tabs for indentation; indent with spaces (lines 5 and 6 too)`,
 		},
 		{
 			name: "other syntax error",
@@ -320,6 +382,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("listeners:\n  - listen: \"[::]:5000\"\n    target: c:1\n    allow: [198.51.100.0/24]\n"))
 	f.Add([]byte("listeners: [{listen: ':1', target: 'a:1', tcp_keepalive: {idle: 1s}}]\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("admin: [::1]:1 x: [::]:2\nlisteners:\n  - listen: [::]:5000\n\t  target: c\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
@@ -330,4 +393,69 @@ func FuzzParse(f *testing.F) {
 		}
 		checkRoundTrip(t, c)
 	})
+}
+
+// TestOverrides checks what a flag given with a file does: it replaces
+// the top-level setting, which a listener without its own inherits, and a
+// listener's own stays; a bad value is named as the flag's, and a flag
+// that does not override is refused.
+func TestOverrides(t *testing.T) {
+	byName := map[string]Flag{}
+	for _, f := range Flags() {
+		byName[f.Name] = f
+	}
+	file := []byte(yml(`
+admin_token_file: /etc/token
+log:
+	level: warn
+	format: json
+listeners:
+	- name: inherits
+		listen: "[::]:5000"
+		target: collector:5000
+	- name: own
+		listen: "[::]:5001"
+		target: collector:5001
+		log: {level: error, format: json}
+`))
+	c, err := Parse(file,
+		Override{Flag: byName["log-level"], Values: []string{"debug"}},
+		Override{Flag: byName["log-format"], Values: []string{"console"}},
+		Override{Flag: byName["admin-token-file"], Values: []string{"/run/token"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Log != (Log{Level: "debug", Format: "console"}) || c.AdminTokenFile != "/run/token" {
+		t.Errorf("top level: log %+v, token file %q", c.Log, c.AdminTokenFile)
+	}
+	if l := c.Listeners[0].Log; l != (Log{Level: "debug", Format: "console"}) {
+		t.Errorf("inheriting listener: log %+v", l)
+	}
+	if l := c.Listeners[1].Log; l != (Log{Level: "error", Format: "json"}) {
+		t.Errorf("listener with its own log: %+v", l)
+	}
+
+	for _, tt := range []struct {
+		flag   string
+		values []string
+		want   string
+	}{
+		{"log-level", []string{"loud"}, `--log-level: unknown level "loud" (want one of trace, debug, info, warn, error, disabled)`},
+		{"log-format", []string{"xml"}, `--log-format: unknown format "xml" (want json or console)`},
+		{"target", []string{"c:1"}, `--target cannot override a file's setting`},
+	} {
+		_, err := Parse(file, Override{Flag: byName[tt.flag], Values: tt.values})
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("--%s %q: %v, want %q", tt.flag, tt.values, err, tt.want)
+		}
+	}
+	var overriding []string
+	for _, f := range Flags() {
+		if f.Overrides {
+			overriding = append(overriding, f.Name)
+		}
+	}
+	if got := strings.Join(overriding, " "); got != "admin-token-file log-level log-format" {
+		t.Errorf("flags that override a file: %s", got)
+	}
 }

@@ -31,6 +31,11 @@ type Flag struct {
 	// Path is where the setting is in a Config, as its errors name it:
 	// "splice.max_pipes", "listeners[0].listen".
 	Path string
+	// Overrides: the flag may be given with a config file, whose value it
+	// then replaces (see Parse). Only the settings of how the process
+	// runs, its logging and the admin token file, do; a file holds what
+	// it serves.
+	Overrides bool
 
 	set func(c *Config, values []string) error
 }
@@ -45,6 +50,26 @@ func (f Flag) Set(c *Config, values ...string) error {
 		return errors.New("no value")
 	}
 	return f.set(c, values)
+}
+
+// Check reports whether values are good for f on their own: the errors
+// Set and Validate would find in them, in Set's words.
+func (f Flag) Check(values ...string) error {
+	c := FlagConfig()
+	if err := f.Set(c, values...); err != nil {
+		return err
+	}
+	var msgs []string
+	for _, err := range unjoin(c.Complete()) {
+		var fe *FieldError
+		if errors.As(err, &fe) && (fe.Path == f.Path || strings.HasPrefix(fe.Path, f.Path+".") || strings.HasPrefix(fe.Path, f.Path+"[")) {
+			msgs = append(msgs, fe.Err.Error())
+		}
+	}
+	if len(msgs) > 0 {
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	return nil
 }
 
 // Flags returns the serve command's flags, in the order --help lists them.
@@ -91,7 +116,7 @@ func newFlag[S any](e entry[S], pathPrefix string, in func(*Config) *S) Flag {
 	return Flag{
 		Name: spec.name, Aliases: spec.aliases, EnvVar: spec.env, Usage: spec.usage,
 		Default: def, Required: spec.example != "", Example: spec.example,
-		Bool: isBool, Repeated: spec.repeated, Path: path,
+		Bool: isBool, Repeated: spec.repeated, Path: path, Overrides: spec.override,
 		set: func(c *Config, values []string) error {
 			d := newDecoder()
 			s := in(c)

@@ -62,6 +62,9 @@ type flagSpec struct {
 	// example, for a flag that must be given, is a value to show when it
 	// is missing.
 	example string
+	// override: the flag may replace a config file's value (see
+	// Flag.Overrides).
+	override bool
 }
 
 func (e entry[S]) withFlag(f flagSpec) entry[S] {
@@ -79,7 +82,7 @@ func configSettings() section[Config] {
 			usage: "address for the HTTP admin listener (/metrics, /routers, /healthz, /readyz, /version, POST /upgrade); none turns it off",
 		}),
 		optionalEntry("admin_token_file", func(c *Config) *string { return &c.AdminTokenFile }).withFlag(flagSpec{
-			name: "admin-token-file", env: "BMPPROXY_ADMIN_TOKEN_FILE",
+			name: "admin-token-file", env: "BMPPROXY_ADMIN_TOKEN_FILE", override: true,
 			usage: "file that holds the admin listener's token",
 		}),
 		durationEntry("drain_timeout", DefaultDrainTimeout.String(),
@@ -88,10 +91,10 @@ func configSettings() section[Config] {
 			usage: "after SIGINT or SIGTERM, how long open connections may continue before they are closed; 0s closes them at once",
 		}),
 		stringEntry("log.level", DefaultLogLevel, func(c *Config) *string { return &c.Log.Level }).withFlag(flagSpec{
-			name: "log-level", env: "BMPPROXY_LOG_LEVEL", usage: "one of " + strings.Join(LevelNames(), ", "),
+			name: "log-level", env: "BMPPROXY_LOG_LEVEL", override: true, usage: "one of " + strings.Join(LevelNames(), ", "),
 		}),
 		stringEntry("log.format", DefaultLogFormat, func(c *Config) *string { return &c.Log.Format }).withFlag(flagSpec{
-			name: "log-format", env: "BMPPROXY_LOG_FORMAT", usage: "json or console",
+			name: "log-format", env: "BMPPROXY_LOG_FORMAT", override: true, usage: "json or console",
 		}),
 		boolEntry("splice.disabled", "false", func(c *Config) *bool { return &c.Splice.Disabled }).withFlag(flagSpec{
 			name: "splice", env: "BMPPROXY_SPLICE", def: "true", negate: true,

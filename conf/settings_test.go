@@ -2,6 +2,7 @@ package conf
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -255,6 +256,25 @@ func TestFlags(t *testing.T) {
 		len(l.Listen) != 2 || l.Listen[1].String() != "[2001:db8::1]:5000" || l.Target.Host != "2001:db8::2" ||
 		!l.BMP || l.ProxyProtocol != ProxyNone || l.Name != "default" {
 		t.Fatalf("flags gave %+v", c)
+	}
+
+	// Check finds what Set finds, and what only Validate would.
+	for _, tt := range []struct {
+		flag    string
+		values  []string
+		wantErr string
+	}{
+		{"connect-timeout", []string{"5"}, `invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")`},
+		{"connect-timeout", []string{"0s"}, `must be positive, got 0s`},
+		{"log-level", []string{"loud"}, `unknown level "loud" (want one of trace, debug, info, warn, error, disabled)`},
+		{"listen", []string{"[::]:1", "[::]:1"}, `[::]:1 is already used by listeners[0].listen[0]`},
+		{"log-level", []string{"debug"}, ""},
+		{"target", []string{"c:1"}, ""},
+	} {
+		err := byName[tt.flag].Check(tt.values...)
+		if got := fmt.Sprint(err); tt.wantErr == "" && err != nil || tt.wantErr != "" && got != tt.wantErr {
+			t.Errorf("Check --%s %q: %v, want %q", tt.flag, tt.values, err, tt.wantErr)
+		}
 	}
 
 	for _, f := range Flags() {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,22 +53,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	code, msg := exitFor(err)
+	// Once the process logger exists, its line is the report.
+	if msg != "" && !errors.As(err, new(loggedError)) {
+		fmt.Fprintf(stderr, "bmpproxy: %s\n", msg)
+	}
+	return code
+}
+
+// exitFor returns the exit code for err, and the line that reports it
+// ("" for none).
+func exitFor(err error) (code int, msg string) {
 	var ue usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "bmpproxy: %s (see 'bmpproxy --help')\n", ue.msg)
-		return exitUsage
+		return exitUsage, ue.msg + " (see 'bmpproxy --help')"
 	}
 	var ce configError
 	if errors.As(err, &ce) {
-		fmt.Fprintf(stderr, "bmpproxy: %v\n", ce.err)
-		return exitUsage
+		return exitUsage, ce.err.Error()
 	}
 	var es exitStatus
 	if errors.As(err, &es) {
-		return int(es)
+		return int(es), ""
 	}
-	fmt.Fprintf(stderr, "bmpproxy: %v\n", err)
-	return exitError
+	return exitError, err.Error()
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
@@ -84,7 +93,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"the router's real address. Bytes move with splice(2). Every flag can also be set through\n" +
 			"the environment variable shown beside it.\n\n" +
 			"With --config, the listeners and every other setting come from a YAML file instead\n" +
-			"(see examples/openbmp-aio.yaml); SIGHUP reloads it without touching open connections.\n\n" +
+			"(see examples/openbmp-aio.yaml); SIGHUP reloads it without touching open connections.\n" +
+			"Only " + overridingFlags() + " (or their variables) may be given with it;\n" +
+			"they override the file's top-level values, across reloads too.\n\n" +
 			"SIGUSR2 (or 'bmpproxy upgrade', or POST /upgrade on the admin listener) hands every listener\n" +
 			"and open session to the binary now at this one's path, without closing any (docs/upgrade.md).\n\n" +
 			"Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 on a runtime failure, 2 on bad usage.",
@@ -109,43 +120,111 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 // serveFlags are --config, --version and the flags of the settings that
 // conf describes, which a config file holds instead.
 func serveFlags() []cli.Flag {
-	config := &cli.StringFlag{
-		Name:    "config",
-		Aliases: []string{"c"},
-		Usage:   "YAML file with the listeners and settings; not combined with the flags below",
-		EnvVars: []string{"BMPPROXY_CONFIG"},
-	}
 	version := &cli.BoolFlag{
 		Name:  "version",
 		Usage: "print the version and exit",
 	}
-	return append(append([]cli.Flag{config}, newSettingFlags()...), version)
+	return append(append([]cli.Flag{newConfigFlag()}, newSettingFlags()...), version)
 }
 
-// loadConfig returns the configuration from --config, or from the flags.
-func loadConfig(c *cli.Context) (*conf.Config, error) {
-	if c.NArg() > 0 {
-		return nil, usagef("unexpected argument %q", c.Args().First())
-	}
-	flags := settingFlags(c.App.Flags)
-	path := c.String("config")
-	if path == "" {
-		return configFromFlags(flags)
-	}
-	var set []string
-	for _, f := range flags {
-		if f.IsSet() {
-			set = append(set, "--"+f.Name)
+// source is where the serve command's configuration comes from: the file
+// that --config names, with the settings that flags or variables
+// override in it, or, without a file, the flags.
+type source struct {
+	config *settingFlag   // --config
+	flags  []*settingFlag // the settings' flags
+}
+
+func newSource(c *cli.Context) *source {
+	src := &source{flags: settingFlags(c.App.Flags)}
+	for _, f := range c.App.Flags {
+		if cf, ok := f.(*configFlag); ok {
+			src.config = cf.settingFlag
 		}
 	}
-	if len(set) > 0 {
-		return nil, usagef("--config cannot be combined with %s: the file holds those settings", strings.Join(set, ", "))
+	return src
+}
+
+// path is the config file's, or "" when the flags are the configuration.
+func (src *source) path() string { return strings.Join(src.config.given.values, "") }
+
+// overrides are the flags given that override the file's settings.
+func (src *source) overrides() []*settingFlag {
+	var out []*settingFlag
+	for _, f := range src.flags {
+		if f.IsSet() && f.Overrides {
+			out = append(out, f)
+		}
 	}
-	cfg, err := conf.Load(path)
+	return out
+}
+
+// load returns the configuration: from the file, with its overrides, or
+// from the flags. Errors name the flag or variable that is wrong.
+func (src *source) load() (*conf.Config, error) {
+	if src.path() == "" {
+		return configFromFlags(src.flags)
+	}
+	var refused []*settingFlag
+	for _, f := range src.flags {
+		if f.IsSet() && !f.Overrides {
+			refused = append(refused, f)
+		}
+	}
+	if len(refused) > 0 {
+		return nil, src.refuse(refused)
+	}
+	for _, f := range src.overrides() {
+		if err := f.Check(f.given.values...); err != nil {
+			return nil, usageError{msg: f.named(err).Error()}
+		}
+	}
+	return src.loadFile()
+}
+
+// loadFile loads the file with its overrides, at start and on each reload,
+// so that a reload does not undo them.
+func (src *source) loadFile() (*conf.Config, error) {
+	var ovs []conf.Override
+	for _, f := range src.overrides() {
+		ovs = append(ovs, conf.Override{Flag: f.Flag, Values: f.given.values})
+	}
+	cfg, err := conf.Load(src.path(), ovs...)
 	if err != nil {
 		return nil, configError{err}
 	}
 	return cfg, nil
+}
+
+// refuse is the error for flags or variables, given with --config, that
+// set what the file holds.
+func (src *source) refuse(set []*settingFlag) error {
+	var names, paths []string
+	for _, f := range set {
+		names = append(names, f.sources()...)
+		paths = append(paths, strings.Replace(f.Path, "listeners[0].", "listeners[].", 1))
+	}
+	holds := "that setting"
+	if len(paths) > 1 {
+		holds = "those settings"
+	}
+	return usagef("%s cannot be combined with %s: the file holds %s (%s); only %s, or their variables, may override it",
+		src.config.source(), andList(names), holds, strings.Join(paths, ", "), overridingFlags())
+}
+
+// tokenError names the setting that gave the admin token file in err: its
+// flag, or variable, or the file's key.
+func (src *source) tokenError(err error) error {
+	for _, f := range src.flags {
+		if f.Path != "admin_token_file" {
+			continue
+		}
+		if src.path() != "" && !f.IsSet() {
+			break
+		}
+		return f.named(err)
+	}
+	return fmt.Errorf("admin_token_file: %w", err)
 }
 
 // configError is a configuration file that does not load. It is bad
@@ -207,11 +286,47 @@ func newLogger(l conf.Log, w io.Writer) (zerolog.Logger, error) {
 	switch l.Format {
 	case "json":
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
+		w = consoleWriter(w)
 	default:
 		return zerolog.Logger{}, fmt.Errorf("--log-format: unknown format %q", l.Format)
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// consoleWriter writes the console log format to w, coloured only for a
+// person watching it. An error of several lines, such as the problems of a
+// config file that does not reload, shows its first line in the error
+// field and each further one below the line, indented; JSON keeps them in
+// one string.
+func consoleWriter(w io.Writer) zerolog.ConsoleWriter {
+	noColor := !isTerminal(w) || os.Getenv("NO_COLOR") != ""
+	return zerolog.ConsoleWriter{
+		Out: w, TimeFormat: time.RFC3339, NoColor: noColor,
+		FormatErrFieldValue: func(v any) string {
+			s := fmt.Sprint(v) // quoted already when it needs to be
+			if u, err := strconv.Unquote(s); err == nil {
+				if first, _, ok := strings.Cut(u, "\n"); ok {
+					s = strconv.Quote(first)
+				}
+			}
+			if noColor {
+				return s
+			}
+			return "\x1b[1m\x1b[31m" + s + "\x1b[0m"
+		},
+		FormatExtra: func(evt map[string]any, buf *bytes.Buffer) error {
+			s, _ := evt[zerolog.ErrorFieldName].(string)
+			_, rest, ok := strings.Cut(s, "\n")
+			if !ok {
+				return nil
+			}
+			for _, line := range strings.Split(rest, "\n") {
+				buf.WriteString("\n    ")
+				buf.WriteString(line)
+			}
+			return nil
+		},
+	}
 }
 
 // onUsageError rewrites the flag package's messages, which name flags with

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -238,6 +240,114 @@ listeners:
 	if st := p.stop(t, syscall.SIGTERM, 10*time.Second); st.ExitCode() != 0 {
 		t.Fatalf("exit %v", st)
 	}
+}
+
+// TestReloadKeepsOverrides runs a file with its log settings overridden
+// from the environment: the listener that inherits the top-level ones
+// takes the override, the one with its own keeps them, before a SIGHUP
+// reload and after it.
+func TestReloadKeepsOverrides(t *testing.T) {
+	dir := t.TempDir()
+	col := newSink(t, testtarget.V2)
+	body := func(inherits, own string) string {
+		return `
+log: {level: info, format: console}
+listeners:
+  - name: inherits
+    listen: "` + inherits + `"
+    target: "` + col.Addr() + `"
+  - name: own
+    listen: "` + own + `"
+    target: "` + col.Addr() + `"
+    log: {level: info, format: console}
+`
+	}
+	path := writeConfig(t, dir, body("127.0.0.1:0", "127.0.0.1:0"))
+	cmd := exec.Command(binPath(), "--config", path)
+	cmd.Env = append(os.Environ(), "BMPPROXY_LOG_LEVEL=debug", "BMPPROXY_LOG_FORMAT=json")
+	p := startCmd(t, 2, cmd)
+	start := p.logs.match("starting")[0]
+	if o, _ := start["overrides"].(map[string]any); o["log.level"] != "BMPPROXY_LOG_LEVEL=debug" || o["log.format"] != "BMPPROXY_LOG_FORMAT=json" || len(o) != 2 {
+		t.Fatalf("start line %v, want the overrides and their variables", start)
+	}
+	addrs := listenerAddrs(p)
+
+	// round sends one connection through each listener, the n-th time:
+	// inherits logs it in JSON at debug, own in console at info only.
+	round := func(n int) {
+		t.Helper()
+		for _, name := range []string{"inherits", "own"} {
+			c := dialT(t, "tcp", addrs[name])
+			c.Write([]byte(name))
+			c.CloseWrite()
+			if got := testtarget.Recv(t, col.got); string(got) != name {
+				t.Fatalf("%s delivered %q", name, got)
+			}
+		}
+		// Each closing line comes after the connection's accepted line.
+		p.waitRaw(t, n, " INF connection closed ", "listener=own")
+		p.waitLog(t, "connection closed", n)
+		for _, l := range p.logs.all() {
+			if _, isConn := l["conn"]; isConn && l["listener"] == "own" {
+				t.Fatalf("a JSON connection line from own, whose format is console: %v", l)
+			}
+		}
+		if accepted := p.logs.match("accepted"); len(accepted) != n {
+			t.Fatalf("%d accepted lines after %d rounds, want one a round from inherits: %v", len(accepted), n, accepted)
+		}
+		if dbg := p.waitRaw(t, 0, " DBG ", "listener=own"); len(dbg) > 0 {
+			t.Fatalf("debug lines from own, whose level is info: %q", dbg)
+		}
+	}
+	round(1)
+
+	// The reloaded file says the same: the override stays in force.
+	writeConfig(t, dir, body(addrs["inherits"], addrs["own"])+"# reloaded\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "reload applied", 1)
+	round(2)
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+}
+
+// TestReloadErrorConsole checks that a reload of a file with several
+// problems, in the console format, shows each problem on a line of its
+// own, not a literal \n.
+func TestReloadErrorConsole(t *testing.T) {
+	dir := t.TempDir()
+	col := newSink(t, testtarget.V2)
+	path := writeConfig(t, dir, "listeners:\n  - listen: \"127.0.0.1:0\"\n    target: \""+col.Addr()+"\"\n")
+	cmd := exec.Command(binPath(), "--config", path, "--log-format", "console")
+	p := startCmd(t, 0, cmd)
+	p.waitRaw(t, 1, " INF listening ", "listener=default")
+
+	writeConfig(t, dir, "listeners:\n  - listen: [::]:5000\n    target: collector\n    proxy_protocl: v2\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	last := `    line 4: listeners[0]: unknown field "proxy_protocl"`
+	p.waitRaw(t, 1, last)
+	out := p.logs.String()
+	i := strings.Index(out, " ERR reload failed; the running configuration stays in force ")
+	if i < 0 {
+		t.Fatalf("no reload failure line:\n%s", out)
+	}
+	got := strings.SplitN(out[i:], "\n", 5)[:4]
+	want := []string{
+		` ERR reload failed; the running configuration stays in force error="config ` + path + `:"`,
+		`    line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)`,
+		`    line 3: listeners[0].target: missing port in "collector"`,
+		last + ` (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)`,
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("reload failure:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if strings.Contains(out, `\n`) {
+		t.Fatalf("a literal \\n in the console log:\n%s", out)
+	}
+
+	// The next reload, of a good file, is logged in the same format.
+	writeConfig(t, dir, "listeners:\n  - listen: \"127.0.0.1:0\"\n    target: \""+col.Addr()+"\"\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitRaw(t, 1, " INF reload applied")
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
 }
 
 // TestInboundPolicyBinary runs allow and accept_proxy_from in the real

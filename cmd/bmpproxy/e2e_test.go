@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -309,25 +310,60 @@ func TestUnreachableTarget(t *testing.T) {
 	}
 }
 
-// TestPortInUse checks the error for a listen address that is taken.
+// TestPortInUse checks that an address that is taken is reported once:
+// by the process logger's line, in either format, and not again as a
+// plain line; with the logger's errors hidden, by the plain line alone.
 func TestPortInUse(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	var stderr bytes.Buffer
-	cmd := exec.Command(binPath(), "--listen", ln.Addr().String(), "--target", "127.0.0.1:9")
-	cmd.Stderr = &stderr
-	err = cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-		t.Fatalf("exit = %v, want status 1", err)
-	}
-	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
-	want := fmt.Sprintf(`bmpproxy: listener "default": listen on %s: bind: address already in use`, ln.Addr())
-	if last := lines[len(lines)-1]; last != want {
-		t.Fatalf("last stderr line %q, want %q", last, want)
+	taken := ln.Addr().String()
+	inUse := fmt.Sprintf(`listen on %s: bind: address already in use`, taken)
+	for _, tt := range []struct {
+		name string
+		args []string
+		// want is the one line that names the address, less a console
+		// line's time.
+		want string
+	}{
+		{"json", []string{"--listen", taken}, `{"level":"error","error":"listener \"default\": ` + inUse + `","message":"cannot start"}`},
+		{"console", []string{"--listen", taken, "--log-format", "console"}, ` ERR cannot start error="listener \"default\": ` + inUse + `"`},
+		{"errors hidden", []string{"--listen", taken, "--log-level", "disabled"}, `bmpproxy: listener "default": ` + inUse},
+		{"admin listener", []string{"--listen", "127.0.0.1:0", "--admin-listen", taken},
+			`{"level":"error","error":"admin: ` + inUse + `","message":"stopped: the admin listener failed"}`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			args := append([]string{"--target", "127.0.0.1:9"}, tt.args...)
+			cmd := exec.Command(binPath(), args...)
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("exit = %v, want status 1; stderr:\n%s", err, &stderr)
+			}
+			var named []string
+			for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+				if strings.Contains(line, "address already in use") {
+					named = append(named, line)
+				}
+			}
+			if len(named) != 1 {
+				t.Fatalf("%d lines name the address, want 1:\n%s", len(named), &stderr)
+			}
+			got := named[0]
+			if strings.HasPrefix(tt.want, "{") {
+				got = regexp.MustCompile(`,"time":"[^"]*"`).ReplaceAllString(got, "")
+			} else if strings.HasPrefix(tt.want, " ") {
+				_, got, _ = strings.Cut(got, " ")
+				got = " " + got
+			}
+			if got != tt.want {
+				t.Fatalf("line\n%s\nwant\n%s", named[0], tt.want)
+			}
+		})
 	}
 }
 

@@ -78,6 +78,18 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			// serve cmd args... runs cmd until it logs a "listening" line
+			// (or exits), stops it with SIGTERM, and checks that it
+			// exited 0; stderr is what it logged.
+			"serve": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) < 1 {
+					ts.Fatalf("usage: serve command [args...]")
+				}
+				err := ts.Exec("sh", append([]string{"-c", serveScript, "serve"}, args...)...)
+				if (err != nil) != neg {
+					ts.Fatalf("serve %v: %v", args, err)
+				}
+			},
 			// exitcode N cmd args... runs cmd and checks its exit status.
 			"exitcode": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) < 2 {
@@ -99,6 +111,29 @@ func TestScripts(t *testing.T) {
 		},
 	})
 }
+
+// serveScript runs "$@" in the background until it logs a "listening"
+// line, in either log format, or exits; then stops it with SIGTERM and
+// exits with its status, its stderr on stderr. It gives up after 20s, and
+// exits 124.
+const serveScript = `log="$WORK/.serve.log"
+"$@" 2>"$log" &
+pid=$!
+i=0
+until grep -q -e '"message":"listening"' -e ' INF listening ' "$log"; do
+	kill -0 $pid 2>/dev/null || break
+	i=$((i+1))
+	if [ $i -gt 1000 ]; then timeout=1; break; fi
+	sleep 0.02
+done
+kill -TERM $pid 2>/dev/null
+wait $pid
+code=$?
+cat "$log" >&2
+rm -f "$log"
+if [ -n "$timeout" ]; then echo "serve: no listening line after 20s" >&2; exit 124; fi
+exit $code
+`
 
 // proc is a running bmpproxy process.
 type proc struct {
@@ -230,6 +265,41 @@ func (p *proc) waitLog(t *testing.T, msg string, n int) []map[string]any {
 			t.Fatalf("bmpproxy exited (%v) before logging %d %q lines:\n%s", p.state, n, msg, p.logs)
 		case <-deadline:
 			t.Fatalf("timed out waiting for %d %q lines:\n%s", n, msg, p.logs)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// waitRaw waits until at least n lines of stderr, in any format, contain
+// every one of subs, and returns them.
+func (p *proc) waitRaw(t *testing.T, n int, subs ...string) []string {
+	t.Helper()
+	find := func() []string {
+		var out []string
+	lines:
+		for _, line := range strings.Split(p.logs.String(), "\n") {
+			for _, s := range subs {
+				if !strings.Contains(line, s) {
+					continue lines
+				}
+			}
+			out = append(out, line)
+		}
+		return out
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		if got := find(); len(got) >= n {
+			return got
+		}
+		select {
+		case <-p.done:
+			if got := find(); len(got) >= n {
+				return got
+			}
+			t.Fatalf("bmpproxy exited (%v) before logging %d lines with %q:\n%s", p.state, n, subs, p.logs)
+		case <-deadline:
+			t.Fatalf("timed out waiting for %d lines with %q:\n%s", n, subs, p.logs)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

@@ -43,6 +43,7 @@ type serve struct {
 
 	succ  *successorState             // successor: the predecessor's handover, or nil
 	exe   string                      // configure: this binary, for upgrades
+	src   *source                     // configure; reloads read it again
 	cfg   *conf.Config                // configure
 	token atomic.Pointer[admin.Token] // configure; swapped by reloads
 	log   zerolog.Logger              // logging
@@ -71,8 +72,7 @@ func (s *serve) run() (err error) {
 	}
 	ctx, stopSignals := s.signals()
 	defer stopSignals()
-	s.log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", s.c.String("config")).
-		Bool("successor", s.succ != nil).Msg("starting")
+	s.starting()
 	if err := s.environment(); err != nil {
 		return s.cannotStart(err)
 	}
@@ -93,11 +93,15 @@ func (s *serve) configure() error {
 		return fmt.Errorf("find this binary's path: %w", err)
 	}
 	s.exe = exe
-	if s.cfg, err = loadConfig(s.c); err != nil {
+	if s.c.NArg() > 0 {
+		return usagef("unexpected argument %q", s.c.Args().First())
+	}
+	s.src = newSource(s.c)
+	if s.cfg, err = s.src.load(); err != nil {
 		return err
 	}
 	// Read once here, and again on each SIGHUP reload.
-	tok, err := adminToken(s.cfg, s.c.String("config") != "")
+	tok, err := adminToken(s.cfg, s.src.tokenError)
 	if err != nil {
 		return configError{err}
 	}
@@ -126,11 +130,42 @@ func (s *serve) signals() (context.Context, context.CancelFunc) {
 	return ctx, stop
 }
 
+// starting logs the start: the version, the config file and the
+// settings that flags or variables override in it, as they were given.
+func (s *serve) starting() {
+	ev := s.log.Info().Str("version", versionString()).Int("pid", os.Getpid()).Str("config", s.src.path())
+	if ovs := s.src.overrides(); s.src.path() != "" && len(ovs) > 0 {
+		d := zerolog.Dict()
+		for _, f := range ovs {
+			d.Str(f.Path, f.givenAs())
+		}
+		ev.Dict("overrides", d)
+	}
+	ev.Bool("successor", s.succ != nil).Msg("starting")
+}
+
 // cannotStart logs why this process cannot serve and returns err.
 func (s *serve) cannotStart(err error) error {
-	s.log.Error().Err(err).Msg("cannot start")
-	return err
+	return s.failed("cannot start", err)
 }
+
+// failed logs err as an error line with msg, and returns it marked as
+// logged, so that it is not reported again; or, when the log level hides
+// errors, returns it as it is.
+func (s *serve) failed(msg string, err error) error {
+	ev := s.log.Error()
+	if !ev.Enabled() {
+		return err
+	}
+	ev.Err(err).Msg(msg)
+	return loggedError{err}
+}
+
+// loggedError is an error that the process logger has reported already.
+type loggedError struct{ err error }
+
+func (e loggedError) Error() string { return e.err.Error() }
+func (e loggedError) Unwrap() error { return e.err }
 
 // environment prepares what the process's surroundings ask for: the
 // return routing of transparent listeners, systemd's notify socket and
@@ -205,7 +240,7 @@ func (s *serve) build() error {
 // upgrades, readiness notifications and admin listener around it; a
 // failing admin listener stops the proxy too.
 func (s *serve) serve(ctx context.Context, stopSignals func()) error {
-	reloads := watchReloads(ctx, s.srv, s.c.String("config"), &s.token, s.log, s.notify)
+	reloads := watchReloads(ctx, s.srv, s.src, &s.token, s.log, s.notify)
 	defer reloads()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -228,8 +263,7 @@ func (s *serve) serve(ctx context.Context, stopSignals func()) error {
 	}
 	cancel()
 	if err := <-adminDone; err != nil {
-		s.log.Error().Err(err).Msg("stopped: the admin listener failed")
-		return err
+		return s.failed("stopped: the admin listener failed", err)
 	}
 	return nil
 }
@@ -328,38 +362,35 @@ func startAdmin(ctx context.Context, stop context.CancelFunc, as *admin.Server, 
 }
 
 // adminToken reads the admin token file of cfg, if it names one. An error
-// names the setting: the flag, or the key when fromFile.
-func adminToken(cfg *conf.Config, fromFile bool) (*admin.Token, error) {
+// is named by named, after the setting that gave the file.
+func adminToken(cfg *conf.Config, named func(error) error) (*admin.Token, error) {
 	if cfg.AdminTokenFile == "" {
 		return nil, nil
 	}
 	tok, err := admin.ReadTokenFile(cfg.AdminTokenFile)
 	if err != nil {
-		setting := "--admin-token-file"
-		if fromFile {
-			setting = "admin_token_file"
-		}
-		return nil, fmt.Errorf("%s: %w", setting, err)
+		return nil, named(err)
 	}
 	return admin.NewToken(tok), nil
 }
 
-// watchReloads reloads the config file at path into srv on every SIGHUP
-// until ctx is done, and its admin token file into token. A token file
-// that cannot be read fails the whole reload: nothing changes. The
-// returned function stops it and waits for it.
-func watchReloads(ctx context.Context, srv *proxy.Server, path string, token *atomic.Pointer[admin.Token], log zerolog.Logger, notify sdnotify.Notifier) (stop func()) {
+// watchReloads reloads the config file of src into srv on every SIGHUP
+// until ctx is done, with the same overrides, and its admin token file
+// into token. A token file that cannot be read fails the whole reload:
+// nothing changes. The returned function stops it and waits for it.
+func watchReloads(ctx context.Context, srv *proxy.Server, src *source, token *atomic.Pointer[admin.Token], log zerolog.Logger, notify sdnotify.Notifier) (stop func()) {
 	return onSignal(ctx, syscall.SIGHUP, func(ctx context.Context) bool {
+		path := src.path()
 		if path == "" {
 			log.Warn().Msg("SIGHUP ignored: there is no --config file to reload")
 			return true
 		}
 		log.Info().Str("config", path).Msg("SIGHUP: reloading")
 		notify.Reloading()
-		cfg, err := conf.Load(path)
+		cfg, err := src.loadFile()
 		var tok *admin.Token
 		if err == nil {
-			tok, err = adminToken(cfg, true)
+			tok, err = adminToken(cfg, src.tokenError)
 		}
 		if err != nil {
 			srv.ReloadFailed(err)

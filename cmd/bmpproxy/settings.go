@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"regexp"
 	"sort"
@@ -38,13 +39,48 @@ func settingFlags(fs []cli.Flag) []*settingFlag {
 	return out
 }
 
+// configFlag is --config: a settingFlag for the way it records where its
+// value came from, but not a setting that conf describes.
+type configFlag struct{ *settingFlag }
+
+func newConfigFlag() *configFlag {
+	return &configFlag{&settingFlag{
+		Flag: conf.Flag{
+			Name: "config", Aliases: []string{"c"}, EnvVar: "BMPPROXY_CONFIG",
+			Usage: "YAML file with the listeners and settings; of the flags below, only " + overridingFlags() +
+				" may be given with it, and override the file's",
+		},
+		given: &givenValues{},
+	}}
+}
+
+// overridingFlags lists the flags that override a config file's setting:
+// "--admin-token-file, --log-level and --log-format".
+func overridingFlags() string {
+	var names []string
+	for _, f := range conf.Flags() {
+		if f.Overrides {
+			names = append(names, "--"+f.Name)
+		}
+	}
+	return andList(names)
+}
+
+// andList joins "a", "a and b", "a, b and c".
+func andList(items []string) string {
+	if len(items) < 2 {
+		return strings.Join(items, "")
+	}
+	return strings.Join(items[:len(items)-1], ", ") + " and " + items[len(items)-1]
+}
+
 // Apply registers f under each of its names, after reading its
 // environment variable. An empty variable counts as unset.
 func (f *settingFlag) Apply(set *flag.FlagSet) error {
 	*f.given = givenValues{isBool: f.Bool, repeated: f.Repeated}
 	if v, ok := os.LookupEnv(f.EnvVar); ok && v != "" {
 		g := f.given
-		g.set, g.env, g.values = true, f.EnvVar, []string{v}
+		g.set, g.inEnv, g.env, g.values = true, true, f.EnvVar, []string{v}
 		if f.Repeated {
 			g.values = nil
 			for _, s := range strings.Split(v, ",") {
@@ -80,12 +116,46 @@ func (f *settingFlag) apply(cfg *conf.Config) error {
 		return nil
 	}
 	if err := f.Set(cfg, f.given.values...); err != nil {
-		if f.given.env != "" {
-			return usagef("--%s: %v (from $%s)", f.Name, err, f.given.env)
-		}
-		return usagef("--%s: %v", f.Name, err)
+		return usageError{msg: f.named(err).Error()}
 	}
 	return nil
+}
+
+// named is err about f's value: "--connect-timeout: …", and "(from
+// $BMPPROXY_CONNECT_TIMEOUT)" when the value came from there.
+func (f *settingFlag) named(err error) error {
+	if f.given.env != "" {
+		return fmt.Errorf("--%s: %w (from %s)", f.Name, err, f.source())
+	}
+	return fmt.Errorf("--%s: %w", f.Name, err)
+}
+
+// source names where f's value came from: "--config" or
+// "$BMPPROXY_CONFIG".
+func (f *settingFlag) source() string {
+	if f.given.env != "" {
+		return "$" + f.given.env
+	}
+	return "--" + f.Name
+}
+
+// sources names what the user set for f: "--target", "$BMPPROXY_TARGET",
+// or both when both were given (the command line wins).
+func (f *settingFlag) sources() []string {
+	var s []string
+	if f.given.cmdline {
+		s = append(s, "--"+f.Name)
+	}
+	if f.given.inEnv {
+		s = append(s, "$"+f.EnvVar)
+	}
+	return s
+}
+
+// givenAs is f's value as the user gave it: "--log-level=debug" or
+// "BMPPROXY_LOG_LEVEL=debug".
+func (f *settingFlag) givenAs() string {
+	return strings.TrimPrefix(f.source(), "$") + "=" + strings.Join(f.given.values, ",")
 }
 
 // aliasCopy is what urfave/cli sets a flag's other names to, through
@@ -98,6 +168,7 @@ type givenValues struct {
 	set              bool
 	cmdline          bool     // values came from the command line
 	env              string   // the variable they came from otherwise
+	inEnv            bool     // the variable is set, whether or not it was used
 	values           []string // as given, in order
 }
 

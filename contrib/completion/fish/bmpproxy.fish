@@ -11,7 +11,7 @@ function __fish_bmpproxy_no_subcommand --description 'Test if there has been any
     return 0
 end
 
-complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l config -s c -r -d 'YAML file with the listeners and settings; not combined with the flags below'
+complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l config -s c -r -d 'YAML file with the listeners and settings; of the flags below, only --admin-token-file, --log-level and --log-format may be given with it, and override the file\'s'
 complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l listen -s l -r -d 'address to accept on; repeat for more. \'[::]:P\' (or \':P\') is dual-stack and accepts IPv4 and IPv6, \'0.0.0.0:P\' is IPv4 only, any other address listens on itself only'
 complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l target -s t -r -d 'collector address as host:port; a name is resolved again for every connection (required)'
 complete -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -f -l proxy-protocol -r -d 'header sent to the target before any payload: v2, v1, none, or transparent (no header; the target is dialed from the client\'s own address, which needs CAP_NET_ADMIN)'
