@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"runtime"
@@ -142,10 +143,27 @@ func loadConfig(c *cli.Context) (*conf.Config, error) {
 		return nil, usagef("--config cannot be combined with %s: the file holds those settings", strings.Join(set, ", "))
 	}
 	cfg, err := conf.Load(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, configError{missingConfig(path, err)}
+	}
 	if err != nil {
 		return nil, configError{err}
 	}
 	return cfg, nil
+}
+
+// missingConfig explains a --config file that does not exist, which is
+// what the container image's default command meets until a config is
+// mounted: the image ships none, so that no default can send a header to
+// a collector that cannot read it. It says where the file goes and which
+// mode each kind of collector needs.
+func missingConfig(path string, err error) error {
+	return fmt.Errorf("%w\n"+
+		"  write the configuration there (in a container, mount it: -v $PWD/bmpproxy.yaml:%s:ro),\n"+
+		"  or give --target (and --listen) instead of --config, with the header the collector reads:\n"+
+		"    PROXY v2 (pmacct master, HAProxy): --proxy-protocol v2, as in examples/pmacct.yaml\n"+
+		"    none (OpenBMP, gobmp, Rotonda; pmacct 1.7 for IPv6 routers): transparent dialing or two hops,\n"+
+		"      as in examples/openbmp-aio.yaml; never v2, which such a collector reads as a bad BMP message", err, path)
 }
 
 // configError is a configuration file that does not load. It is bad
