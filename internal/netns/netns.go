@@ -8,6 +8,7 @@ package netns
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -94,23 +95,41 @@ func Sh(t testing.TB, args ...string) string {
 }
 
 // Do runs f on a thread in network namespace ns and returns when f has.
-// Sockets f creates stay in ns; the thread is discarded afterwards.
+// Sockets f creates stay in ns. f must not call t.FailNow (t.Fatal):
+// it runs on a goroutine of its own. The thread goes back to its own namespace
+// afterwards and serves other goroutines again; only if it cannot is it
+// discarded. (Ending threads would kill every child that a thread started
+// with Pdeathsig: the signal follows the thread, not the process.)
 func Do(t testing.TB, ns string, f func()) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		runtime.LockOSThread()
+		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer unix.Close(self)
 		fd, err := unix.Open("/var/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		f()
+		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("back from namespace %s: %w", ns, err) // the thread stays locked and ends
+			return
+		}
+		runtime.UnlockOSThread()
 		errc <- nil
 	}()
 	if err := <-errc; err != nil {
