@@ -370,7 +370,7 @@ func TestShippedCollectors(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces (CI runs as root)")
 	}
-	for _, tool := range []string{"ip", "nsenter", "nft"} {
+	for _, tool := range []string{"ip", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s", tool)
 		}
