@@ -45,10 +45,15 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
 ENTRYPOINT ["/usr/local/bin/bmpproxy"]
 CMD ["--config", "/etc/bmpproxy/bmpproxy.yaml"]
 
-# The default image (the last stage).
+# The default image (the last stage). It ships no config: a default could
+# only guess the collector, and a PROXY header sent to one that reads none
+# (OpenBMP, gobmp, Rotonda) drops every router. Mount yours:
+#   docker run -v $PWD/bmpproxy.yaml:/etc/bmpproxy/bmpproxy.yaml:ro bmpproxy
+# or replace the command with flags (docker run bmpproxy --target HOST:PORT
+# --proxy-protocol ...). Without either, the default command exits with
+# status 2 and says so. examples/ has a config for each kind of collector.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/bmpproxy /usr/local/bin/bmpproxy
-COPY examples/openbmp-aio.yaml /etc/bmpproxy/bmpproxy.yaml
 USER 65532:65532
 EXPOSE 5000
 # GET http://127.0.0.1:9180/healthz, the admin listener of the examples

@@ -301,7 +301,7 @@ func TestExample(t *testing.T) {
 		pp                   ProxyProtocol
 	}
 	want := []row{
-		{"bmp", "[::]:5000", "openbmp-aio:5000", ProxyV2},
+		{"bmp", "[::]:5000", "openbmp-aio:5001", ProxyV2}, // v2 to bmp-inner, the second hop
 		{"rest", "[::]:8001", "openbmp-aio:8001", ProxyNone},
 		{"kafka", "[::]:9092", "openbmp-aio:9092", ProxyNone},
 		{"mysql", "[::]:3306", "openbmp-aio:3306", ProxyNone},

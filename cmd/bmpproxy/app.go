@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"runtime"
@@ -190,6 +191,9 @@ func (src *source) loadFile() (*conf.Config, error) {
 		ovs = append(ovs, conf.Override{Flag: f.Flag, Values: f.given.values})
 	}
 	cfg, err := conf.Load(src.path(), ovs...)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, configError{missingConfig(src.path(), err)}
+	}
 	if err != nil {
 		return nil, configError{err}
 	}
@@ -225,6 +229,20 @@ func (src *source) tokenError(err error) error {
 		return f.named(err)
 	}
 	return fmt.Errorf("admin_token_file: %w", err)
+}
+
+// missingConfig explains a --config file that does not exist, which is
+// what the container image's default command meets until a config is
+// mounted: the image ships none, so that no default can send a header to
+// a collector that cannot read it. It says where the file goes and which
+// mode each kind of collector needs.
+func missingConfig(path string, err error) error {
+	return fmt.Errorf("%w\n"+
+		"  write the configuration there (in a container, mount it: -v $PWD/bmpproxy.yaml:%s:ro),\n"+
+		"  or give --target (and --listen) instead of --config, with the header the collector reads:\n"+
+		"    PROXY v2 (pmacct master, HAProxy): --proxy-protocol v2, as in examples/pmacct.yaml\n"+
+		"    none (OpenBMP, gobmp, Rotonda; pmacct 1.7 for IPv6 routers): transparent dialing or two hops,\n"+
+		"      as in examples/openbmp-aio.yaml; never v2, which such a collector reads as a bad BMP message", err, path)
 }
 
 // configError is a configuration file that does not load. It is bad

@@ -86,7 +86,8 @@ func listenerAddrs(p *proc) map[string]string {
 
 // TestConfigExample runs the shipped OpenBMP example, moved to loopback
 // ports and test collectors, and pushes traffic through two mappings: only
-// the BMP one carries a header.
+// the BMP one carries a header (for bmp-inner, the second hop;
+// TestShippedCollectors runs both hops).
 func TestConfigExample(t *testing.T) {
 	example, err := os.ReadFile("../../examples/openbmp-aio.yaml")
 	if err != nil {
@@ -94,7 +95,7 @@ func TestConfigExample(t *testing.T) {
 	}
 	bmp, plain := newSink(t, testtarget.V2), newSink(t, testtarget.None)
 	body := regexp.MustCompile(`"\[::\]:\d+"`).ReplaceAllString(string(example), `"127.0.0.1:0"`)
-	body = strings.ReplaceAll(body, "openbmp-aio:5000", bmp.Addr())
+	body = strings.ReplaceAll(body, "openbmp-aio:5001", bmp.Addr()) // bmp-inner, which reads v2
 	body = regexp.MustCompile(`openbmp-aio:\d+`).ReplaceAllString(body, plain.Addr())
 	body = regexp.MustCompile(`(?m)^admin:.*$`).ReplaceAllString(body, "")
 	// The example only allows documentation prefixes; the test dials from loopback.

@@ -29,6 +29,28 @@ type invocation struct {
 	// secrets are the arguments that name a file of a Kubernetes Secret
 	// volume, with the file's mode and group as the kubelet makes them.
 	secrets map[string]secretFile
+	// before are the arguments of bmpproxy commands that run first, to
+	// completion, in the same network namespace: a Pod's init containers.
+	before [][]string
+}
+
+// resolve returns inv's arguments with each config path replaced by
+// config(the repository file the deployment puts there), and each Secret's
+// file by a stand-in with the owner and mode the kubelet gives it. A
+// --config that names no file the deployment provides fails t.
+func (inv invocation) resolve(t *testing.T, config func(rel string) string) []string {
+	t.Helper()
+	args := append([]string(nil), inv.args...)
+	for i, a := range args {
+		if f, ok := inv.files[a]; ok {
+			args[i] = config(f)
+		} else if s, ok := inv.secrets[a]; ok {
+			args[i] = s.write(t, t.TempDir(), filepath.Base(a))
+		} else if i > 0 && (args[i-1] == "--config" || args[i-1] == "-c") {
+			t.Fatalf("%s: --config %s is not a file the deployment provides (%v)", inv.where, a, inv.files)
+		}
+	}
+	return args
 }
 
 // secretFile is a file of a Secret volume: the kubelet writes it as root
@@ -152,8 +174,16 @@ func dockerfileInvocations(t *testing.T) []invocation {
 	}
 	flush()
 	for i := range out {
-		// The transparent target ships no config: deploy/compose mounts
-		// bmp-inner's there.
+		// No target ships a config, which could only guess the collector
+		// (a header to one that reads none drops every router).
+		// deploy/compose mounts bmp-inner's into the transparent one and
+		// the host's into the default one.
+		for dst, src := range out[i].files {
+			if strings.HasPrefix(dst, "/etc/bmpproxy/") {
+				t.Fatalf("Dockerfile %s: COPY %s %s ships a config; the image must ship none", out[i].where, src, dst)
+			}
+		}
+		out[i].files["/etc/bmpproxy/bmpproxy.yaml"] = "deploy/compose/bmpproxy.yaml"
 		if strings.HasSuffix(out[i].where, " AS transparent") {
 			out[i].files["/etc/bmpproxy/bmpproxy.yaml"] = "deploy/compose/bmpproxy-inner.yaml"
 		}
@@ -217,6 +247,28 @@ func kubernetesInvocations(t *testing.T) []invocation {
 		if err != nil {
 			t.Fatal(err)
 		}
+		type container struct {
+			Name, Image   string
+			Command, Args []string
+			VolumeMounts  []struct {
+				Name      string
+				MountPath string `yaml:"mountPath"`
+			} `yaml:"volumeMounts"`
+		}
+		// bmpproxyArgs returns c's arguments after the program, if c runs bmpproxy.
+		bmpproxyArgs := func(c container) ([]string, bool) {
+			if !strings.HasPrefix(c.Image, "bmpproxy") {
+				return nil, false
+			}
+			if len(c.Command) == 0 {
+				return c.Args, true
+			}
+			// A command replaces the ENTRYPOINT.
+			if filepath.Base(c.Command[0]) != "bmpproxy" {
+				t.Fatalf("%s: container %s runs %q", path, c.Name, c.Command)
+			}
+			return append(c.Command[1:], c.Args...), true
+		}
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		for {
 			var doc struct {
@@ -234,14 +286,8 @@ func kubernetesInvocations(t *testing.T) []invocation {
 									DefaultMode *int `yaml:"defaultMode"`
 								}
 							}
-							Containers []struct {
-								Name, Image   string
-								Command, Args []string
-								VolumeMounts  []struct {
-									Name      string
-									MountPath string `yaml:"mountPath"`
-								} `yaml:"volumeMounts"`
-							}
+							InitContainers []container `yaml:"initContainers"`
+							Containers     []container
 						}
 					}
 				}
@@ -253,20 +299,20 @@ func kubernetesInvocations(t *testing.T) []invocation {
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
-			for _, c := range doc.Spec.Template.Spec.Containers {
-				if !strings.HasPrefix(c.Image, "bmpproxy") {
+			pod := doc.Spec.Template.Spec
+			var before [][]string
+			for _, c := range pod.InitContainers {
+				if args, ok := bmpproxyArgs(c); ok {
+					before = append(before, args)
+				}
+			}
+			for _, c := range pod.Containers {
+				args, ok := bmpproxyArgs(c)
+				if !ok {
 					continue
 				}
-				args := c.Args
-				if len(c.Command) > 0 { // a command replaces the ENTRYPOINT
-					if filepath.Base(c.Command[0]) != "bmpproxy" {
-						t.Fatalf("%s: container %s runs %q", path, c.Name, c.Command)
-					}
-					args = append(c.Command[1:], args...)
-				}
 				inv := invocation{where: rel(path) + " " + doc.Kind + "/" + doc.Metadata.Name + " container " + c.Name,
-					args: args, files: map[string]string{}, secrets: map[string]secretFile{}}
-				pod := doc.Spec.Template.Spec
+					args: args, files: map[string]string{}, secrets: map[string]secretFile{}, before: before}
 				for _, m := range c.VolumeMounts {
 					for _, v := range pod.Volumes {
 						if v.Name != m.Name || v.Secret == nil {
@@ -306,7 +352,7 @@ func rel(p string) string {
 
 // TestDeployedArguments runs the real binary with the exact arguments of
 // every shipped unit file, Dockerfile stage, compose service and
-// Kubernetes container, so that a renamed or removed flag fails here and
+// Kubernetes container (after its Pod's bmpproxy init containers), so that a renamed or removed flag fails here and
 // not for users. Only config file paths are mapped to the repository files
 // the deployment puts there, and a Secret's files to stand-ins with the
 // mode and group the kubelet gives them. Each runs in a network namespace of its own,
@@ -329,16 +375,7 @@ func TestDeployedArguments(t *testing.T) {
 	}
 	for _, inv := range all {
 		t.Run(strings.NewReplacer("/", "_", " ", "_").Replace(inv.where), func(t *testing.T) {
-			args := append([]string(nil), inv.args...)
-			for i, a := range args {
-				if f, ok := inv.files[a]; ok {
-					args[i] = filepath.Join(deployRoot, f)
-				} else if s, ok := inv.secrets[a]; ok {
-					args[i] = s.write(t, t.TempDir(), filepath.Base(a))
-				} else if i > 0 && (args[i-1] == "--config" || args[i-1] == "-c") {
-					t.Fatalf("%s: --config %s is not a file the deployment provides (%v)", inv.where, a, inv.files)
-				}
-			}
+			args := inv.resolve(t, func(rel string) string { return filepath.Join(deployRoot, rel) })
 			runInNamespace(t, inv, args)
 		})
 	}
@@ -361,6 +398,11 @@ func runInNamespace(t *testing.T, inv invocation, args []string) {
 	inNS := func(args ...string) *exec.Cmd {
 		// nsenter execs the binary itself: signals reach bmpproxy.
 		return exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + ns, binPath()}, args...)...)
+	}
+	for _, b := range inv.before {
+		if out, err := inNS(b...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: bmpproxy %s, before it: %v\n%s", inv.where, strings.Join(b, " "), err, out)
+		}
 	}
 	logs := &lockedBuffer{}
 	cmd := inNS(args...)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -134,9 +135,10 @@ func podSpec(obj any) (*corev1.PodTemplateSpec, bool) {
 // TestKubernetesManifests decodes every manifest strictly into k8s.io/api
 // types (kubeconform fetches its schemas over the network; this needs
 // none), and checks what the examples promise: probes on /healthz and
-// /readyz, resource requests, the Prometheus annotations, only
-// NET_BIND_SERVICE for a non-root bmpproxy, and an admin token from a
-// Secret for an admin listener off loopback (checkAdminToken).
+// /readyz, resource requests, the Prometheus annotations, the least
+// privilege for each bmpproxy container (checkPrivileges), and an admin
+// token from a Secret for an admin listener off loopback
+// (checkAdminToken).
 func TestKubernetesManifests(t *testing.T) {
 	files, _ := filepath.Glob("../kubernetes/*.yaml")
 	if len(files) < 2 {
@@ -153,6 +155,16 @@ func TestKubernetesManifests(t *testing.T) {
 			tmpl, ok := podSpec(obj)
 			if !ok {
 				continue
+			}
+			for _, c := range tmpl.Spec.InitContainers {
+				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+					t.Errorf("%s: init container %s has no cpu and memory requests", f, c.Name)
+				}
+				if strings.HasPrefix(c.Image, "bmpproxy") {
+					if err := checkPrivileges(c); err != nil {
+						t.Errorf("%s: init container %s: %v", f, c.Name, err)
+					}
+				}
 			}
 			for _, c := range tmpl.Spec.Containers {
 				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
@@ -171,11 +183,8 @@ func TestKubernetesManifests(t *testing.T) {
 				if a := tmpl.Annotations; a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] == "" {
 					t.Errorf("%s: no Prometheus scrape annotations: %v", f, a)
 				}
-				sc := c.SecurityContext
-				if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.Capabilities == nil ||
-					len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" ||
-					len(sc.Capabilities.Add) != 1 || sc.Capabilities.Add[0] != "NET_BIND_SERVICE" {
-					t.Errorf("%s: bmpproxy must run non-root with only NET_BIND_SERVICE: %+v", f, sc)
+				if err := checkPrivileges(c); err != nil {
+					t.Errorf("%s: container %s: %v", f, c.Name, err)
 				}
 				if err := checkAdminToken(tmpl, c); err != nil {
 					t.Errorf("%s: container %s: %v", f, c.Name, err)
@@ -190,6 +199,37 @@ func TestKubernetesManifests(t *testing.T) {
 	if _, err := strict([]byte("apiVersion: apps/v1\nkind: DaemonSet\nspec:\n  template:\n    spec:\n      hostNetwrok: true\n")); err == nil {
 		t.Error("a misspelt field (hostNetwrok) passed the strict decoding")
 	}
+}
+
+// checkPrivileges: a bmpproxy container runs with the least it needs. One
+// that dials transparently (--proxy-protocol transparent) or sets up the
+// return routing (transparent-setup) needs NET_ADMIN, which Kubernetes
+// gives to root only, and ip from the image's transparent target: it runs
+// as root with only NET_ADMIN. Any other runs non-root with only
+// NET_BIND_SERVICE.
+func checkPrivileges(c corev1.Container) error {
+	args := append(append([]string(nil), c.Command...), c.Args...)
+	transparent := argValue(args, "--proxy-protocol") == "transparent" || slices.Contains(args, "transparent-setup")
+	sc := c.SecurityContext
+	if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		return fmt.Errorf("bmpproxy must drop ALL capabilities: %+v", sc)
+	}
+	if !transparent {
+		if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_BIND_SERVICE"}) {
+			return fmt.Errorf("bmpproxy must run non-root with only NET_BIND_SERVICE: %+v", sc)
+		}
+		return nil
+	}
+	if c.Image != "bmpproxy:transparent" {
+		return fmt.Errorf("transparent dialing runs ip: image %s, want bmpproxy:transparent", c.Image)
+	}
+	if sc.RunAsUser == nil || *sc.RunAsUser != 0 || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) {
+		return fmt.Errorf("transparent dialing needs NET_ADMIN, which Kubernetes gives to root only: want runAsUser 0 with only NET_ADMIN: %+v", sc)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		return fmt.Errorf("a root bmpproxy must have a read-only root filesystem and no privilege escalation: %+v", sc)
+	}
+	return nil
 }
 
 // argValue returns the value of flag in args, given as "--flag value" or
@@ -296,6 +336,40 @@ func TestCheckAdminToken(t *testing.T) {
 		spoil(tmpl, &c)
 		if err := checkAdminToken(tmpl, c); err == nil {
 			t.Errorf("%s: passed", name)
+		}
+	}
+}
+
+// TestCheckPrivileges: checkPrivileges refuses more privilege than each
+// kind of bmpproxy container needs, and less, so that its pass on the
+// manifests is not vacuous.
+func TestCheckPrivileges(t *testing.T) {
+	yes, no, root, user := true, false, int64(0), int64(65532)
+	sc := func(nonRoot bool, uid *int64, add ...corev1.Capability) *corev1.SecurityContext {
+		return &corev1.SecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: uid, ReadOnlyRootFilesystem: &yes,
+			AllowPrivilegeEscalation: &no, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: add}}
+	}
+	plain := []string{"--target", "c:5000"}
+	transparent := []string{"--target", "127.0.0.1:5001", "--proxy-protocol", "transparent"}
+	setup := []string{"transparent-setup", "--case", "loopback", "--apply"}
+	for _, tt := range []struct {
+		name  string
+		c     corev1.Container
+		valid bool
+	}{
+		{"v2, non-root", corev1.Container{Image: "bmpproxy:latest", Args: plain, SecurityContext: sc(true, &user, "NET_BIND_SERVICE")}, true},
+		{"v2 with NET_ADMIN", corev1.Container{Image: "bmpproxy:latest", Args: plain, SecurityContext: sc(true, &user, "NET_ADMIN")}, false},
+		{"v2 as root", corev1.Container{Image: "bmpproxy:latest", Args: plain, SecurityContext: sc(false, &root, "NET_BIND_SERVICE")}, false},
+		{"transparent, root", corev1.Container{Image: "bmpproxy:transparent", Args: transparent, SecurityContext: sc(false, &root, "NET_ADMIN")}, true},
+		{"setup, root", corev1.Container{Image: "bmpproxy:transparent", Args: setup, SecurityContext: sc(false, &root, "NET_ADMIN")}, true},
+		{"transparent, non-root", corev1.Container{Image: "bmpproxy:transparent", Args: transparent, SecurityContext: sc(true, &user, "NET_ADMIN")}, false},
+		{"transparent without NET_ADMIN", corev1.Container{Image: "bmpproxy:transparent", Args: transparent, SecurityContext: sc(false, &root, "NET_BIND_SERVICE")}, false},
+		{"transparent with more", corev1.Container{Image: "bmpproxy:transparent", Args: transparent, SecurityContext: sc(false, &root, "NET_ADMIN", "SYS_ADMIN")}, false},
+		{"transparent without ip", corev1.Container{Image: "bmpproxy:latest", Args: transparent, SecurityContext: sc(false, &root, "NET_ADMIN")}, false},
+		{"no security context", corev1.Container{Image: "bmpproxy:latest", Args: plain}, false},
+	} {
+		if err := checkPrivileges(tt.c); (err == nil) != tt.valid {
+			t.Errorf("%s: %v, want valid %v", tt.name, err, tt.valid)
 		}
 	}
 }

@@ -1,6 +1,8 @@
-// Package testtarget provides collectors for tests, on loopback only: one
-// that reads the PROXY header and hands the connection on, one that refuses
-// connections, one that never answers, and a UDP echo.
+// Package testtarget provides collectors for tests: on loopback, one that
+// reads the PROXY header and hands the connection on, one that refuses
+// connections, one that never answers, and a UDP echo; and, on listeners
+// the test opens (in namespaces of its own), stand-ins for each kind of
+// BMP collector that say which router address it would record.
 package testtarget
 
 import (

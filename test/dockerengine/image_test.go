@@ -178,10 +178,8 @@ func buildImages(t *testing.T, e *engine, dir string, standin string, ports ...s
 		{"bmpproxy:transparent", "transparent", "COPY root/ /"},
 	} {
 		ctx := filepath.Join(dir, "ctx-"+strings.ReplaceAll(img.tag, ":", "-"))
-		os.MkdirAll(filepath.Join(ctx, "examples"), 0o755)
+		os.MkdirAll(ctx, 0o755)
 		link(t, bin, filepath.Join(ctx, "bmpproxy"))
-		example, _ := os.ReadFile(filepath.Join(root, "examples", "openbmp-aio.yaml"))
-		os.WriteFile(filepath.Join(ctx, "examples", "openbmp-aio.yaml"), example, 0o644)
 		if img.extra != "" {
 			ip, _ := exec.LookPath("ip")
 			nft, _ := exec.LookPath("nft")
@@ -212,8 +210,11 @@ func link(t *testing.T, from, to string) {
 
 // TestScratchImage builds the FROM scratch variant of the shipped image
 // around a binary built with the Dockerfile's flags, and checks what
-// users rely on: static, the stamped --version, a non-root user, and a
-// HEALTHCHECK that turns healthy with only NET_BIND_SERVICE.
+// users rely on: static, the stamped --version, a non-root user, a
+// default command that without a mounted config exits with status 2 and
+// says what to mount and which mode to pick (the image ships none), and,
+// with the OpenBMP example mounted, a HEALTHCHECK that turns healthy with
+// only NET_BIND_SERVICE.
 func TestScratchImage(t *testing.T) {
 	if os.Getenv("BMPPROXY_DOCKER_E2E") != "1" {
 		t.Skip("set BMPPROXY_DOCKER_E2E=1 to run a real dockerd (root, docker.io)")
@@ -244,10 +245,23 @@ func TestScratchImage(t *testing.T) {
 		t.Errorf("image HEALTHCHECK %q; want bmpproxy healthcheck", cfg.Healthcheck.Test)
 	}
 
-	// The image as shipped: its default command and config, no capability
-	// but NET_BIND_SERVICE, on the bridge network. The HEALTHCHECK's
-	// interval is shortened; its command is the image's.
+	// The image as shipped, with nothing mounted: its default command
+	// refuses to guess a collector.
+	out, err := e.docker(60*time.Second, "run", "--rm", "bmpproxy:latest")
+	for _, want := range []string{"exit status 2", "bmpproxy: config: open /etc/bmpproxy/bmpproxy.yaml: no such file or directory",
+		"mount it: -v $PWD/bmpproxy.yaml:/etc/bmpproxy/bmpproxy.yaml:ro", "examples/openbmp-aio.yaml"} {
+		if err == nil || !strings.Contains(out+err.Error(), want) {
+			t.Fatalf("docker run bmpproxy:latest without a config: %v\n%s\nwant %q", err, out, want)
+		}
+	}
+	t.Logf("docker run bmpproxy:latest without a config: exit status 2:\n%s", out)
+
+	// Its default command with a config mounted, no capability but
+	// NET_BIND_SERVICE, on the bridge network. The HEALTHCHECK's interval
+	// is shortened; its command is the image's.
+	root, _ := filepath.Abs("../..")
 	e.mustDocker(60*time.Second, "run", "-d", "--name", "health", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE",
+		"-v", filepath.Join(root, "examples", "openbmp-aio.yaml")+":/etc/bmpproxy/bmpproxy.yaml:ro",
 		"--read-only", "--health-interval", "1s", "--health-start-period", "1s", "bmpproxy:latest")
 	defer e.docker(30*time.Second, "rm", "-f", "health")
 	deadline := time.Now().Add(60 * time.Second)

@@ -7,30 +7,28 @@ package transparent
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/bmp"
+	"github.com/bmpproxy/bmpproxy/internal/netns"
 	"github.com/bmpproxy/bmpproxy/internal/waitfor"
-	"golang.org/x/sys/unix"
 )
 
-// Addresses: documentation prefixes, in namespaces of the test's own.
+// The topology's addresses (package netns).
 const (
-	hubR6, rtr6 = "2001:db8:41::1", "2001:db8:41::2"
-	hubR4, rtr4 = "198.51.100.129", "198.51.100.130"
-	hubC6, col6 = "2001:db8:42::1", "2001:db8:42::2"
-	hubC4, col4 = "203.0.113.129", "203.0.113.130"
+	hubR6, rtr6 = netns.HubR6, netns.Rtr6
+	hubR4, rtr4 = netns.HubR4, netns.Rtr4
+	hubC6, col6 = netns.HubC6, netns.Col6
+	hubC4, col4 = netns.HubC4, netns.Col4
 )
 
 type topo struct {
@@ -41,11 +39,7 @@ type topo struct {
 
 func sh(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return netns.Sh(t, args...)
 }
 
 func setup(t *testing.T) *topo {
@@ -57,43 +51,8 @@ func setup(t *testing.T) *topo {
 			t.Skipf("%s is missing", bin)
 		}
 	}
-	var b [2]byte
-	rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
-	tp := &topo{t: t, hub: "bxt-hub-" + id, rtr: "bxt-rtr-" + id, col: "bxt-col-" + id}
-	for _, ns := range []string{tp.hub, tp.rtr, tp.col} {
-		sh(t, "ip", "netns", "add", ns)
-		ns := ns
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	link := func(a, aif, b, bif string) {
-		sh(t, "ip", "-n", a, "link", "add", aif, "type", "veth", "peer", "name", bif, "netns", b)
-		sh(t, "ip", "-n", a, "link", "set", aif, "up")
-		sh(t, "ip", "-n", b, "link", "set", bif, "up")
-	}
-	link(tp.hub, "to-rtr", tp.rtr, "eth0")
-	link(tp.hub, "to-col", tp.col, "eth0")
-	addr := func(ns, dev string, addrs ...string) {
-		for _, a := range addrs {
-			if strings.Contains(a, ":") {
-				sh(t, "ip", "-n", ns, "addr", "add", a, "dev", dev, "nodad")
-			} else {
-				sh(t, "ip", "-n", ns, "addr", "add", a, "dev", dev)
-			}
-		}
-	}
-	addr(tp.hub, "to-rtr", hubR6+"/64", hubR4+"/26")
-	addr(tp.hub, "to-col", hubC6+"/64", hubC4+"/26")
-	addr(tp.rtr, "eth0", rtr6+"/64", rtr4+"/26")
-	addr(tp.col, "eth0", col6+"/64", col4+"/26")
-	sh(t, "ip", "-n", tp.rtr, "route", "add", "default", "via", hubR4)
-	sh(t, "ip", "-n", tp.rtr, "-6", "route", "add", "default", "via", hubR6)
-	// The collector's replies to the router go through the hub.
-	sh(t, "ip", "-n", tp.col, "route", "add", "default", "via", hubC4)
-	sh(t, "ip", "-n", tp.col, "-6", "route", "add", "default", "via", hubC6)
-	sh(t, "ip", "netns", "exec", tp.hub, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-
+	n := netns.New(t, "bxt")
+	tp := &topo{t: t, hub: n.Hub, rtr: n.Rtr, col: n.Col}
 	tp.bin = filepath.Join(t.TempDir(), "bmpproxy")
 	build := exec.Command("go", "build", "-o", tp.bin, "./cmd/bmpproxy")
 	build.Dir = "../.."
@@ -103,29 +62,10 @@ func setup(t *testing.T) *topo {
 	return tp
 }
 
-// inNS runs f on a thread in network namespace ns. Sockets f creates stay
-// in ns; the thread is discarded afterwards.
+// inNS runs f on a thread in network namespace ns (netns.Do).
 func inNS(t *testing.T, ns string, f func()) {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		fd, err := unix.Open("/var/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		f()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	netns.Do(t, ns, f)
 }
 
 // echoServer listens in ns on addr, echoes each connection and records
