@@ -344,7 +344,7 @@ func loadArgs(t *testing.T, args []string) *conf.Config {
 	var cfg *conf.Config
 	app.Action = func(c *cli.Context) error {
 		var err error
-		cfg, err = loadConfig(c)
+		cfg, err = newSource(c).load()
 		return err
 	}
 	if err := app.Run(append([]string{"bmpproxy"}, args...)); err != nil {
