@@ -90,6 +90,19 @@ func TestScripts(t *testing.T) {
 					ts.Fatalf("serve %v: %v", args, err)
 				}
 			},
+			// busyport NAME binds a free loopback port until the script
+			// ends, and sets $NAME to its address.
+			"busyport": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 1 {
+					ts.Fatalf("usage: busyport NAME")
+				}
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					ts.Fatalf("busyport: %v", err)
+				}
+				ts.Defer(func() { ln.Close() })
+				ts.Setenv(args[0], ln.Addr().String())
+			},
 			// exitcode N cmd args... runs cmd and checks its exit status.
 			"exitcode": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) < 2 {
