@@ -93,8 +93,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"each to the collector, prefixed with a PROXY protocol header (v2 by default) that carries\n" +
 			"the router's real address. Bytes move with splice(2). Every flag can also be set through\n" +
 			"the environment variable shown beside it.\n\n" +
+			"Pick the mode your collector reads: v2 for pmacct master, HAProxy and other PROXY v2 readers;\n" +
+			"transparent (or two hops, in Docker) for OpenBMP, gobmp, Rotonda, and pmacct 1.7 with IPv6\n" +
+			"routers, which read no header, or only an IPv4 one (README: Pick the mode for your collector).\n\n" +
 			"With --config, the listeners and every other setting come from a YAML file instead\n" +
-			"(see examples/openbmp-aio.yaml); SIGHUP reloads it without touching open connections.\n" +
+			"(examples/pmacct.yaml, examples/openbmp-aio.yaml); SIGHUP reloads it without touching open\n" +
+			"connections.\n" +
 			"Only " + overridingFlags() + " (or their variables) may be given with it;\n" +
 			"they override the file's top-level values, across reloads too.\n\n" +
 			"SIGUSR2 (or 'bmpproxy upgrade', or POST /upgrade on the admin listener) hands every listener\n" +
