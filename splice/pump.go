@@ -190,6 +190,12 @@ type Pump struct {
 	created   atomic.Uint64
 	dirty     atomic.Uint64
 	fallbacks atomic.Uint64
+	// null is /dev/null, where a Fanout drops a round every sink has; it
+	// is opened at the first such round and kept open.
+	nullOnce sync.Once
+	null     int
+	nullErr  error
+
 	// lastWarn is the UnixNano time of the last fallback warning.
 	lastWarn       atomic.Int64
 	unwarnedFallbk atomic.Uint64
@@ -575,4 +581,16 @@ func (d *direction) fd(rc syscall.RawConn) int {
 	fd := -1
 	_ = rc.Control(func(s uintptr) { fd = int(s) })
 	return fd
+}
+
+// devNull returns /dev/null's descriptor, opening it once, or -1 if it
+// cannot be opened.
+func (p *Pump) devNull() int {
+	p.nullOnce.Do(func() {
+		p.null, p.nullErr = unix.Open("/dev/null", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if p.nullErr != nil {
+			p.null = -1
+		}
+	})
+	return p.null
 }
