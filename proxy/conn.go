@@ -61,8 +61,37 @@ type conn struct {
 	cause     error  // first reason to end, nil for a clean close
 	stage     stage  // where cause happened
 	aborted   bool   // failing or released: no direction may park or hold
-	dirs      [2]direction
-	keepAlive bool // keepalive is set on tc (by the sweep)
+	dirs      []*direction // up first, then down; set when the target is connected
+	keepAlive bool         // keepalive is set on tc (by the sweep)
+}
+
+// up and down are c's two directions. They exist once setTarget made
+// them: in setup, or a successor's restoreConn.
+func (c *conn) up() *direction   { return c.dirs[0] }
+func (c *conn) down() *direction { return c.dirs[1] }
+
+// bytes returns what c has delivered each way, and by which path: zero
+// for a connection whose target was never connected. c.mu is held.
+func (c *conn) bytes() (fromClient, toClient, spliced, copied int64) {
+	for _, d := range c.dirs {
+		if d.kind == kindUp {
+			fromClient += d.n.Total()
+		} else {
+			toClient += d.n.Total()
+		}
+		spliced += d.n.Spliced.Load()
+		copied += d.n.Copied.Load()
+	}
+	return
+}
+
+// newDirs makes c's up and down directions over its two sockets. c.mu is
+// held, or c is not shared yet.
+func (c *conn) newDirs() {
+	c.dirs = []*direction{
+		{c: c, kind: kindUp, src: c.cc, dst: c.tc},
+		{c: c, kind: kindDown, src: c.tc, dst: c.cc},
+	}
 }
 
 // newConn describes nc, just accepted on o's listener.
@@ -108,7 +137,7 @@ func (c *conn) fail(st stage, err error) {
 		tc.Close()
 	}
 	for _, d := range held {
-		c.srv.resume(c, d)
+		c.srv.resume(d)
 	}
 }
 
@@ -124,6 +153,7 @@ func (c *conn) setTarget(tc stream) bool {
 		return false
 	}
 	c.tc = tc
+	c.newDirs()
 	return true
 }
 
@@ -134,14 +164,14 @@ func (s *Server) finish(c *conn) {
 	s.budget.Release(c.fds)
 	st := c.opts.state
 	st.active.Add(-1)
-	up, down := &c.dirs[up].n, &c.dirs[down].n
-	st.fromClient.Add(up.Total())
-	st.toClient.Add(down.Total())
-	st.spliced.Add(up.Spliced.Load() + down.Spliced.Load())
-	st.copied.Add(up.Copied.Load() + down.Copied.Load())
 	c.mu.Lock()
+	from, to, spliced, copied := c.bytes()
 	cause, at := c.cause, c.stage
 	c.mu.Unlock()
+	st.fromClient.Add(from)
+	st.toClient.Add(to)
+	st.spliced.Add(spliced)
+	st.copied.Add(copied)
 
 	reason := at.reason()
 	if errors.Is(cause, net.ErrClosed) {
@@ -173,7 +203,9 @@ func (c *conn) logClosed(reason string, cause error, showCause bool) {
 	if log.GetLevel() > level {
 		return
 	}
-	up, down := &c.dirs[up].n, &c.dirs[down].n
+	c.mu.Lock()
+	from, to, spliced, _ := c.bytes()
+	c.mu.Unlock()
 	ev := c.logger(log).WithLevel(level)
 	if c.via.IsValid() {
 		ev = ev.Stringer("via", c.via)
@@ -184,9 +216,9 @@ func (c *conn) logClosed(reason string, cause error, showCause bool) {
 	ev = ev.
 		Str("target", c.target).
 		Str("upstream", c.upstream).
-		Int64("bytes_from_client", up.Total()).
-		Int64("bytes_to_client", down.Total()).
-		Int64("bytes_spliced", up.Spliced.Load()+down.Spliced.Load()).
+		Int64("bytes_from_client", from).
+		Int64("bytes_to_client", to).
+		Int64("bytes_spliced", spliced).
 		Stringer("duration", time.Since(c.start)).
 		Str("reason", reason)
 	if cause != nil && showCause {
@@ -226,8 +258,11 @@ func (s *Server) sessionStarted(c *conn) {
 	ev.Msg("router connected")
 }
 
-// routerStatus describes c as an open BMP session.
+// routerStatus describes c as an open BMP session. c.mu is taken.
 func (c *conn) routerStatus() RouterStatus {
+	c.mu.Lock()
+	from, to, _, _ := c.bytes()
+	c.mu.Unlock()
 	r := RouterStatus{
 		Router:          c.client.String(),
 		Listener:        c.listener,
@@ -236,8 +271,8 @@ func (c *conn) routerStatus() RouterStatus {
 		TermReason:      c.router.TermReason,
 		State:           "connected",
 		Since:           c.start,
-		BytesFromRouter: c.dirs[up].n.Total(),
-		BytesToRouter:   c.dirs[down].n.Total(),
+		BytesFromRouter: from,
+		BytesToRouter:   to,
 	}
 	if c.via.IsValid() {
 		r.Via = c.via.String()
@@ -254,9 +289,9 @@ func (c *conn) snapshot(snap *Snapshot) SnapshotConn {
 		Target: c.target, Upstream: c.upstream, Start: c.start,
 		BMP: c.bmp, Session: c.session.Load(),
 		SysName: c.router.SysName, SysDescr: c.router.SysDescr, Term: c.router.TermReason,
-		Up:    [2]int64{c.dirs[up].n.Spliced.Load(), c.dirs[up].n.Copied.Load()},
-		Down:  [2]int64{c.dirs[down].n.Spliced.Load(), c.dirs[down].n.Copied.Load()},
-		Ended: [2]bool{c.dirs[up].state == dirEnded, c.dirs[down].state == dirEnded},
+		Up:    [2]int64{c.up().n.Spliced.Load(), c.up().n.Copied.Load()},
+		Down:  [2]int64{c.down().n.Spliced.Load(), c.down().n.Copied.Load()},
+		Ended: [2]bool{c.up().state == dirEnded, c.down().state == dirEnded},
 	}
 	cc, tc := c.cc, c.tc
 	c.mu.Unlock()
@@ -271,7 +306,7 @@ func (c *conn) snapshot(snap *Snapshot) SnapshotConn {
 // nothing, if both had ended, which a settled predecessor never
 // snapshots.
 func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*conn, error) {
-	if sc.Ended[up] && sc.Ended[down] {
+	if sc.Ended[0] && sc.Ended[1] {
 		return nil, fmt.Errorf("connection %d from %s: both directions ended", sc.ID, sc.Client)
 	}
 	c := &conn{
@@ -281,16 +316,19 @@ func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*
 		cc:     cc, tc: tc, fds: connFDs,
 	}
 	c.session.Store(sc.Session)
-	c.dirs[up].n.Spliced.Store(sc.Up[0])
-	c.dirs[up].n.Copied.Store(sc.Up[1])
-	c.dirs[down].n.Spliced.Store(sc.Down[0])
-	c.dirs[down].n.Copied.Store(sc.Down[1])
-	for d := range c.dirs {
-		if sc.Ended[d] {
-			c.move(dir(d), dirEnded)
+	c.newDirs()
+	for i, d := range c.dirs {
+		counts := sc.Up
+		if d.kind == kindDown {
+			counts = sc.Down
+		}
+		d.n.Spliced.Store(counts[0])
+		d.n.Copied.Store(counts[1])
+		if sc.Ended[i] {
+			d.move(dirEnded)
 			continue
 		}
-		c.move(dir(d), dirHeld)
+		d.move(dirHeld)
 		s.live.Add(1)
 	}
 	o.state.active.Add(1)

@@ -132,11 +132,13 @@ func (s *Server) ListenerStats() []ListenerStats {
 	}
 	for c := range s.conns {
 		if ls := byName[c.listener]; ls != nil {
-			up, down := &c.dirs[up].n, &c.dirs[down].n
-			ls.BytesFromClient += up.Total()
-			ls.BytesToClient += down.Total()
-			ls.BytesSpliced += up.Spliced.Load() + down.Spliced.Load()
-			ls.BytesCopied += up.Copied.Load() + down.Copied.Load()
+			c.mu.Lock()
+			from, to, spliced, copied := c.bytes()
+			c.mu.Unlock()
+			ls.BytesFromClient += from
+			ls.BytesToClient += to
+			ls.BytesSpliced += spliced
+			ls.BytesCopied += copied
 		}
 	}
 	out := make([]ListenerStats, 0, len(byName))

@@ -13,9 +13,9 @@ import (
 	"github.com/bmpproxy/bmpproxy/splice"
 )
 
-// A connection has two directions, up (client → target) and down
-// (target → client). Each is a small state machine, guarded by its
-// connection's mu, and every change of state goes through move:
+// A connection has directions: up (client → target) and down (target →
+// client). Each is a small state machine, guarded by its connection's mu,
+// and every change of state goes through move:
 //
 //	          start              park                 wake
 //	setup ───────────► running ───────► parked ─────────────► running
@@ -32,7 +32,7 @@ import (
 //     in flight. A thaw or a failure resumes it; a successful handover
 //     releases it.
 //   - ended: its EOF was passed on as a FIN, or the connection failed.
-//     Both directions ended finishes the connection.
+//     Every direction ended finishes the connection.
 //
 // A direction also goes from setup straight to ended when a successor
 // adopts a connection one of whose directions had ended in its
@@ -50,19 +50,22 @@ import (
 //     deadline in the past set under mu by the idle sweep or a freeze. A
 //     timeout from the pump therefore always means "park or hold now".
 
-// dir names a direction of a connection.
-type dir int
+// dirKind is what a direction moves, and so which pump runs it.
+type dirKind uint8
 
 const (
-	up   dir = iota // client → target
-	down            // target → client
+	kindUp   dirKind = iota // client → target, the client's FIN passed on
+	kindDown                // target → client, the target's FIN passed on
 )
 
-func (d dir) String() string {
-	if d == up {
+func (k dirKind) String() string {
+	switch k {
+	case kindUp:
 		return "up"
+	case kindDown:
+		return "down"
 	}
-	return "down"
+	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
 // dirState is where a direction is; see the diagram above.
@@ -107,9 +110,15 @@ func (s dirState) canMove(to dirState) bool {
 	return false
 }
 
-// direction is one direction's state, guarded by its connection's mu,
-// except n, which the pump adds to as it delivers.
+// direction is one way bytes move on a connection. Its sockets are set
+// before it starts; its state is guarded by c.mu, except n, which the pump
+// adds to as it delivers.
 type direction struct {
+	c    *conn
+	kind dirKind
+	src  stream // read; the socket a park watches and a nudge wakes
+	dst  stream // written
+
 	state dirState
 	key   uint64 // the watcher's key while parked, 0 otherwise
 	seen  int64  // bytes delivered at the last sweep
@@ -117,87 +126,90 @@ type direction struct {
 	n     splice.Counter
 }
 
-// move changes direction d's state to to. A transition the machine does
-// not have is a bug in this file, not a runtime condition: it panics
-// rather than let a direction run twice or never end. c.mu is held.
-func (c *conn) move(d dir, to dirState) {
-	st := &c.dirs[d]
-	if !st.state.canMove(to) {
-		panic(fmt.Sprintf("proxy: connection %d, direction %s: no transition %s → %s", c.id, d, st.state, to))
+func (d *direction) String() string { return d.kind.String() }
+
+// move changes d's state to to. A transition the machine does not have is
+// a bug in this file, not a runtime condition: it panics rather than let
+// a direction run twice or never end. c.mu is held.
+func (d *direction) move(to dirState) {
+	if !d.state.canMove(to) {
+		panic(fmt.Sprintf("proxy: connection %d, direction %s: no transition %s → %s", d.c.id, d, d.state, to))
 	}
-	st.state = to
+	d.state = to
 	if to != dirParked {
-		st.key = 0
+		d.key = 0
 	}
 }
 
-// ends returns direction d's source and destination sockets.
-func (c *conn) ends(d dir) (src, dst stream) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.endsLocked(d)
-}
-
-// endsLocked is ends with c.mu held.
-func (c *conn) endsLocked(d dir) (src, dst stream) {
-	if d == up {
-		return c.cc, c.tc
-	}
-	return c.tc, c.cc
-}
-
-// start moves both directions out of setup, once the target is connected
-// and the first bytes are written: to running, each on a fresh goroutine
-// so that the stack grown by setup is not kept for the connection's life,
-// or to held if the server is frozen.
+// start moves every direction of c out of setup, once its sockets are
+// connected and the first bytes written: to running, each on a fresh
+// goroutine so that the stack grown by setup is not kept for the
+// connection's life, or to held if the server is frozen.
 func (s *Server) start(c *conn) {
 	c.mu.Lock()
 	to := dirRunning
 	if s.frozen.Load() {
 		to = dirHeld
 	}
-	c.move(up, to)
-	c.move(down, to)
-	s.live.Add(2)
+	dirs := c.dirs
+	for _, d := range dirs {
+		d.move(to)
+	}
+	s.live.Add(len(dirs))
 	c.mu.Unlock()
 	if to == dirHeld {
 		s.noteSettled()
 		return
 	}
-	go s.pumpClientToTarget(c)
-	go s.pumpTargetToClient(c)
+	for _, d := range dirs {
+		s.resume(d)
+	}
 }
 
-// pumpClientToTarget runs the up direction: the client's bytes to the
+// resume runs d, which the caller moved to running, on a fresh goroutine
+// named for what it moves.
+func (s *Server) resume(d *direction) {
+	switch d.kind {
+	case kindUp:
+		go s.pumpClientToTarget(d)
+	case kindDown:
+		go s.pumpTargetToClient(d)
+	}
+}
+
+// pumpClientToTarget runs an up direction: the client's bytes to the
 // target, and the client's FIN as the target's.
-func (s *Server) pumpClientToTarget(c *conn) { s.pump(c, up) }
+func (s *Server) pumpClientToTarget(d *direction) { s.pump(d) }
 
-// pumpTargetToClient runs the down direction: the target's bytes to the
+// pumpTargetToClient runs a down direction: the target's bytes to the
 // client, and the target's FIN as the client's.
-func (s *Server) pumpTargetToClient(c *conn) { s.pump(c, down) }
+func (s *Server) pumpTargetToClient(d *direction) { s.pump(d) }
 
-// pump runs direction d. On entry d is running and this goroutine owns
-// it; pump returns once d has left running: parked, held or ended. At its
-// start and after every nudge it first checks for a freeze, so a held
-// direction never has a byte in a pipe: Copy returns a nudge only at a
-// read, after its pipe drained.
-func (s *Server) pump(c *conn, d dir) {
-	src, dst := c.ends(d)
-	count := &c.dirs[d].n
+// pump runs d. On entry d is running and this goroutine owns it; pump
+// returns once d has left running: parked, held or ended. At its start
+// and after every nudge it first checks for a freeze, so a held direction
+// never has a byte in a pipe: a copy returns a nudge only at a read,
+// after its pipe drained.
+func (s *Server) pump(d *direction) {
 	for {
-		if s.hold(c, d) {
+		if s.hold(d) {
 			return
 		}
-		err := s.opts.Pump.Copy(dst, src, count)
+		err := s.copy(d)
 		if isNudge(err) {
-			if s.park(c, d) {
+			if s.park(d) {
 				return
 			}
 			continue
 		}
-		s.end(c, d, err)
+		s.end(d, err)
 		return
 	}
+}
+
+// copy moves d's bytes until its source ends, fails or is nudged.
+func (s *Server) copy(d *direction) error {
+	return s.opts.Pump.Copy(d.dst, d.src, &d.n)
 }
 
 func isNudge(err error) bool {
@@ -205,21 +217,26 @@ func isNudge(err error) bool {
 	return errors.As(err, &pe) && pe.Op == "read" && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// hold moves running direction d to held if the server is frozen and c
-// is not failing, and reports whether it did; the goroutine then ends,
-// leaving its count in live. Otherwise it clears a nudge, under c.mu so
-// that a freeze's nudge is never lost: a freeze sets frozen before it
-// takes c.mu to nudge.
-func (s *Server) hold(c *conn, d dir) bool {
+// nudge wakes d's read now, to park or hold it. c.mu is held.
+func (d *direction) nudge() {
+	d.src.SetReadDeadline(time.Unix(1, 0))
+}
+
+// hold moves running direction d to held if the server is frozen and its
+// connection is not failing, and reports whether it did; the goroutine
+// then ends, leaving its count in live. Otherwise it clears a nudge,
+// under c.mu so that a freeze's nudge is never lost: a freeze sets frozen
+// before it takes c.mu to nudge.
+func (s *Server) hold(d *direction) bool {
+	c := d.c
 	c.mu.Lock()
 	if s.frozen.Load() && !c.aborted {
-		c.move(d, dirHeld)
+		d.move(dirHeld)
 		c.mu.Unlock()
 		s.noteSettled()
 		return true
 	}
-	src, _ := c.endsLocked(d)
-	src.SetReadDeadline(time.Time{})
+	d.src.SetReadDeadline(time.Time{})
 	c.mu.Unlock()
 	return false
 }
@@ -227,17 +244,17 @@ func (s *Server) hold(c *conn, d dir) bool {
 // park moves running direction d to parked: the watcher takes its source
 // socket and wakes it on a fresh goroutine. It reports false, and the
 // caller keeps pumping (and so holds, if frozen), when there is no
-// watcher, c is failing or the server is frozen.
-func (s *Server) park(c *conn, d dir) bool {
+// watcher, the connection is failing or the server is frozen.
+func (s *Server) park(d *direction) bool {
 	w := s.watcher.Load()
 	if w == nil {
 		return false
 	}
-	src, _ := c.ends(d)
-	rc, err := src.SyscallConn()
+	rc, err := d.src.SyscallConn()
 	if err != nil {
 		return false
 	}
+	c := d.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted || s.frozen.Load() {
@@ -245,12 +262,12 @@ func (s *Server) park(c *conn, d dir) bool {
 	}
 	// c.mu is held across Watch, so a wake that fires at once waits for
 	// the state to say parked.
-	key, err := w.Watch(rc, func() { go s.wake(c, d) })
+	key, err := w.Watch(rc, func() { go s.wake(d) })
 	if err != nil {
 		return false
 	}
-	c.move(d, dirParked)
-	c.dirs[d].key = key
+	d.move(dirParked)
+	d.key = key
 	s.stats.parks.Add(1)
 	return true
 }
@@ -258,32 +275,23 @@ func (s *Server) park(c *conn, d dir) bool {
 // wake moves parked direction d back to running, on the fresh goroutine
 // the watcher started for it, and pumps. The watcher fires each watch
 // exactly once, so d is parked on entry.
-func (s *Server) wake(c *conn, d dir) {
+func (s *Server) wake(d *direction) {
+	c := d.c
 	c.mu.Lock()
-	c.move(d, dirRunning)
-	c.dirs[d].quiet = false
+	d.move(dirRunning)
+	d.quiet = false
 	c.mu.Unlock()
-	s.pump(c, d)
-}
-
-// resume moves held direction d back to running on a fresh goroutine.
-// The caller took it out of held under c.mu (takeHeld).
-func (s *Server) resume(c *conn, d dir) {
-	if d == up {
-		go s.pumpClientToTarget(c)
-	} else {
-		go s.pumpTargetToClient(c)
-	}
+	s.pump(d)
 }
 
 // takeHeld moves c's held directions to running and returns them, for
 // the caller to resume once c.mu is released. c.mu is held.
-func (c *conn) takeHeld() []dir {
-	var held []dir
-	for d := range c.dirs {
-		if c.dirs[d].state == dirHeld {
-			c.move(dir(d), dirRunning)
-			held = append(held, dir(d))
+func (c *conn) takeHeld() []*direction {
+	var held []*direction
+	for _, d := range c.dirs {
+		if d.state == dirHeld {
+			d.move(dirRunning)
+			held = append(held, d)
 		}
 	}
 	return held
@@ -294,9 +302,9 @@ func (c *conn) takeHeld() []dir {
 // the caller owes live that many Done calls. c.mu is held.
 func (c *conn) releaseHeld() int {
 	n := 0
-	for d := range c.dirs {
-		if c.dirs[d].state == dirHeld {
-			c.move(dir(d), dirEnded)
+	for _, d := range c.dirs {
+		if d.state == dirHeld {
+			d.move(dirEnded)
 			n++
 		}
 	}
@@ -307,22 +315,33 @@ func (c *conn) releaseHeld() int {
 // caller to Wake once c.mu is released. c.mu is held.
 func (c *conn) parkedKeys() []uint64 {
 	var keys []uint64
-	for d := range c.dirs {
-		if c.dirs[d].state == dirParked {
-			keys = append(keys, c.dirs[d].key)
+	for _, d := range c.dirs {
+		if d.state == dirParked {
+			keys = append(keys, d.key)
 		}
 	}
 	return keys
 }
 
+// allEnded reports whether every direction of c has ended. c.mu is held.
+func (c *conn) allEnded() bool {
+	for _, d := range c.dirs {
+		if d.state != dirEnded {
+			return false
+		}
+	}
+	return true
+}
+
 // end moves running direction d to ended. An error from either side
-// fails the whole connection; a clean EOF leaves the other direction
+// fails the whole connection; a clean EOF leaves the other directions
 // running. The direction that ends last finishes the connection: its
 // closing line is written before live lets Run return.
-func (s *Server) end(c *conn, d dir, err error) {
+func (s *Server) end(d *direction, err error) {
+	c := d.c
 	if err != nil {
 		st := stageClient
-		if d == down {
+		if d.kind == kindDown {
 			st = stageTarget
 		}
 		var pe *splice.Error
@@ -332,8 +351,8 @@ func (s *Server) end(c *conn, d dir, err error) {
 		c.fail(st, err)
 	}
 	c.mu.Lock()
-	c.move(d, dirEnded)
-	last := c.dirs[up].state == dirEnded && c.dirs[down].state == dirEnded
+	d.move(dirEnded)
+	last := c.allEnded()
 	c.mu.Unlock()
 	if last {
 		c.fail(stageNone, nil) // close both sockets
@@ -352,10 +371,9 @@ func (c *conn) freeze(w *splice.Watcher) {
 		c.mu.Unlock()
 		return // failing: it ends, and freeze waits for that
 	}
-	for d := range c.dirs {
-		if c.dirs[d].state == dirRunning {
-			src, _ := c.endsLocked(dir(d))
-			src.SetReadDeadline(time.Unix(1, 0))
+	for _, d := range c.dirs {
+		if d.state == dirRunning {
+			d.nudge()
 		}
 	}
 	keys := c.parkedKeys()
@@ -367,14 +385,20 @@ func (c *conn) freeze(w *splice.Watcher) {
 
 // settledState counts c for a freeze: in setup, or how many directions
 // are neither held nor ended. A failing connection, and one whose
-// directions have both ended, count as busy until they are untracked:
-// a snapshot never holds a connection that is finishing. c.mu is held.
+// directions have all ended, count as busy until they are untracked: a
+// snapshot never holds a connection that is finishing. c.mu is held.
 func (c *conn) settledState() (setup bool, busy int) {
-	if c.aborted || c.dirs[up].state == dirEnded && c.dirs[down].state == dirEnded {
+	if c.aborted {
 		return false, 1
 	}
-	for d := range c.dirs {
-		switch c.dirs[d].state {
+	if len(c.dirs) == 0 {
+		return true, 0 // not dialed yet
+	}
+	if c.allEnded() {
+		return false, 1
+	}
+	for _, d := range c.dirs {
+		switch d.state {
 		case dirSetup:
 			return true, 0
 		case dirRunning, dirParked:
@@ -468,7 +492,7 @@ func (s *Server) sweepIdle(ctx context.Context, w *splice.Watcher, every time.Du
 func (c *conn) sweep() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.aborted || c.dirs[up].state == dirSetup {
+	if c.aborted || len(c.dirs) == 0 || c.dirs[0].state == dirSetup {
 		return
 	}
 	if !c.keepAlive {
@@ -477,21 +501,19 @@ func (c *conn) sweep() {
 			socket.SetKeepAlive(c.tc, socket.KeepAlive(ka))
 		}
 	}
-	for d := range c.dirs {
-		st := &c.dirs[d]
-		if st.state != dirRunning {
+	for _, d := range c.dirs {
+		if d.state != dirRunning {
 			continue
 		}
-		total := st.n.Total()
-		if total != st.seen {
-			st.seen, st.quiet = total, false
+		total := d.n.Total()
+		if total != d.seen {
+			d.seen, d.quiet = total, false
 			continue
 		}
-		if st.quiet {
-			src, _ := c.endsLocked(dir(d))
-			src.SetReadDeadline(time.Unix(1, 0)) // in the past: wakes the read now
+		if d.quiet {
+			d.nudge()
 			continue
 		}
-		st.quiet = true
+		d.quiet = true
 	}
 }

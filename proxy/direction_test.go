@@ -27,10 +27,10 @@ func TestDirectionTransitions(t *testing.T) {
 				t.Errorf("%s → %s: canMove = %v, want %v", from, to, got, want)
 			}
 			c := &conn{id: 7}
-			c.dirs[up].state = from
+			d := &direction{c: c, kind: kindUp, state: from}
 			panicked := func() (p any) {
 				defer func() { p = recover() }()
-				c.move(up, to)
+				d.move(to)
 				return nil
 			}()
 			if want && panicked != nil {
@@ -38,7 +38,7 @@ func TestDirectionTransitions(t *testing.T) {
 			}
 			if !want {
 				msg, _ := panicked.(string)
-				if !strings.Contains(msg, "no transition "+from.String()+" → "+to.String()) {
+				if !strings.Contains(msg, "direction up: no transition "+from.String()+" → "+to.String()) {
 					t.Errorf("%s → %s: move = %v, want a panic naming the transition", from, to, panicked)
 				}
 			}

@@ -96,7 +96,7 @@ func (s *Server) resumeHeld() {
 		held := c.takeHeld()
 		c.mu.Unlock()
 		for _, d := range held {
-			s.resume(c, d)
+			s.resume(d)
 		}
 	}
 }

@@ -196,7 +196,7 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 	if err != nil {
 		return stageTarget.fail(fmt.Errorf("write PROXY header: %w", err))
 	}
-	c.dirs[up].n.Copied.Add(int64(len(in.pre)))
+	c.up().n.Copied.Add(int64(len(in.pre)))
 	return nil
 }
 
