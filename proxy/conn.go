@@ -57,10 +57,10 @@ type conn struct {
 	fds int
 
 	mu        sync.Mutex
-	tc        stream // target socket; nil until dialed
-	cause     error  // first reason to end, nil for a clean close
-	stage     stage  // where cause happened
-	aborted   bool   // failing or released: no direction may park or hold
+	tc        stream       // target socket; nil until dialed
+	cause     error        // first reason to end, nil for a clean close
+	stage     stage        // where cause happened
+	aborted   bool         // failing or released: no direction may park or hold
 	dirs      []*direction // up first, then down; set when the target is connected
 	keepAlive bool         // keepalive is set on tc (by the sweep)
 }
