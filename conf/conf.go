@@ -90,15 +90,14 @@ const (
 	TiB
 )
 
-// byteUnits are the units a size may have, the largest first.
-func byteUnits() []struct {
+type byteUnit struct {
 	name string
 	size ByteSize
-} {
-	return []struct {
-		name string
-		size ByteSize
-	}{{"TiB", TiB}, {"GiB", GiB}, {"MiB", MiB}, {"KiB", KiB}, {"B", 1}}
+}
+
+// byteUnits are the units a size may have, the largest first.
+func byteUnits() []byteUnit {
+	return []byteUnit{{"TiB", TiB}, {"GiB", GiB}, {"MiB", MiB}, {"KiB", KiB}, {"B", 1}}
 }
 
 // ParseByteSize parses a whole number of bytes, alone or with the unit B,
