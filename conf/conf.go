@@ -6,6 +6,7 @@ package conf
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -62,7 +63,97 @@ const (
 	DefaultKeepAliveIdle     = 15 * time.Second
 	DefaultKeepAliveInterval = 15 * time.Second
 	DefaultKeepAliveCount    = 9
+
+	// DefaultBuffer is how far a collector may fall behind its router
+	// before its leg is cut; MinBuffer and MaxBuffer bound the setting.
+	DefaultBuffer = 4 * MiB
+	MinBuffer     = 64 * KiB
+	MaxBuffer     = 1 * GiB
+
+	// DefaultResyncMemory bounds the resync state of the whole process;
+	// MinResyncMemory is the least it may be set to. There is no
+	// unbounded setting.
+	DefaultResyncMemory = 1 * GiB
+	MinResyncMemory     = 16 * MiB
 )
+
+// ByteSize is an amount of memory, in bytes. A file writes it as a whole
+// number of bytes, or of KiB, MiB, GiB or TiB: "4MiB", "512KiB",
+// "1048576".
+type ByteSize int64
+
+// The units of a ByteSize, powers of 1024.
+const (
+	KiB ByteSize = 1 << (10 * (iota + 1))
+	MiB
+	GiB
+	TiB
+)
+
+type byteUnit struct {
+	name string
+	size ByteSize
+}
+
+// byteUnits are the units a size may have, the largest first.
+func byteUnits() []byteUnit {
+	return []byteUnit{{"TiB", TiB}, {"GiB", GiB}, {"MiB", MiB}, {"KiB", KiB}, {"B", 1}}
+}
+
+// ParseByteSize parses a whole number of bytes, alone or with the unit B,
+// KiB, MiB, GiB or TiB after it, a space between them allowed: "4MiB",
+// "512 KiB", "1048576". Decimal units (MB) are refused with the binary
+// one to write instead.
+func ParseByteSize(s string) (ByteSize, error) {
+	want := fmt.Errorf("invalid size %q (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)", s)
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, want
+	}
+	digits, unit := t[:i], strings.TrimSpace(t[i:])
+	mult := ByteSize(0)
+	if unit == "" {
+		mult = 1
+	}
+	for _, u := range byteUnits() {
+		if unit == u.name {
+			mult = u.size
+		}
+	}
+	if mult == 0 {
+		// A unit in another case, or a decimal one: say what to write.
+		l := strings.ToLower(unit)
+		for _, u := range byteUnits()[:4] {
+			switch p := strings.ToLower(u.name[:1]); l {
+			case p + "ib":
+				return 0, fmt.Errorf("invalid size %q (write %s%s)", s, digits, u.name)
+			case p, p + "b":
+				return 0, fmt.Errorf("invalid size %q (write %s%s: sizes count in powers of 1024)", s, digits, u.name)
+			}
+		}
+		return 0, want
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil || ByteSize(n) > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return ByteSize(n) * mult, nil
+}
+
+// String returns b in the largest unit that holds it whole, "4MiB", or as
+// a number of bytes, "65537"; ParseByteSize reads it back.
+func (b ByteSize) String() string {
+	for _, u := range byteUnits() {
+		if u.size > 1 && b != 0 && b%u.size == 0 {
+			return strconv.FormatInt(int64(b/u.size), 10) + u.name
+		}
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
 
 // Target is where a listener forwards to. Host is an IP literal or a DNS
 // name; a name is resolved when a connection is dialed, never at load time,
@@ -121,6 +212,10 @@ func isHostname(h string) bool {
 func (t Target) String() string {
 	return net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 }
+
+// key is t as far as it tells targets apart: a name in any case is the
+// same name.
+func (t Target) key() Target { return Target{Host: strings.ToLower(t.Host), Port: t.Port} }
 
 // IsZero reports whether t is unset.
 func (t Target) IsZero() bool { return t == Target{} }
@@ -206,18 +301,43 @@ func parsePort(s string) (uint16, error) {
 	return uint16(p), nil
 }
 
-// Listener is one port mapping: the addresses it accepts on and the target
-// it forwards to. DefaultListener has every default; ApplyDefaults reads a
-// zero field as unset.
+// Leg is one collector that every router session of a listener goes to.
+type Leg struct {
+	// Target is dialed once per router session, for this leg.
+	Target Target
+	// ProxyProtocol is the header sent to this collector. Unset, it is
+	// the listener's.
+	ProxyProtocol ProxyProtocol
+	// Buffer bounds how far this collector may fall behind its router
+	// before the leg is cut: MinBuffer to MaxBuffer.
+	Buffer ByteSize
+	// TransparentMark is the SO_MARK of this leg's socket when it is
+	// dialed transparently. Unset, it is the listener's.
+	TransparentMark uint32
+}
+
+// Listener is one port mapping: the addresses it accepts on and the
+// targets it forwards to. DefaultListener has every default; ApplyDefaults
+// reads a zero field as unset.
 type Listener struct {
 	// Name identifies the listener in logs. Unset, it is "default" for
 	// the only listener and "listenerN" for the Nth.
 	Name string
 	// Listen holds the addresses to accept on. See ParseListen.
 	Listen []netip.AddrPort
-	// Target is dialed once per accepted connection.
+	// Targets are the collectors each router session goes to, dialed in
+	// this order; there is at least one, and no two are the same. The
+	// first is the primary, the only one whose bytes go back to the
+	// router. Complete and ApplyDefaults fill each leg's unset
+	// ProxyProtocol and TransparentMark with the listener's.
+	Targets []Leg
+	// Target is the primary's address, Targets[0].Target, for the code
+	// that knows one target only. Complete and ApplyDefaults keep it so,
+	// and make a Target set in Go with no Targets a list of one, with the
+	// listener's settings.
 	Target Target
-	// ProxyProtocol is the header sent to the target.
+	// ProxyProtocol is the header sent to a target that sets none of its
+	// own: all of them, when the file says target.
 	ProxyProtocol ProxyProtocol
 	// ConnectTimeout bounds name resolution and connect. It is positive.
 	ConnectTimeout time.Duration
@@ -239,7 +359,8 @@ type Listener struct {
 	// "none".
 	MaxConnections int
 	// TransparentMark is the SO_MARK of target sockets dialed
-	// transparently, which the return routing matches. It is at least 1.
+	// transparently, which the return routing matches, for a target that
+	// sets none of its own. It is at least 1.
 	TransparentMark uint32
 	// KeepAlive is TCP keepalive on both sockets of each connection.
 	KeepAlive KeepAlive
@@ -253,6 +374,10 @@ type Listener struct {
 	// BMPTimeout bounds the wait for the first BMP message. It is
 	// positive.
 	BMPTimeout time.Duration
+	// Resync keeps each router's BMP state and replays it to a leg that
+	// connects, reconnects or recovers from being cut, so that the router
+	// never notices a collector restart. It needs BMP.
+	Resync bool
 }
 
 // Prefixes is a list of address prefixes, as allow lists hold them.
@@ -318,6 +443,9 @@ type Config struct {
 	// DrainTimeout is how long open connections may run after a stop
 	// signal before they are closed. Zero closes them at once.
 	DrainTimeout time.Duration
+	// ResyncMemory bounds the memory that the resync state of every
+	// router of the process may take together: at least MinResyncMemory.
+	ResyncMemory ByteSize
 	Log          Log
 	Splice       Splice
 }
@@ -341,6 +469,9 @@ func (c *Config) Validate() error {
 	if c.DrainTimeout < 0 {
 		add("drain_timeout", "must not be negative, got %s (0s closes connections at once)", c.DrainTimeout)
 	}
+	if c.ResyncMemory < MinResyncMemory {
+		add("resync_memory", "must be at least %s, got %s (the resync state is always bounded)", MinResyncMemory, c.ResyncMemory)
+	}
 	if c.Splice.MaxPipes <= 0 {
 		add("splice.max_pipes", "must be positive, got %d", c.Splice.MaxPipes)
 	}
@@ -353,8 +484,10 @@ func (c *Config) Validate() error {
 		}
 		marks := map[uint32]bool{}
 		for _, l := range c.Listeners {
-			if l.ProxyProtocol == ProxyTransparent {
-				marks[l.TransparentMark] = true
+			for _, leg := range l.Targets {
+				if leg.ProxyProtocol == ProxyTransparent {
+					marks[leg.TransparentMark] = true
+				}
 			}
 		}
 		switch {
@@ -389,9 +522,7 @@ func (c *Config) Validate() error {
 			}
 			seen[a] = lp
 		}
-		if l.Target.IsZero() {
-			add(p+".target", "missing")
-		}
+		checkTargets(p, l, add)
 		if _, err := ParseProxyProtocol(string(l.ProxyProtocol)); err != nil {
 			add(p+".proxy_protocol", "%v", err)
 		}
@@ -403,6 +534,9 @@ func (c *Config) Validate() error {
 		}
 		if l.BMPTimeout <= 0 {
 			add(p+".bmp_timeout", "must be positive, got %s", l.BMPTimeout)
+		}
+		if l.Resync && !l.BMP {
+			add(p+".resync", "refused without bmp: true; add bmp: true (resync keeps each router's BMP state, which only a BMP listener reads)")
 		}
 		if l.MaxConnections < 0 {
 			add(p+".max_connections", "must not be negative, got %d", l.MaxConnections)
@@ -441,6 +575,40 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkTargets reports the problems of l's targets, at p, l's path.
+func checkTargets(p string, l Listener, add func(path, format string, args ...any)) {
+	switch {
+	case l.Targets == nil && l.Target.IsZero():
+		add(p+".target", "missing")
+	case len(l.Targets) == 0 && l.Target.IsZero():
+		add(p+".targets", "at least one target is required") // targets: []
+	case len(l.Targets) == 0:
+		add(p+".targets", "missing, though target is %s (Complete or ApplyDefaults makes target a list of one)", l.Target)
+	case l.Target != l.Targets[0].Target:
+		add(p+".target", "%s, but targets[0] is %s (target is the first of targets)", l.Target, l.Targets[0].Target)
+	}
+	seen := map[Target]int{}
+	for k, leg := range l.Targets {
+		lp := fmt.Sprintf("%s.targets[%d]", p, k)
+		if leg.Target.IsZero() {
+			add(lp+".target", "missing")
+		} else if j, dup := seen[leg.Target.key()]; dup {
+			add(lp, "%s is already %s.targets[%d]; list each target once", leg.Target, p, j)
+		} else {
+			seen[leg.Target.key()] = k
+		}
+		if _, err := ParseProxyProtocol(string(leg.ProxyProtocol)); err != nil {
+			add(lp+".proxy_protocol", "%v", err)
+		}
+		if leg.Buffer < MinBuffer || leg.Buffer > MaxBuffer {
+			add(lp+".buffer", "must be at least %s and at most %s, got %s", MinBuffer, MaxBuffer, leg.Buffer)
+		}
+		if leg.TransparentMark < 1 {
+			add(lp+".transparent_mark", "must be 1-4294967295, got 0")
+		}
+	}
 }
 
 // FieldError is one problem in a configuration, at Path (for example
@@ -487,12 +655,14 @@ func parseLevel(s string) (int, error) {
 	return 0, fmt.Errorf("unknown level %q (want one of %s)", s, strings.Join(names, ", "))
 }
 
-// TransparentMark returns the mark of the transparent listeners, for
-// TransparentSetup; Validate makes sure they share one.
+// TransparentMark returns the mark of the targets dialed transparently,
+// for TransparentSetup; Validate makes sure they share one.
 func (c *Config) TransparentMark() uint32 {
 	for _, l := range c.Listeners {
-		if l.ProxyProtocol == ProxyTransparent {
-			return l.TransparentMark
+		for _, leg := range l.Targets {
+			if leg.ProxyProtocol == ProxyTransparent {
+				return leg.TransparentMark
+			}
 		}
 	}
 	return DefaultTransparentMark

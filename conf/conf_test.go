@@ -2,6 +2,8 @@ package conf
 
 import (
 	"net/netip"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -123,5 +125,113 @@ listeners[1].target: missing`
 	}
 	if err := Default().Validate(); err == nil || err.Error() != "listeners: at least one listener is required" {
 		t.Fatalf("empty config: %v", err)
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    ByteSize
+		print   string
+		wantErr string
+	}{
+		{in: "4MiB", want: 4 << 20, print: "4MiB"},
+		{in: "512KiB", want: 512 << 10, print: "512KiB"},
+		{in: "1GiB", want: 1 << 30, print: "1GiB"},
+		{in: "2TiB", want: 2 << 40, print: "2TiB"},
+		{in: "1048576", want: 1 << 20, print: "1MiB"},
+		{in: "65537", want: 65537, print: "65537"},
+		{in: "1024B", want: 1024, print: "1KiB"},
+		{in: "4 MiB", want: 4 << 20, print: "4MiB"},
+		{in: "1536MiB", want: 1536 << 20, print: "1536MiB"},
+		{in: "0", want: 0, print: "0"},
+		{in: "4MB", wantErr: `invalid size "4MB" (write 4MiB: sizes count in powers of 1024)`},
+		{in: "4m", wantErr: `invalid size "4m" (write 4MiB: sizes count in powers of 1024)`},
+		{in: "1gib", wantErr: `invalid size "1gib" (write 1GiB)`},
+		{in: "1.5GiB", wantErr: `invalid size "1.5GiB" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+		{in: "-1", wantErr: `invalid size "-1" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+		{in: "MiB", wantErr: `invalid size "MiB" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+		{in: "4 apples", wantErr: `invalid size "4 apples" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+		{in: "", wantErr: `invalid size "" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+		{in: "9000000TiB", wantErr: `size "9000000TiB" is too large`},
+		{in: "99999999999999999999", wantErr: `size "99999999999999999999" is too large`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseByteSize(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want || got.String() != tt.print {
+				t.Fatalf("= %d (%s), %v; want %d (%s)", got, got, err, tt.want, tt.print)
+			}
+			if back, err := ParseByteSize(got.String()); err != nil || back != got {
+				t.Fatalf("String %q parses to %d, %v", got.String(), back, err)
+			}
+		})
+	}
+}
+
+// TestDefaultsLegs: in Go, a listener's Target alone is a list of one,
+// and a leg's unset settings are the listener's; Validate finds a Target
+// that is not the first of Targets.
+func TestDefaultsLegs(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	a, b := Target{Host: "a", Port: 1}, Target{Host: "2001:db8::20", Port: 5000}
+	c := Config{Listeners: []Listener{
+		{Name: "one", Listen: []netip.AddrPort{ap("[::]:5000")}, Target: a, ProxyProtocol: ProxyV1, TransparentMark: 7},
+		{Name: "two", Listen: []netip.AddrPort{ap("[::]:5001")}, ProxyProtocol: ProxyNone,
+			Targets: []Leg{{Target: a}, {Target: b, ProxyProtocol: ProxyTransparent, Buffer: 8 * MiB, TransparentMark: 9}}},
+	}}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	one, two := c.Listeners[0], c.Listeners[1]
+	if want := []Leg{{Target: a, ProxyProtocol: ProxyV1, Buffer: DefaultBuffer, TransparentMark: 7}}; !reflect.DeepEqual(one.Targets, want) {
+		t.Errorf("one: targets %+v, want %+v", one.Targets, want)
+	}
+	want := []Leg{
+		{Target: a, ProxyProtocol: ProxyNone, Buffer: DefaultBuffer, TransparentMark: DefaultTransparentMark},
+		{Target: b, ProxyProtocol: ProxyTransparent, Buffer: 8 * MiB, TransparentMark: 9},
+	}
+	if !reflect.DeepEqual(two.Targets, want) || two.Target != a {
+		t.Errorf("two: target %v, targets %+v, want %+v", two.Target, two.Targets, want)
+	}
+	if c.ResyncMemory != DefaultResyncMemory {
+		t.Errorf("resync memory %s", c.ResyncMemory)
+	}
+	if m := c.TransparentMark(); m != 9 {
+		t.Errorf("TransparentMark() = %d, want 9, the transparent leg's", m)
+	}
+
+	bad := c
+	bad.Listeners = []Listener{c.Listeners[0], c.Listeners[1]}
+	bad.Listeners[0].Target = b
+	bad.Listeners[1].Targets = []Leg{want[0], {Target: Target{Host: "A", Port: 1}}, {}}
+	bad.Listeners[1].Resync = true
+	bad.ResyncMemory = 0
+	wantErr := `resync_memory: must be at least 16MiB, got 0 (the resync state is always bounded)
+listeners[0].target: [2001:db8::20]:5000, but targets[0] is a:1 (target is the first of targets)
+listeners[1].targets[1]: A:1 is already listeners[1].targets[0]; list each target once
+listeners[1].targets[1].proxy_protocol: unknown proxy protocol "" (want v2, v1, none or transparent)
+listeners[1].targets[1].buffer: must be at least 64KiB and at most 1GiB, got 0
+listeners[1].targets[1].transparent_mark: must be 1-4294967295, got 0
+listeners[1].targets[2].target: missing
+listeners[1].targets[2].proxy_protocol: unknown proxy protocol "" (want v2, v1, none or transparent)
+listeners[1].targets[2].buffer: must be at least 64KiB and at most 1GiB, got 0
+listeners[1].targets[2].transparent_mark: must be 1-4294967295, got 0
+listeners[1].resync: refused without bmp: true; add bmp: true (resync keeps each router's BMP state, which only a BMP listener reads)`
+	if err := bad.Validate(); err == nil || err.Error() != wantErr {
+		t.Fatalf("Validate() =\n%v\nwant\n%s", err, wantErr)
+	}
+	bad.Listeners = []Listener{{Name: "x", Listen: one.Listen, Target: a}}
+	bad.ResyncMemory = DefaultResyncMemory
+	const first = `listeners[0].targets: missing, though target is a:1 (Complete or ApplyDefaults makes target a list of one)`
+	if err := bad.Validate(); err == nil || strings.SplitN(err.Error(), "\n", 2)[0] != first {
+		t.Fatalf("Validate() without ApplyDefaults = %v, want first %q", err, first)
 	}
 }

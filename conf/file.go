@@ -353,6 +353,56 @@ func (d *decoder) duration(n *yaml.Node, path string, dst *time.Duration) {
 	*dst = v
 }
 
+// target returns n as a target address, or false after reporting why it
+// is not one.
+func (d *decoder) target(n *yaml.Node, path string) (Target, bool) {
+	s, ok := d.scalar(n, path, `an address such as "collector:5000"`)
+	if !ok {
+		return Target{}, false
+	}
+	t, err := ParseTarget(s)
+	if err != nil {
+		d.fail(n, path, "%v", err)
+		return Target{}, false
+	}
+	return t, true
+}
+
+func (d *decoder) byteSize(n *yaml.Node, path string, dst *ByteSize) {
+	s, ok := d.scalar(n, path, "a size such as 4MiB")
+	if !ok {
+		return
+	}
+	v, err := ParseByteSize(s)
+	if err != nil {
+		d.fail(n, path, "%v", err)
+		return
+	}
+	*dst = v
+}
+
+// exclusive reports the keys a and b of the mapping n when both are
+// there, naming the line of each, at the second; fix says what to write.
+func (d *decoder) exclusive(n *yaml.Node, path, a, b, fix string) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	var ka, kb *yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch k := n.Content[i]; k.Value {
+		case a:
+			ka = k
+		case b:
+			kb = k
+		}
+	}
+	if ka == nil || kb == nil {
+		return
+	}
+	second := max(ka.Line, kb.Line)
+	d.fail(&yaml.Node{Line: second}, path, "%s (line %d) and %s (line %d) exclude each other; %s", a, ka.Line, b, kb.Line, fix)
+}
+
 func (d *decoder) integer(n *yaml.Node, path string, dst *int) {
 	if v, ok := d.wholeNumber(n, path, "a whole number"); ok {
 		*dst = v

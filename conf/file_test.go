@@ -3,6 +3,7 @@ package conf
 import (
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ listeners:
 		target: collector:5000
 		proxy_protocl: v2
 `),
-			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)`,
+			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
 		},
 		{
 			name: "unknown top-level key",
@@ -47,7 +48,7 @@ listeners:
 listener:
 	- name: bmp
 `),
-			want: `line 1: unknown field "listener" (known: admin, admin_token_file, drain_timeout, listeners, log, splice, transparent_setup, transparent_table)
+			want: `line 1: unknown field "listener" (known: admin, admin_token_file, drain_timeout, listeners, log, resync_memory, splice, transparent_setup, transparent_table)
 listeners: at least one listener is required`,
 		},
 		{
@@ -185,7 +186,7 @@ listeners:
 line 3: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)
 line 6: quote IPv6 addresses: "[2001:db8::1]:5001", not [2001:db8::1]:5001 (YAML reads [ ] as a list)
 line 4: listeners[0].target: missing port in "collector"
-line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)
+line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)
 line 7: listeners[1].target: too many colons in "::1:5001" (write an IPv6 address with a port in brackets: "[::1]:5001")
 line 8: listeners[1].connect_timeout: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")`,
 		},
@@ -382,6 +383,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("listeners:\n  - listen: \"[::]:5000\"\n    target: c:1\n    allow: [198.51.100.0/24]\n"))
 	f.Add([]byte("listeners: [{listen: ':1', target: 'a:1', tcp_keepalive: {idle: 1s}}]\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("resync_memory: 64MiB\nlisteners:\n  - listen: ':1'\n    bmp: true\n    resync: true\n    targets:\n      - target: a:1\n      - {target: 'b:2', proxy_protocol: none, buffer: 8MiB, transparent_mark: 3}\n"))
+	f.Add([]byte("listeners: [{listen: ':1', target: [a:1, b:2], proxy_protocol: v1}]\n"))
 	f.Add([]byte("admin: [::1]:1 x: [::]:2\nlisteners:\n  - listen: [::]:5000\n\t  target: c\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
@@ -457,5 +460,303 @@ listeners:
 	}
 	if got := strings.Join(overriding, " "); got != "admin-token-file log-level log-format" {
 		t.Errorf("flags that override a file: %s", got)
+	}
+}
+
+// TestTargets covers target and targets: the forms, what a leg inherits
+// from its listener, and every error, in its exact words.
+func TestTargets(t *testing.T) {
+	a := Target{Host: "pmacct", Port: 5000}
+	b := Target{Host: "2001:db8::20", Port: 5000}
+	tests := []struct {
+		name, in string
+		want     []Leg // the first listener's targets
+		wantErr  string
+	}{
+		{
+			name: "target",
+			in:   "listeners: [{listen: ':5000', target: 'pmacct:5000'}]\n",
+			want: []Leg{{Target: a, ProxyProtocol: ProxyV2, Buffer: 4 * MiB, TransparentMark: 1}},
+		},
+		{
+			name: "a list under target, the listener's settings for each",
+			in:   "listeners: [{listen: ':5000', target: ['pmacct:5000', '[2001:db8::20]:5000'], proxy_protocol: none, transparent_mark: 7}]\n",
+			want: []Leg{
+				{Target: a, ProxyProtocol: ProxyNone, Buffer: 4 * MiB, TransparentMark: 7},
+				{Target: b, ProxyProtocol: ProxyNone, Buffer: 4 * MiB, TransparentMark: 7},
+			},
+		},
+		{
+			name: "targets, each its own or the listener's, whatever the order of the keys",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		targets:
+			- target: pmacct:5000
+			- target: "[2001:db8::20]:5000"
+				proxy_protocol: transparent
+				buffer: 8MiB
+				transparent_mark: 9
+			- target: c:1
+				buffer: 65536
+		proxy_protocol: v1
+		transparent_mark: 3
+`),
+			want: []Leg{
+				{Target: a, ProxyProtocol: ProxyV1, Buffer: 4 * MiB, TransparentMark: 3},
+				{Target: b, ProxyProtocol: ProxyTransparent, Buffer: 8 * MiB, TransparentMark: 9},
+				{Target: Target{Host: "c", Port: 1}, ProxyProtocol: ProxyV1, Buffer: 64 * KiB, TransparentMark: 3},
+			},
+		},
+		{
+			name: "the bounds of buffer",
+			in:   "listeners: [{listen: ':5000', targets: [{target: 'pmacct:5000', buffer: 64KiB}, {target: 'c:1', buffer: 1GiB}]}]\n",
+			want: []Leg{
+				{Target: a, ProxyProtocol: ProxyV2, Buffer: 64 * KiB, TransparentMark: 1},
+				{Target: Target{Host: "c", Port: 1}, ProxyProtocol: ProxyV2, Buffer: GiB, TransparentMark: 1},
+			},
+		},
+		{
+			name: "target and targets",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: pmacct:5000
+		targets:
+			- target: c:1
+`),
+			wantErr: `line 4: listeners[0]: target (line 3) and targets (line 4) exclude each other; list every target under targets`,
+		},
+		{
+			name:    "targets and then target",
+			in:      "listeners:\n  - targets: [{target: 'c:1'}]\n    listen: ':5000'\n    target: c:2\n",
+			wantErr: `line 4: listeners[0]: target (line 4) and targets (line 2) exclude each other; list every target under targets`,
+		},
+		{
+			name: "a target twice in targets",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		targets:
+			- target: collector:5000
+			- target: Collector:5000
+				proxy_protocol: none
+`),
+			wantErr: `line 5: listeners[0].targets[1]: Collector:5000 is already listeners[0].targets[0]; list each target once`,
+		},
+		{
+			name: "a target twice under target",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target:
+			- c:1
+			- "[2001:db8::20]:5000"
+			- "[2001:db8:0::20]:5000"
+`),
+			wantErr: `line 6: listeners[0].target[2]: [2001:db8::20]:5000 is given twice; give each target once`,
+		},
+		{
+			name:    "no targets",
+			in:      "listeners: [{listen: ':5000', targets: []}]\n",
+			wantErr: `line 1: listeners[0].targets: at least one target is required`,
+		},
+		{
+			name:    "no target in the list under target",
+			in:      "listeners: [{listen: ':5000', target: []}]\n",
+			wantErr: `line 1: listeners[0].target: missing`,
+		},
+		{
+			name:    "a target without its address",
+			in:      "listeners:\n  - listen: ':5000'\n    targets:\n      - buffer: 8MiB\n",
+			wantErr: `line 4: listeners[0].targets[0].target: missing`,
+		},
+		{
+			name:    "an address for a target",
+			in:      "listeners:\n  - listen: ':5000'\n    targets:\n      - c:1\n",
+			wantErr: `line 4: listeners[0].targets[0]: want a mapping such as {target: "c:1"}, got "c:1"`,
+		},
+		{
+			name:    "an address for targets",
+			in:      "listeners:\n  - listen: ':5000'\n    targets: c:1\n",
+			wantErr: `line 3: listeners[0].targets: want a list of targets, got "c:1"`,
+		},
+		{
+			name: "the problems of targets",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		targets:
+			- target: collector
+				bufer: 8MiB
+			- target: c:1
+				proxy_protocol: v3
+				transparent_mark: 0
+			- target: c:2
+				buffer: 32KiB
+			- target: c:3
+				buffer: 2GiB
+			- target: c:4
+				buffer: 4MB
+			- target: c:5
+				buffer: [1]
+`),
+			wantErr: `line 4: listeners[0].targets[0].target: missing port in "collector"
+line 5: listeners[0].targets[0]: unknown field "bufer" (known: buffer, proxy_protocol, target, transparent_mark)
+line 7: listeners[0].targets[1].proxy_protocol: unknown proxy protocol "v3" (want v2, v1, none or transparent)
+line 8: listeners[0].targets[1].transparent_mark: must be 1-4294967295, got 0
+line 14: listeners[0].targets[4].buffer: invalid size "4MB" (write 4MiB: sizes count in powers of 1024)
+line 16: listeners[0].targets[5].buffer: want a size such as 4MiB, got a list
+line 10: listeners[0].targets[2].buffer: must be at least 64KiB and at most 1GiB, got 32KiB
+line 12: listeners[0].targets[3].buffer: must be at least 64KiB and at most 1GiB, got 2GiB`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("Parse error:\n%v\nwant:\n%s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := c.Listeners[0]
+			if !reflect.DeepEqual(l.Targets, tt.want) || l.Target != tt.want[0].Target {
+				t.Fatalf("target %v, targets %+v\nwant %+v", l.Target, l.Targets, tt.want)
+			}
+			checkRoundTrip(t, c)
+		})
+	}
+
+	// target and a list of one under targets with the listener's settings
+	// are the same, and both print as target, as a file from before
+	// targets existed does.
+	one, err := Parse([]byte("listeners: [{listen: ':5000', target: 'pmacct:5000', proxy_protocol: none}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := Parse([]byte("listeners: [{listen: ':5000', targets: [{target: 'pmacct:5000'}], proxy_protocol: none}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(one, list) {
+		t.Fatalf("target gave %+v\ntargets gave %+v", one, list)
+	}
+	text, err := list.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(text), "\n    target: pmacct:5000\n") || strings.Contains(string(text), "targets") {
+		t.Fatalf("a list of one with the listener's settings printed as\n%s", text)
+	}
+	// A leg with a setting of its own prints as targets, every key spelled out.
+	own, err := Parse([]byte("listeners: [{listen: ':5000', targets: [{target: 'pmacct:5000', buffer: 8MiB}]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err = own.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const printed = `    targets:
+      - target: pmacct:5000
+        proxy_protocol: v2
+        buffer: 8MiB
+        transparent_mark: 1
+    proxy_protocol: v2
+`
+	if !strings.Contains(string(text), printed) || strings.Contains(string(text), "    target: ") {
+		t.Fatalf("a leg of its own printed as\n%s\nwant\n%s", text, printed)
+	}
+}
+
+// TestResync covers resync and resync_memory.
+func TestResync(t *testing.T) {
+	tests := []struct {
+		name, in string
+		check    func(*Config) bool
+		wantErr  string
+	}{
+		{name: "off by default", in: "listeners: [{listen: ':5000', target: 'c:1', bmp: true}]\n",
+			check: func(c *Config) bool { return !c.Listeners[0].Resync && c.ResyncMemory == GiB }},
+		{name: "on, with bmp", in: "listeners: [{listen: ':5000', target: 'c:1', bmp: true, resync: true}]\n",
+			check: func(c *Config) bool { return c.Listeners[0].Resync }},
+		{name: "without bmp", in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: c:1
+		resync: true
+`), wantErr: `line 4: listeners[0].resync: refused without bmp: true; add bmp: true (resync keeps each router's BMP state, which only a BMP listener reads)`},
+		{name: "with bmp: false", in: "listeners: [{listen: ':5000', target: 'c:1', bmp: false, resync: true}]\n",
+			wantErr: `line 1: listeners[0].resync: refused without bmp: true; add bmp: true (resync keeps each router's BMP state, which only a BMP listener reads)`},
+		{name: "resync not a boolean", in: "listeners: [{listen: ':5000', target: 'c:1', bmp: true, resync: yes}]\n",
+			wantErr: `line 1: listeners[0].resync: want true or false, got "yes"`},
+		{name: "resync_memory", in: "resync_memory: 16GiB\nlisteners: [{listen: ':5000', target: 'c:1'}]\n",
+			check: func(c *Config) bool { return c.ResyncMemory == 16*GiB }},
+		{name: "resync_memory in bytes", in: "resync_memory: 16777216\nlisteners: [{listen: ':5000', target: 'c:1'}]\n",
+			check: func(c *Config) bool { return c.ResyncMemory == MinResyncMemory }},
+		{name: "resync_memory too small", in: "resync_memory: 8MiB\nlisteners: [{listen: ':5000', target: 'c:1'}]\n",
+			wantErr: `line 1: resync_memory: must be at least 16MiB, got 8MiB (the resync state is always bounded)`},
+		{name: "resync_memory 0", in: "resync_memory: 0\nlisteners: [{listen: ':5000', target: 'c:1'}]\n",
+			wantErr: `line 1: resync_memory: must be at least 16MiB, got 0 (the resync state is always bounded)`},
+		{name: "resync_memory none", in: "resync_memory: none\nlisteners: [{listen: ':5000', target: 'c:1'}]\n",
+			wantErr: `line 1: resync_memory: invalid size "none" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+		{name: "resync_memory 1.5GiB", in: "resync_memory: 1.5GiB\nlisteners: [{listen: ':5000', target: 'c:1'}]\n",
+			wantErr: `line 1: resync_memory: invalid size "1.5GiB" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("Parse error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(c) {
+				t.Fatalf("Parse gave %+v", c)
+			}
+			checkRoundTrip(t, c)
+		})
+	}
+}
+
+// TestTransparentTargets: a leg dialed transparently needs the return
+// routing as a transparent listener does, and shares its mark.
+func TestTransparentTargets(t *testing.T) {
+	c, err := Parse([]byte(yml(`
+transparent_setup: loopback
+listeners:
+	- listen: "[::]:5000"
+		targets:
+			- target: pmacct:5000
+			- target: c:1
+				proxy_protocol: transparent
+				transparent_mark: 5
+`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := c.TransparentMark(); m != 5 {
+		t.Fatalf("TransparentMark() = %d, want 5", m)
+	}
+	_, err = Parse([]byte(yml(`
+transparent_setup: loopback
+listeners:
+	- listen: "[::]:5000"
+		proxy_protocol: transparent
+		targets:
+			- target: pmacct:5000
+			- target: c:1
+				transparent_mark: 5
+`)))
+	if want := `line 1: transparent_setup: the transparent listeners must share one transparent_mark`; err == nil || err.Error() != want {
+		t.Fatalf("Parse error %v, want %q", err, want)
 	}
 }

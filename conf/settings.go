@@ -40,7 +40,8 @@ type entry[S any] struct {
 	// to d, at path.
 	decode func(d *decoder, n *yaml.Node, path string, s *S)
 	// print returns the field in file syntax; decoding it gives the field
-	// back.
+	// back. It returns nil when another key says the same (target and
+	// targets), and the key is then left out.
 	print func(s *S) *yaml.Node
 	flag  *flagSpec
 }
@@ -96,6 +97,11 @@ func configSettings() section[Config] {
 		stringEntry("log.format", DefaultLogFormat, func(c *Config) *string { return &c.Log.Format }).withFlag(flagSpec{
 			name: "log-format", env: "BMPPROXY_LOG_FORMAT", override: true, usage: "json or console",
 		}),
+		byteSizeEntry("resync_memory", DefaultResyncMemory.String(), func(c *Config) *ByteSize { return &c.ResyncMemory }).withFlag(flagSpec{
+			name: "resync-memory", env: "BMPPROXY_RESYNC_MEMORY",
+			usage: "bound on the BMP state that --resync keeps, all routers together (at least 16MiB); past it, the router " +
+				"that passed it is no longer kept, and is disconnected, to resend its state, when a collector needs a replay",
+		}),
 		boolEntry("splice.disabled", "false", func(c *Config) *bool { return &c.Splice.Disabled }).withFlag(flagSpec{
 			name: "splice", env: "BMPPROXY_SPLICE", def: "true", negate: true,
 			usage: "move bytes with splice(2); --splice=false copies through user space",
@@ -119,12 +125,14 @@ func listenerSettings() section[Listener] {
 				"'0.0.0.0:P' is IPv4 only, any other address listens on itself only",
 		}),
 		targetEntry().withFlag(flagSpec{
-			name: "target", aliases: []string{"t"}, env: "BMPPROXY_TARGET", example: "collector:5000",
-			usage: "collector address as host:port; a name is resolved again for every connection (required)",
+			name: "target", aliases: []string{"t"}, env: "BMPPROXY_TARGET", example: "collector:5000", repeated: true,
+			usage: "collector address as host:port; a name is resolved again for every connection (required). " +
+				"Repeat it to send every router session to each collector; only the first one's replies reach the router",
 		}),
-		proxyProtocolEntry().withFlag(flagSpec{
+		targetsEntry(),
+		proxyProtocolEntry(string(ProxyV2), func(l *Listener) *ProxyProtocol { return &l.ProxyProtocol }).withFlag(flagSpec{
 			name: "proxy-protocol", env: "BMPPROXY_PROXY_PROTOCOL",
-			usage: "header sent to the target before any payload: v2, v1, none, or transparent " +
+			usage: "header sent to each target before any payload: v2, v1, none, or transparent " +
 				"(no header; the target is dialed from the client's own address, which needs CAP_NET_ADMIN)",
 		}),
 		durationEntry("connect_timeout", DefaultConnectTimeout.String(),
@@ -150,8 +158,24 @@ func listenerSettings() section[Listener] {
 			name: "bmp", env: "BMPPROXY_BMP",
 			usage: "BMP pre-check: refuse a client whose first bytes are not a BMP v3 message, before dialing",
 		}),
+		boolEntry("resync", "false", func(l *Listener) *bool { return &l.Resync }).withFlag(flagSpec{
+			name: "resync", env: "BMPPROXY_RESYNC",
+			usage: "keep each router's BMP state and replay it to a collector that connects, reconnects or falls behind, " +
+				"so that the router never notices (needs --bmp)",
+		}),
 		durationEntry("bmp_timeout", DefaultBMPTimeout.String(), func(l *Listener) *time.Duration { return &l.BMPTimeout }),
-		transparentMarkEntry(),
+		transparentMarkEntry(strconv.Itoa(DefaultTransparentMark), func(l *Listener) *uint32 { return &l.TransparentMark }),
+	}
+}
+
+// legSettings describes an item of a listener's targets. The unset
+// proxy_protocol and transparent_mark are the listener's (derive).
+func legSettings() section[Leg] {
+	return section[Leg]{
+		legTargetEntry(),
+		proxyProtocolEntry("", func(g *Leg) *ProxyProtocol { return &g.ProxyProtocol }),
+		byteSizeEntry("buffer", DefaultBuffer.String(), func(g *Leg) *ByteSize { return &g.Buffer }),
+		transparentMarkEntry("", func(g *Leg) *uint32 { return &g.TransparentMark }),
 	}
 }
 
@@ -171,23 +195,35 @@ func DefaultListener() Listener {
 	return l
 }
 
+// defaultLeg returns a leg with every default that is data: no target,
+// and the listener's settings to inherit.
+func defaultLeg() Leg {
+	var g Leg
+	legSettings().defaults(&g)
+	return g
+}
+
 // ApplyDefaults is for a Config built in Go, where a zero field means
 // unset: it gives every zero field that has a default that default, except
 // DrainTimeout, whose zero closes connections at once, and then the
 // derived defaults (see Complete). A parsed Config needs none of this.
 func (c *Config) ApplyDefaults() {
 	configSettings().fillZeros(c)
-	ls := listenerSettings()
+	ls, gs := listenerSettings(), legSettings()
 	for i := range c.Listeners {
-		ls.fillZeros(&c.Listeners[i])
+		l := &c.Listeners[i]
+		ls.fillZeros(l)
+		for k := range l.Targets {
+			gs.fillZeros(&l.Targets[k])
+		}
 	}
 	c.derive()
 }
 
 // Complete applies the defaults derived from other settings, a listener's
-// name from its place and its log settings from the top level's, and then
-// validates c. Parse does it after decoding; a Config built from flags
-// needs it too.
+// name from its place, its log settings from the top level's and its
+// targets' from its own, and then validates c. Parse does it after
+// decoding; a Config built from flags needs it too.
 func (c *Config) Complete() error {
 	c.derive()
 	return c.Validate()
@@ -209,6 +245,23 @@ func (c *Config) derive() {
 		}
 		if l.Log.Format == "" {
 			l.Log.Format = c.Log.Format
+		}
+		if len(l.Targets) == 0 && !l.Target.IsZero() {
+			g := defaultLeg()
+			g.Target = l.Target
+			l.Targets = []Leg{g}
+		}
+		for k := range l.Targets {
+			g := &l.Targets[k]
+			if g.ProxyProtocol == "" {
+				g.ProxyProtocol = l.ProxyProtocol
+			}
+			if g.TransparentMark == 0 {
+				g.TransparentMark = l.TransparentMark
+			}
+		}
+		if l.Target.IsZero() && len(l.Targets) > 0 {
+			l.Target = l.Targets[0].Target
 		}
 	}
 }
@@ -287,11 +340,15 @@ func (sec section[S]) nested(d *decoder, n *yaml.Node, path, prefix string, s *S
 }
 
 // print returns s as a mapping, every setting spelled out, in the order
-// of sec.
+// of sec, but for a key that another one prints in its stead.
 func (sec section[S]) print(s *S) *yaml.Node {
 	root := &yaml.Node{Kind: yaml.MappingNode}
 	maps := map[string]*yaml.Node{}
 	for _, e := range sec {
+		v := e.print(s)
+		if v == nil {
+			continue
+		}
 		keys := strings.Split(e.key, ".")
 		m, prefix := root, ""
 		for _, k := range keys[:len(keys)-1] {
@@ -304,7 +361,7 @@ func (sec section[S]) print(s *S) *yaml.Node {
 			}
 			m = sub
 		}
-		m.Content = append(m.Content, strNode(keys[len(keys)-1]), e.print(s))
+		m.Content = append(m.Content, strNode(keys[len(keys)-1]), v)
 	}
 	return root
 }
@@ -469,6 +526,7 @@ func listenersEntry() entry[Config] {
 			c.Listeners = decodeList(d, n, p, "listeners", func(v *yaml.Node, p string, l *Listener) {
 				ls.defaults(l)
 				ls.decode(d, v, p, l)
+				d.exclusive(v, p, "target", "targets", "list every target under targets")
 			})
 		},
 		print: func(c *Config) *yaml.Node {
@@ -513,41 +571,138 @@ func listenEntry() entry[Listener] {
 	}
 }
 
+// targetEntry is one address, or a list of them, each a leg with the
+// listener's settings. A repeated --target is its list. Decoding sets
+// Targets and Target both, so that a listener that has targets too
+// (which is an error) is still consistent.
 func targetEntry() entry[Listener] {
 	return entry[Listener]{
 		key: "target", field: fieldOf(func(l *Listener) *Target { return &l.Target }),
 		decode: func(d *decoder, n *yaml.Node, p string, l *Listener) {
-			s, ok := d.scalar(n, p, `an address such as "collector:5000"`)
-			if !ok {
-				return
+			l.Targets, l.Target = nil, Target{}
+			seen := map[Target]bool{}
+			d.list(n, p, func(v *yaml.Node, p string) {
+				t, ok := d.target(v, p)
+				if !ok {
+					return
+				}
+				if seen[t.key()] {
+					d.fail(v, p, "%s is given twice; give each target once", t)
+					return
+				}
+				seen[t.key()] = true
+				g := defaultLeg()
+				g.Target = t
+				l.Targets = append(l.Targets, g)
+			})
+			if len(l.Targets) > 0 {
+				l.Target = l.Targets[0].Target
 			}
-			t, err := ParseTarget(s)
-			if err != nil {
-				d.fail(n, p, "%v", err)
-				return
-			}
-			l.Target = t
 		},
-		print: func(l *Listener) *yaml.Node { return strNode(l.Target.String()) },
+		print: func(l *Listener) *yaml.Node {
+			if !oneTarget(l) {
+				return nil
+			}
+			return strNode(l.Target.String())
+		},
 	}
 }
 
-func proxyProtocolEntry() entry[Listener] {
+// targetsEntry is the list of legs, each a mapping of legSettings.
+func targetsEntry() entry[Listener] {
 	return entry[Listener]{
-		key: "proxy_protocol", def: string(ProxyV2), field: fieldOf(func(l *Listener) *ProxyProtocol { return &l.ProxyProtocol }),
+		key: "targets", field: fieldOf(func(l *Listener) *[]Leg { return &l.Targets }),
 		decode: func(d *decoder, n *yaml.Node, p string, l *Listener) {
-			s, ok := d.scalar(n, p, "v2, v1, none or transparent")
+			gs := legSettings()
+			// Not nil, even when n is no list, so that Validate's error is
+			// about targets, which has one already.
+			l.Targets = []Leg{}
+			if legs := decodeList(d, n, p, "targets", func(v *yaml.Node, p string, g *Leg) {
+				gs.defaults(g)
+				if v.Kind == yaml.ScalarNode && v.Tag != "!!null" {
+					d.fail(v, p, "want a mapping such as {target: %q}, got %q", v.Value, v.Value)
+					g.Target, _ = ParseTarget(v.Value) // not "missing" too
+					return
+				}
+				gs.decode(d, v, p, g)
+			}); legs != nil {
+				l.Targets = legs
+			}
+			l.Target = Target{}
+			if len(l.Targets) > 0 {
+				l.Target = l.Targets[0].Target
+			}
+		},
+		print: func(l *Listener) *yaml.Node {
+			if oneTarget(l) {
+				return nil
+			}
+			gs := legSettings()
+			n := &yaml.Node{Kind: yaml.SequenceNode}
+			if len(l.Targets) == 0 {
+				n.Style = yaml.FlowStyle
+			}
+			for k := range l.Targets {
+				n.Content = append(n.Content, gs.print(&l.Targets[k]))
+			}
+			return n
+		},
+	}
+}
+
+// oneTarget reports whether l's targets print as target: one leg that
+// has the listener's settings and the default buffer, as target gives.
+// Every other list prints as targets, each leg spelled out.
+func oneTarget(l *Listener) bool {
+	return len(l.Targets) == 1 && l.Targets[0] == Leg{
+		Target: l.Target, ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark,
+	}
+}
+
+func legTargetEntry() entry[Leg] {
+	return entry[Leg]{
+		key: "target", field: fieldOf(func(g *Leg) *Target { return &g.Target }),
+		decode: func(d *decoder, n *yaml.Node, p string, g *Leg) {
+			if t, ok := d.target(n, p); ok {
+				g.Target = t
+			}
+		},
+		print: func(g *Leg) *yaml.Node { return strNode(g.Target.String()) },
+	}
+}
+
+// proxyProtocolEntry is a header mode; def is empty for a leg's, which
+// is the listener's unless set.
+func proxyProtocolEntry[S any](def string, at func(*S) *ProxyProtocol) entry[S] {
+	return entry[S]{
+		key: "proxy_protocol", def: def, field: fieldOf(at),
+		decode: func(d *decoder, n *yaml.Node, p string, s *S) {
+			v, ok := d.scalar(n, p, "v2, v1, none or transparent")
 			if !ok {
 				return
 			}
-			pp, err := ParseProxyProtocol(s)
+			pp, err := ParseProxyProtocol(v)
 			if err != nil {
 				d.fail(n, p, "%v", err)
 				return
 			}
-			l.ProxyProtocol = pp
+			*at(s) = pp
 		},
-		print: func(l *Listener) *yaml.Node { return strNode(string(l.ProxyProtocol)) },
+		print: func(s *S) *yaml.Node { return strNode(string(*at(s))) },
+	}
+}
+
+func byteSizeEntry[S any](key, def string, at func(*S) *ByteSize) entry[S] {
+	return entry[S]{
+		key: key, def: def, field: fieldOf(at),
+		decode: func(d *decoder, n *yaml.Node, p string, s *S) { d.byteSize(n, p, at(s)) },
+		print: func(s *S) *yaml.Node {
+			v := at(s).String()
+			if _, err := strconv.ParseInt(v, 10, 64); err == nil {
+				return intNode(int64(*at(s))) // bytes alone: a number, unquoted
+			}
+			return strNode(v)
+		},
 	}
 }
 
@@ -580,11 +735,12 @@ func maxConnectionsEntry() entry[Listener] {
 	}
 }
 
-func transparentMarkEntry() entry[Listener] {
-	return entry[Listener]{
-		key: "transparent_mark", def: strconv.Itoa(DefaultTransparentMark),
-		field: fieldOf(func(l *Listener) *uint32 { return &l.TransparentMark }),
-		decode: func(d *decoder, n *yaml.Node, p string, l *Listener) {
+// transparentMarkEntry is an SO_MARK; def is empty for a leg's, which is
+// the listener's unless set.
+func transparentMarkEntry[S any](def string, at func(*S) *uint32) entry[S] {
+	return entry[S]{
+		key: "transparent_mark", def: def, field: fieldOf(at),
+		decode: func(d *decoder, n *yaml.Node, p string, s *S) {
 			v, ok := d.wholeNumber(n, p, "a whole number")
 			if !ok {
 				return
@@ -593,8 +749,8 @@ func transparentMarkEntry() entry[Listener] {
 				d.fail(n, p, "must be 1-4294967295, got %d", v)
 				return
 			}
-			l.TransparentMark = uint32(v)
+			*at(s) = uint32(v)
 		},
-		print: func(l *Listener) *yaml.Node { return intNode(int64(l.TransparentMark)) },
+		print: func(s *S) *yaml.Node { return intNode(int64(*at(s))) },
 	}
 }

@@ -68,6 +68,14 @@ func TestEverySettingDescribed(t *testing.T) {
 		}
 		check(t, reflect.ValueOf(&l).Elem(), fields)
 	})
+	t.Run("Leg", func(t *testing.T) {
+		var g Leg
+		var fields []any
+		for _, e := range legSettings() {
+			fields = append(fields, e.field(&g))
+		}
+		check(t, reflect.ValueOf(&g).Elem(), fields)
+	})
 }
 
 // TestDefaultsAreData checks that the defaults a file gets for absent
@@ -82,6 +90,7 @@ func TestDefaultsAreData(t *testing.T) {
 		Listeners: []Listener{{
 			Name:               "default",
 			Listen:             []netip.AddrPort{netip.MustParseAddrPort("[::]:5000")},
+			Targets:            []Leg{{Target: Target{Host: "c", Port: 1}, ProxyProtocol: ProxyV2, Buffer: 4 << 20, TransparentMark: 1}},
 			Target:             Target{Host: "c", Port: 1},
 			ProxyProtocol:      ProxyV2,
 			ConnectTimeout:     5 * time.Second,
@@ -93,6 +102,7 @@ func TestDefaultsAreData(t *testing.T) {
 		}},
 		TransparentTable: 100,
 		DrainTimeout:     5 * time.Second,
+		ResyncMemory:     1 << 30,
 		Log:              Log{Level: "info", Format: "json"},
 		Splice:           Splice{MaxPipes: 1024},
 	}
@@ -220,6 +230,10 @@ func TestFlags(t *testing.T) {
 		{"splice", []string{"maybe"}, `want true or false, got "maybe"`},
 		{"bmp", []string{"1"}, `want true or false, got "1"`},
 		{"target", []string{"collector"}, `missing port in "collector"`},
+		{"target", []string{"c:1", "b:2", "C:1"}, `C:1 is given twice; give each target once`},
+		{"resync", []string{"1"}, `want true or false, got "1"`},
+		{"resync-memory", []string{"4MB"}, `invalid size "4MB" (write 4MiB: sizes count in powers of 1024)`},
+		{"resync-memory", []string{"lots"}, `invalid size "lots" (want a size such as 4MiB: a whole number of bytes, KiB, MiB, GiB or TiB)`},
 		{"listen", []string{"[::]:1", "localhost:2"}, `"localhost" is not an IP address in "localhost:2" (listen on an address, not a name)`},
 		{"proxy-protocol", []string{"v3"}, `unknown proxy protocol "v3" (want v2, v1, none or transparent)`},
 		{"admin-listen", []string{"admin:9180"}, `"admin" is not an IP address in "admin:9180" (listen on an address, not a name)`},
@@ -236,8 +250,10 @@ func TestFlags(t *testing.T) {
 		{"splice", "false"},
 		{"max-pipes", "8"},
 		{"listen", "198.51.100.1:5000", "[2001:db8::1]:5000"},
-		{"target", "[2001:db8::2]:5000"},
+		{"target", "[2001:db8::2]:5000", "collector:5000"},
 		{"bmp", "true"},
+		{"resync", "true"},
+		{"resync-memory", "64MiB"},
 		{"admin-listen", ""},
 		{"admin-token-file", "/run/token"},
 		{"log-level", "debug"},
@@ -254,8 +270,17 @@ func TestFlags(t *testing.T) {
 	if c.DrainTimeout != 0 || !c.Splice.Disabled || c.Splice.MaxPipes != 8 || c.Admin.IsValid() ||
 		c.AdminTokenFile != "/run/token" || c.Log.Level != "debug" || l.Log.Level != "debug" ||
 		len(l.Listen) != 2 || l.Listen[1].String() != "[2001:db8::1]:5000" || l.Target.Host != "2001:db8::2" ||
-		!l.BMP || l.ProxyProtocol != ProxyNone || l.Name != "default" {
+		!l.BMP || l.ProxyProtocol != ProxyNone || l.Name != "default" || !l.Resync || c.ResyncMemory != 64*MiB {
 		t.Fatalf("flags gave %+v", c)
+	}
+	// Each --target is a leg, in order, with the listener's settings,
+	// whatever came after it.
+	wantLegs := []Leg{
+		{Target: Target{Host: "2001:db8::2", Port: 5000}, ProxyProtocol: ProxyNone, Buffer: DefaultBuffer, TransparentMark: 1},
+		{Target: Target{Host: "collector", Port: 5000}, ProxyProtocol: ProxyNone, Buffer: DefaultBuffer, TransparentMark: 1},
+	}
+	if !reflect.DeepEqual(l.Targets, wantLegs) {
+		t.Fatalf("--target gave %+v, want %+v", l.Targets, wantLegs)
 	}
 
 	// Check finds what Set finds, and what only Validate would.
@@ -270,6 +295,10 @@ func TestFlags(t *testing.T) {
 		{"listen", []string{"[::]:1", "[::]:1"}, `[::]:1 is already used by listeners[0].listen[0]`},
 		{"log-level", []string{"debug"}, ""},
 		{"target", []string{"c:1"}, ""},
+		{"target", []string{"c:1", "c:2"}, ""},
+		{"resync", []string{"true"}, `refused without bmp: true; add bmp: true (resync keeps each router's BMP state, which only a BMP listener reads)`},
+		{"resync-memory", []string{"1MiB"}, `must be at least 16MiB, got 1MiB (the resync state is always bounded)`},
+		{"resync-memory", []string{"16MiB"}, ""},
 	} {
 		err := byName[tt.flag].Check(tt.values...)
 		if got := fmt.Sprint(err); tt.wantErr == "" && err != nil || tt.wantErr != "" && got != tt.wantErr {
@@ -342,6 +371,7 @@ func genConfig(r *rand.Rand) *Config {
 	g := gen{r: r, usedPorts: map[uint16]bool{}}
 	c := &Config{
 		DrainTimeout: g.duration(0),
+		ResyncMemory: g.size(MinResyncMemory, 1<<50),
 		Log:          g.log(),
 		Splice:       Splice{Disabled: r.IntN(2) == 0, MaxPipes: 1 + r.IntN(100000)},
 	}
@@ -367,7 +397,6 @@ func genConfig(r *rand.Rand) *Config {
 	for i := range n {
 		l := Listener{
 			Name:               g.name(names),
-			Target:             g.target(),
 			ProxyProtocol:      ProxyProtocol(g.pick("v2", "v1", "none", "transparent")),
 			ConnectTimeout:     g.duration(1),
 			Allow:              g.prefixes(),
@@ -385,6 +414,17 @@ func genConfig(r *rand.Rand) *Config {
 			}
 			l.TransparentMark = mark
 		}
+		l.Resync = l.BMP && r.IntN(2) == 0
+		l.Targets = g.legs(l)
+		if transparent && i == 0 {
+			l.Targets[0].ProxyProtocol = ProxyTransparent
+		}
+		for k := range l.Targets {
+			if transparent && l.Targets[k].ProxyProtocol == ProxyTransparent {
+				l.Targets[k].TransparentMark = mark
+			}
+		}
+		l.Target = l.Targets[0].Target
 		if len(l.AcceptProxyFrom) > 0 {
 			l.ProxyHeaderTimeout = MinProxyHeaderTimeout + g.duration(0)
 		}
@@ -455,6 +495,53 @@ func (g gen) prefixes() Prefixes {
 	return ps
 }
 
+// legs are one to three targets, none the same, each with the listener's
+// settings or its own; one in two listeners has a single leg with the
+// listener's, which prints as target.
+func (g gen) legs(l Listener) []Leg {
+	plain := func(t Target) Leg {
+		return Leg{Target: t, ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark}
+	}
+	if g.r.IntN(2) == 0 {
+		return []Leg{plain(g.target())}
+	}
+	var legs []Leg
+	seen := map[Target]bool{}
+	for range 1 + g.r.IntN(3) {
+		t := g.target()
+		if seen[t.key()] {
+			continue
+		}
+		seen[t.key()] = true
+		leg := plain(t)
+		if g.r.IntN(2) == 0 {
+			leg.ProxyProtocol = ProxyProtocol(g.pick("v2", "v1", "none", "transparent"))
+		}
+		if g.r.IntN(2) == 0 {
+			leg.Buffer = g.size(MinBuffer, MaxBuffer)
+		}
+		if g.r.IntN(2) == 0 {
+			leg.TransparentMark = 1 + g.r.Uint32N(1<<31)
+		}
+		legs = append(legs, leg)
+	}
+	return legs
+}
+
+// size is lo to hi: a whole number of some unit, or any number of bytes.
+func (g gen) size(lo, hi ByteSize) ByteSize {
+	units := []ByteSize{1, KiB, MiB, GiB, TiB}
+	u := units[g.r.IntN(len(units))]
+	if u > hi {
+		u = 1
+	}
+	n := ByteSize(g.r.Int64N(int64(hi/u)+1)) * u
+	if g.r.IntN(8) == 0 {
+		n = lo
+	}
+	return min(max(n, lo), hi)
+}
+
 func (g gen) target() Target {
 	p := uint16(1 + g.r.IntN(65535))
 	switch g.r.IntN(4) {
@@ -518,9 +605,24 @@ func TestGenConfigCoversEveryField(t *testing.T) {
 			}
 		}
 		for i := range c.Listeners {
+			l := &c.Listeners[i]
 			for _, e := range listenerSettings() {
-				if !reflect.ValueOf(e.field(&c.Listeners[i])).Elem().IsZero() {
+				if !reflect.ValueOf(e.field(l)).Elem().IsZero() {
 					set["listeners."+e.key] = true
+				}
+			}
+			if !oneTarget(l) {
+				set["listeners.targets (printed)"] = true
+			}
+			for k := range l.Targets {
+				g := &l.Targets[k]
+				for _, e := range legSettings() {
+					// A leg's own setting: one that differs from what it
+					// would inherit or default to.
+					inherited := Leg{Target: g.Target, ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark}
+					if !reflect.DeepEqual(e.field(g), e.field(&inherited)) || e.key == "target" {
+						set["listeners.targets."+e.key] = true
+					}
 				}
 			}
 		}
@@ -535,6 +637,14 @@ func TestGenConfigCoversEveryField(t *testing.T) {
 		if !set["listeners."+e.key] {
 			missing = append(missing, "listeners."+e.key)
 		}
+	}
+	for _, e := range legSettings() {
+		if !set["listeners.targets."+e.key] {
+			missing = append(missing, "listeners.targets."+e.key)
+		}
+	}
+	if !set["listeners.targets (printed)"] {
+		missing = append(missing, "listeners.targets (printed)")
 	}
 	slices.Sort(missing)
 	if len(missing) > 0 {

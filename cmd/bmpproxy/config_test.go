@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	proxyproto "github.com/pires/go-proxyproto"
@@ -335,7 +337,7 @@ func TestReloadErrorConsole(t *testing.T) {
 		` ERR reload failed; the running configuration stays in force error="config ` + path + `:"`,
 		`    line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)`,
 		`    line 3: listeners[0].target: missing port in "collector"`,
-		last + ` (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, target, tcp_keepalive, transparent_mark)`,
+		last + ` (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("reload failure:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -512,5 +514,29 @@ func TestDrainTimeoutZero(t *testing.T) {
 				t.Fatalf("exit status %d", code)
 			}
 		})
+	}
+}
+
+// TestTargetFlags: each --target is a leg, in order, with the listener's
+// --proxy-protocol wherever it comes; $BMPPROXY_TARGET holds several,
+// comma-separated; --resync and --resync-memory set their keys.
+func TestTargetFlags(t *testing.T) {
+	leg := func(host string, port uint16, pp conf.ProxyProtocol) conf.Leg {
+		return conf.Leg{Target: conf.Target{Host: host, Port: port}, ProxyProtocol: pp, Buffer: conf.DefaultBuffer, TransparentMark: 1}
+	}
+	cfg := loadArgs(t, []string{"--listen", "127.0.0.1:0", "--target", "[2001:db8::20]:5000", "--proxy-protocol", "none",
+		"--target", "pmacct:5000", "--bmp", "--resync", "--resync-memory", "64MiB"})
+	l := cfg.Listeners[0]
+	want := []conf.Leg{leg("2001:db8::20", 5000, conf.ProxyNone), leg("pmacct", 5000, conf.ProxyNone)}
+	if !reflect.DeepEqual(l.Targets, want) || l.Target != want[0].Target || !l.Resync || cfg.ResyncMemory != 64*conf.MiB {
+		t.Fatalf("flags gave target %v, targets %+v, resync %v, resync memory %s; want targets %+v", l.Target, l.Targets, l.Resync, cfg.ResyncMemory, want)
+	}
+
+	t.Setenv("BMPPROXY_TARGET", "pmacct:5000, [2001:db8::20]:5000")
+	cfg = loadArgs(t, []string{"--listen", "127.0.0.1:0"})
+	l = cfg.Listeners[0]
+	want = []conf.Leg{leg("pmacct", 5000, conf.ProxyV2), leg("2001:db8::20", 5000, conf.ProxyV2)}
+	if !reflect.DeepEqual(l.Targets, want) || l.Resync || cfg.ResyncMemory != conf.DefaultResyncMemory {
+		t.Fatalf("$BMPPROXY_TARGET gave targets %+v, resync %v, resync memory %s; want targets %+v", l.Targets, l.Resync, cfg.ResyncMemory, want)
 	}
 }

@@ -196,13 +196,19 @@ func (g *givenValues) IsBoolFlag() bool  { return g.isBool }
 
 // flagPaths rewrites the configuration paths in a validation error of a
 // Config built from flags into the flags that set them:
-// "listeners[0].listen[1]" becomes "--listen[1]".
+// "listeners[0].listen[1]" becomes "--listen[1]". A boolean written as a
+// file sets it, "bmp: true", becomes its flag, "--bmp".
 func flagPaths(flags []*settingFlag, msg string) string {
 	byPath := map[string]string{}
 	var paths []string
 	for _, f := range flags {
 		byPath[f.Path] = "--" + f.Name
 		paths = append(paths, regexp.QuoteMeta(f.Path))
+		if f.Bool && f.Default == "false" {
+			key := f.Path[strings.LastIndex(f.Path, ".")+1:]
+			byPath[key+": true"] = "--" + f.Name
+			paths = append(paths, regexp.QuoteMeta(key+": true"))
+		}
 	}
 	sort.Slice(paths, func(i, j int) bool { return len(paths[i]) > len(paths[j]) })
 	re := regexp.MustCompile(`(^|[\s(])(` + strings.Join(paths, "|") + `)\b`)
