@@ -63,6 +63,12 @@ type conn struct {
 	aborted   bool         // failing or released: no direction may park or hold
 	dirs      []*direction // up first, then down; set when the target is connected
 	keepAlive bool         // keepalive is set on tc (by the sweep)
+
+	// A fan-out connection (fanout.go) has legs instead of tc, and its
+	// up direction feeds fan. They are set in setup.
+	fan      *splice.Fanout
+	legs     []*leg
+	finished bool // its closing line is being written
 }
 
 // up and down are c's two directions. They exist once setTarget made
@@ -74,10 +80,13 @@ func (c *conn) down() *direction { return c.dirs[1] }
 // for a connection whose target was never connected. c.mu is held.
 func (c *conn) bytes() (fromClient, toClient, spliced, copied int64) {
 	for _, d := range c.dirs {
-		if d.kind == kindUp {
+		switch d.kind {
+		case kindUp, kindFanout:
 			fromClient += d.n.Total()
-		} else {
+		case kindDown, kindReply:
 			toClient += d.n.Total()
+		default:
+			continue // dropped, not delivered
 		}
 		spliced += d.n.Spliced.Load()
 		copied += d.n.Copied.Load()
@@ -124,6 +133,7 @@ func (c *conn) fail(st stage, err error) {
 	tc := c.tc
 	parked := c.parkedKeys()
 	held := c.takeHeld()
+	legSocks, sinks := c.legsToClose()
 	c.mu.Unlock()
 	if w := c.srv.watcher.Load(); w != nil {
 		for _, k := range parked {
@@ -135,6 +145,12 @@ func (c *conn) fail(st stage, err error) {
 	}
 	if tc != nil {
 		tc.Close()
+	}
+	for _, ls := range legSocks {
+		ls.Close()
+	}
+	for _, sink := range sinks {
+		sink.Remove()
 	}
 	for _, d := range held {
 		c.srv.resume(d)

@@ -54,8 +54,11 @@ import (
 type dirKind uint8
 
 const (
-	kindUp   dirKind = iota // client → target, the client's FIN passed on
-	kindDown                // target → client, the target's FIN passed on
+	kindUp      dirKind = iota // client → target, the client's FIN passed on
+	kindDown                   // target → client, the target's FIN passed on
+	kindFanout                 // client → every leg (fanout.go)
+	kindReply                  // the primary leg → client, no FIN passed on
+	kindDiscard                // another leg's bytes, read and dropped
 )
 
 func (k dirKind) String() string {
@@ -64,6 +67,12 @@ func (k dirKind) String() string {
 		return "up"
 	case kindDown:
 		return "down"
+	case kindFanout:
+		return "up to every leg"
+	case kindReply:
+		return "down from the primary leg"
+	case kindDiscard:
+		return "down from a leg, dropped"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -117,7 +126,8 @@ type direction struct {
 	c    *conn
 	kind dirKind
 	src  stream // read; the socket a park watches and a nudge wakes
-	dst  stream // written
+	dst  stream // written; nil for kindFanout and kindDiscard
+	leg  *leg   // the leg whose socket src is: kindReply and kindDiscard
 
 	state dirState
 	key   uint64 // the watcher's key while parked, 0 otherwise
@@ -174,6 +184,12 @@ func (s *Server) resume(d *direction) {
 		go s.pumpClientToTarget(d)
 	case kindDown:
 		go s.pumpTargetToClient(d)
+	case kindFanout:
+		go s.pumpClientToLegs(d)
+	case kindReply:
+		go s.pumpLegToClient(d)
+	case kindDiscard:
+		go s.discardFromLeg(d)
 	}
 }
 
@@ -184,6 +200,18 @@ func (s *Server) pumpClientToTarget(d *direction) { s.pump(d) }
 // pumpTargetToClient runs a down direction: the target's bytes to the
 // client, and the target's FIN as the client's.
 func (s *Server) pumpTargetToClient(d *direction) { s.pump(d) }
+
+// pumpClientToLegs runs a fan-out connection's up direction: the client's
+// bytes to every leg.
+func (s *Server) pumpClientToLegs(d *direction) { s.pump(d) }
+
+// pumpLegToClient runs the primary leg's direction: its collector's bytes
+// to the client.
+func (s *Server) pumpLegToClient(d *direction) { s.pump(d) }
+
+// discardFromLeg runs another leg's direction: its collector's bytes are
+// read and dropped.
+func (s *Server) discardFromLeg(d *direction) { s.pump(d) }
 
 // pump runs d. On entry d is running and this goroutine owns it; pump
 // returns once d has left running: parked, held or ended. At its start
@@ -209,7 +237,10 @@ func (s *Server) pump(d *direction) {
 
 // copy moves d's bytes until its source ends, fails or is nudged.
 func (s *Server) copy(d *direction) error {
-	return s.opts.Pump.Copy(d.dst, d.src, &d.n)
+	if d.kind == kindUp || d.kind == kindDown {
+		return s.opts.Pump.Copy(d.dst, d.src, &d.n)
+	}
+	return s.copyFanout(d)
 }
 
 func isNudge(err error) bool {
@@ -217,9 +248,13 @@ func isNudge(err error) bool {
 	return errors.As(err, &pe) && pe.Op == "read" && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// nudge wakes d's read now, to park or hold it. c.mu is held.
+// nudge wakes d's read now, to park or hold it, and a fan-out's wait for
+// a leg to make room. c.mu is held.
 func (d *direction) nudge() {
 	d.src.SetReadDeadline(time.Unix(1, 0))
+	if d.kind == kindFanout {
+		d.c.fan.Nudge()
+	}
 }
 
 // hold moves running direction d to held if the server is frozen and its
@@ -339,6 +374,10 @@ func (c *conn) allEnded() bool {
 // closing line is written before live lets Run return.
 func (s *Server) end(d *direction, err error) {
 	c := d.c
+	if c.fan != nil {
+		s.endFanout(d, err)
+		return
+	}
 	if err != nil {
 		st := stageClient
 		if d.kind == kindDown {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -14,6 +15,13 @@ const DefaultFreezeTimeout = 10 * time.Second
 // or returns an error if the server does not settle within the freeze
 // timeout (the caller thaws).
 func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
+	for _, c := range s.tracked() {
+		if c.legs != nil {
+			// Not yet: a leg's sink may hold bytes in user space, and the
+			// snapshot has no place for a leg.
+			return nil, errors.New("freeze: a fan-out connection cannot be handed over yet; stop its listener's router sessions, or restart instead")
+		}
+	}
 	s.frozen.Store(true)
 	for _, l := range s.listeners {
 		l.setDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop

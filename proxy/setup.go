@@ -164,11 +164,20 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		}
 		in.pre, c.bmp, c.router = pre, true, info
 	}
-	hdr, err := proxyHeader(o.ProxyProtocol, c.client, c.local)
+	if o.fanout() {
+		if err := s.connectLegs(ctx, c, in.pre); err != nil {
+			return stageDial.fail(err)
+		}
+		c.up().n.Copied.Add(int64(len(in.pre)))
+		s.dialed(c)
+		return nil
+	}
+	primary := o.Targets[0]
+	hdr, err := proxyHeader(primary.ProxyProtocol, c.client, c.local)
 	if err != nil {
 		return stageHeader.fail(err)
 	}
-	tc, err := s.dial(ctx, o, c.client)
+	tc, err := s.dial(ctx, o, primary, c.client)
 	s.noteDial(o, err)
 	if err != nil {
 		return stageDial.fail(err)
@@ -200,20 +209,20 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 	return nil
 }
 
-// dial connects to o's target within its connect timeout, resolving a
+// dial connects to leg's target within o's connect timeout, resolving a
 // name on every dial. With proxy_protocol transparent it dials from
 // client's own address (transparent.go), unless the Dial hook is set.
-func (s *Server) dial(ctx context.Context, o *listenerOpts, client netip.AddrPort) (stream, error) {
+func (s *Server) dial(ctx context.Context, o *listenerOpts, leg conf.Leg, client netip.AddrPort) (stream, error) {
 	timeout := o.ConnectTimeout
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	target, network := o.Target.String(), "tcp"
+	target, network := leg.Target.String(), "tcp"
 	dial := s.opts.Dial
-	transparent := dial == nil && o.ProxyProtocol == conf.ProxyTransparent
+	transparent := dial == nil && leg.ProxyProtocol == conf.ProxyTransparent
 	switch {
 	case transparent:
 		var d *net.Dialer
-		d, network = socket.TransparentDialer(client, o.TransparentMark)
+		d, network = socket.TransparentDialer(client, leg.TransparentMark)
 		target = loopbackFor(target, client)
 		dial = d.DialContext
 	case dial == nil:

@@ -15,8 +15,11 @@ import (
 func checkTransparent(cfg *conf.Config) error {
 	var names []string
 	for _, l := range cfg.Listeners {
-		if l.ProxyProtocol == conf.ProxyTransparent {
-			names = append(names, l.Name)
+		for _, leg := range l.Targets {
+			if leg.ProxyProtocol == conf.ProxyTransparent {
+				names = append(names, l.Name)
+				break
+			}
 		}
 	}
 	if len(names) == 0 {

@@ -594,3 +594,58 @@ func (p *Pump) devNull() int {
 	})
 	return p.null
 }
+
+// Discard reads src until EOF and drops what it reads, adding the bytes
+// to c (Copied), and returns nil; a read error returns an *Error with Op
+// "read", as Copy does, a read deadline included. It holds a buffer only
+// while bytes arrive.
+func (p *Pump) Discard(src Conn, c *Counter) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return &Error{Op: "read", Err: err}
+	}
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			p.bufs.Put(buf)
+		}
+	}()
+	for {
+		n := 0
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			if buf == nil {
+				buf = p.bufs.Get().(*[]byte)
+			}
+			for {
+				m, err := unix.Read(int(fd), *buf)
+				switch err {
+				case nil:
+					n = m
+					return true
+				case unix.EINTR:
+					continue
+				case unix.EAGAIN:
+					p.bufs.Put(buf) // idle: hold nothing while parked
+					buf = nil
+					return false
+				default:
+					rerr = err
+					return true
+				}
+			}
+		})
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return &Error{Op: "read", Err: err}
+		}
+		if n <= 0 {
+			return nil
+		}
+		if c != nil {
+			c.Copied.Add(int64(n))
+		}
+	}
+}
