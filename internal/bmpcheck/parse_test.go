@@ -112,8 +112,8 @@ func TestParse(t *testing.T) {
 	reachLabeled := attrX(0x80, 14, be16(1), []byte{4, 4}, ip("198.51.100.1").AsSlice(), []byte{0},
 		hx("30 03e800 cb0071"), hx("30 03e810 cb0072"))
 	nhVPN4 := cat(make([]byte, 8), ip("198.51.100.1").AsSlice())
-	rdA := RD(hx("0000 fbf4 0000000a"))      // 64500:10
-	rdB := RD(hx("0001 c6336401 0007"))      // 198.51.100.1:7
+	rdA := RD(hx("0000 fbf4 0000000a")) // 64500:10
+	rdB := RD(hx("0001 c6336401 0007")) // 198.51.100.1:7
 	reachVPN4 := attrX(0x80, 14, be16(1), []byte{128, 12}, nhVPN4, []byte{0},
 		hx("70 03e801 0000fbf40000000a cb0071"), hx("70 03e811 0001c63364010007 cb0071"))
 	nhVPN6 := cat(make([]byte, 8), ip("2001:db8::1").AsSlice())
@@ -486,8 +486,8 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "an UPDATE too long without extended messages", strict: true,
-			stream:  cat(base, rmA(updateMsg(nil, originIGP, bytes.Repeat(hx("18 0a0000"), 1100)))),
-			offset:  rmStart + 19, message: 2, reason: "an UPDATE of 4427 bytes on a session without extended messages",
+			stream: cat(base, rmA(updateMsg(nil, originIGP, bytes.Repeat(hx("18 0a0000"), 1100)))),
+			offset: rmStart + 19, message: 2, reason: "an UPDATE of 4427 bytes on a session without extended messages",
 		},
 	}
 	for _, tc := range tests {
