@@ -41,10 +41,17 @@ type differ struct {
 // by table, not walked.
 func (d *differ) full() bool { return d.total >= d.limit }
 
+// lineLimit bounds one difference's description.
+const lineLimit = 600
+
 func (d *differ) add(format string, args ...any) {
 	d.total++
 	if len(d.lines) < d.limit {
-		d.lines = append(d.lines, fmt.Sprintf(format, args...))
+		line := fmt.Sprintf(format, args...)
+		if len(line) > lineLimit {
+			line = line[:lineLimit] + "..."
+		}
+		d.lines = append(d.lines, line)
 	}
 }
 
@@ -125,7 +132,7 @@ func (d *differ) tables(name string, want, got *Table, as2 bool) {
 		case !ok:
 			d.add("%s: missing %s %s", name, k, formatRoute(r, as2))
 		case g != r:
-			d.add("%s: %s differs: want %s, got %s", name, k, formatRoute(r, as2), formatRoute(g, as2))
+			d.add("%s: %s differs: %s", name, k, diffRoute(r, g, as2))
 		}
 	}
 	for _, k := range sortedKeys(gr) {
@@ -148,6 +155,26 @@ func formatRoute(r Route, as2 bool) string {
 		s = r.Labels.String() + " " + s
 	}
 	return s
+}
+
+// diffRoute lists what want has and got lacks (-) and the reverse (+).
+func diffRoute(want, got Route, as2 bool) string {
+	var out []string
+	if want.Labels != got.Labels {
+		out = append(out, "-"+want.Labels.String(), "+"+got.Labels.String())
+	}
+	w, g := want.Attrs.List(), got.Attrs.List()
+	for _, a := range w {
+		if !slices.Contains(g, a) {
+			out = append(out, "-"+a.format(as2))
+		}
+	}
+	for _, a := range g {
+		if !slices.Contains(w, a) {
+			out = append(out, "+"+a.format(as2))
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 func diffUp(want, got PeerUp) string {

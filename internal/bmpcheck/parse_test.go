@@ -47,6 +47,15 @@ func wantUpA(routerCaps, peerCaps []byte) PeerUp {
 		SentOpen: string(routerOpen(routerCaps)), ReceivedOpen: string(peerAOpen(peerCaps))}
 }
 
+// upB is peer B's Peer Up: an IPv6 peer with a 4-byte AS.
+var (
+	b6Sent  = openMsg(64500, "198.51.100.254", capMP(2, 1), capAS4(64500))
+	b6Recv  = openMsg(23456, "198.51.100.2", capMP(2, 1), capAS4(4200000002))
+	upB     = peerUpMsg(hdrB, "2001:db8::fe", 179, 40002, b6Sent, b6Recv)
+	wantUpB = PeerUp{LocalAddress: ip("2001:db8::fe"), LocalPort: 179, RemotePort: 40002,
+		SentOpen: string(b6Sent), ReceivedOpen: string(b6Recv)}
+)
+
 func rmA(update []byte) []byte { return bmpMsg(MsgRouteMonitoring, hdrA, update) }
 
 type kv struct {
@@ -88,11 +97,6 @@ func TestParse(t *testing.T) {
 	// NEXT_HOP that RFC 4760 says such routes ignore.
 	nh6 := cat(ip("2001:db8::2").AsSlice(), ip("fe80::2").AsSlice())
 	reach6 := attrX(0x80, 14, be16(2), []byte{1, 32}, nh6, []byte{0}, hx("30 20010db80001"), hx("40 20010db800020000"))
-	b6Sent := openMsg(64500, "198.51.100.254", capMP(2, 1), capAS4(64500))
-	b6Recv := openMsg(23456, "198.51.100.2", capMP(2, 1), capAS4(4200000002))
-	upB := peerUpMsg(hdrB, "2001:db8::fe", 179, 40002, b6Sent, b6Recv)
-	wantUpB := PeerUp{LocalAddress: ip("2001:db8::fe"), LocalPort: 179, RemotePort: 40002,
-		SentOpen: string(b6Sent), ReceivedOpen: string(b6Recv)}
 	c6 := canon(cOrigin, cASPath, ca(0x80, 14, nh6))
 
 	// Loc-RIB: a fabricated OPEN, received = sent, whose ADD-PATH says only

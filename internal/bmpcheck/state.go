@@ -270,6 +270,9 @@ type Route struct {
 type Labels string
 
 func (l Labels) String() string {
+	if l == "" {
+		return "no label"
+	}
 	var out []string
 	for i := 0; i+3 <= len(l); i += 3 {
 		v := uint32(l[i])<<16 | uint32(l[i+1])<<8 | uint32(l[i+2])
