@@ -45,7 +45,9 @@
 // The value is compared bytewise otherwise: AS_PATH stays as sent (2- or
 // 4-byte, as the A flag says), attribute contents are not interpreted. In
 // single-label mode a label's S bit is set (RFC 8277 2.2 says it is ignored);
-// with the Multiple Labels Capability exchanged the stack is kept as sent.
+// with the Multiple Labels Capability exchanged the stack is kept as sent. A
+// withdrawal's label field is one 3-byte compatibility field, whatever its
+// value (RFC 8277 2.4).
 //
 // ADD-PATH use per AFI/SAFI comes from the Peer Up's OPENs: for an Adj-RIB-In
 // the peer's OPEN (received) must offer Send and the router's (sent) Receive;
@@ -77,7 +79,19 @@
 // whose sender the test does not control: a real router's, a fuzzer's.
 // Both reject malformed input (bad length, version, marker, truncated field)
 // with a [*ParseError] that gives the byte offset, and a Route Monitoring for
-// a peer that is not up, whose NLRI cannot be decoded without its OPENs.
+// a peer that is not up, whose NLRI cannot be decoded without its OPENs. A
+// collector's recording of a replay followed by live messages is a stream
+// like any other; when the router's stream was generated, Parse is the
+// stricter check of it.
+//
+// # Comparing states
+//
+// [State.Equal] compares the Initiation, the Termination, the peers and
+// their Peer Ups, the routes and ADD-PATH use of every table that has
+// routes, and the unkeyed tables. [State.Diff] describes the first
+// differences for a person, a bounded number of them, and counts the rest;
+// [State.Summary], [State.PeerCount] and [State.RouteCount] say what a
+// state holds.
 //
 // # Generating a stream
 //

@@ -50,14 +50,14 @@ func (c GenConfig) withDefaults() GenConfig {
 type Message struct {
 	Type  MsgType
 	Peer  PeerKey // zero for Initiation and Termination
-	Note  string  // what it is for: "dump ipv4-unicast", "end-of-rib vpnv4", "withdraw ...", "malformed", ...
+	Note  string  // what it is for, e.g. "dump ipv4-pre ipv4-unicast", "end-of-rib pe-vpn vpnv4", "peer down legacy", "malformed ipv4-pre"
 	Bytes []byte  // the whole BMP message
 }
 
 // Generate builds a BMP stream deterministically from cfg: an Initiation;
 // Peer Ups of seven peers (IPv4 and IPv6 addresses, pre- and post-policy of
 // one session, an Adj-RIB-Out and a Loc-RIB peer, ADD-PATH for some
-// AFI/SAFIs and, by direction, not for others, extended messages on one, a
+// AFI/SAFIs and, by direction, not for others, extended messages on two, a
 // legacy 2-byte AS_PATH one); the initial dump of IPv4 and IPv6 unicast and
 // multicast, labeled unicast and VPNv4/VPNv6, many NLRI per UPDATE sharing
 // a limited number of attribute sets, interleaved across peers, with an
@@ -183,7 +183,7 @@ func peerSpecs() []peerSpec {
 		},
 		{
 			name: "pe-vpn", key: PeerKey{Flags: FlagV, Address: addr("2001:db8::5"), AS: routerAS, BGPID: addr("198.51.100.5")},
-			local: v6, localPort: 179, remotePort: 40005, ibgp: true, vpnPE: true,
+			local: v6, localPort: 179, remotePort: 40005, ibgp: true, vpnPE: true, extended: true,
 			nextHops4: []netip.Addr{addr("198.51.100.5"), addr("198.51.100.55")},
 			nextHops6: nh6("2001:db8::5", "2001:db8::55"),
 			tables: []tableSpec{
