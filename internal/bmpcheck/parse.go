@@ -1,6 +1,7 @@
 package bmpcheck
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -19,6 +20,21 @@ func Parse(stream []byte) (*State, error) { return parse(stream, true) }
 // the package doc). A collector's recording of a replay followed by live
 // messages is one stream to it like any other.
 func ParseAll(stream []byte) (*State, error) { return parse(stream, false) }
+
+// Whole is stream up to the end of its last whole message, by the common
+// headers' lengths: what a test that polls a collector's recording, while
+// bytes are still arriving, can parse.
+func Whole(stream []byte) []byte {
+	n := 0
+	for len(stream)-n >= commonHeaderSize {
+		length := int(binary.BigEndian.Uint32(stream[n+1:]))
+		if length < commonHeaderSize || length > len(stream)-n {
+			break
+		}
+		n += length
+	}
+	return stream[:n]
+}
 
 type parser struct {
 	strict   bool
@@ -272,20 +288,18 @@ func (p *parser) routeMonitoring(c *cursor) error {
 // UPDATE changes nothing.
 func (p *parser) apply(peer *Peer, u *update) error {
 	if p.strict {
-		gone := map[TableRef]map[RouteKey]bool{}
+		type route struct {
+			family Family
+			key    RouteKey
+		}
+		gone := map[route]bool{}
 		for _, w := range u.withdraw {
-			ref := TableRef{Peer: peer.Key, Family: w.family}
 			t := peer.Tables[w.family]
-			if t == nil || gone[ref][w.key] {
+			_, present := t.routeOf(w.key)
+			if !present || gone[route{w.family, w.key}] {
 				return &fault{offset: w.offset, reason: fmt.Sprintf("withdraws %s %s, which is not in the table", w.family, w.key)}
 			}
-			if _, ok := t.Routes[w.key]; !ok {
-				return &fault{offset: w.offset, reason: fmt.Sprintf("withdraws %s %s, which is not in the table", w.family, w.key)}
-			}
-			if gone[ref] == nil {
-				gone[ref] = map[RouteKey]bool{}
-			}
-			gone[ref][w.key] = true
+			gone[route{w.family, w.key}] = true
 		}
 	}
 	for _, w := range u.withdraw {

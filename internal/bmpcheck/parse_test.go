@@ -548,3 +548,23 @@ func TestParseAllLenient(t *testing.T) {
 	want.Initiation = []TLV{{2, "r1-renamed"}}
 	mustEqual(t, want, got)
 }
+
+func TestWhole(t *testing.T) {
+	msgs := [][]byte{initiation(), upA(nil, nil), rmA(updateMsg(nil, cat(originIGP, nextHopA), hx("18 cb0071")))}
+	stream := cat(msgs...)
+	for cut := 0; cut <= len(stream); cut++ {
+		want := 0
+		for _, m := range msgs {
+			if want+len(m) > cut {
+				break
+			}
+			want += len(m)
+		}
+		if got := len(Whole(stream[:cut])); got != want {
+			t.Fatalf("cut at %d: %d bytes whole, want %d", cut, got, want)
+		}
+	}
+	if got := Whole(hx("03 00000005 04 03 00000006 04")); len(got) != 0 {
+		t.Fatalf("a length below the header: %x", got)
+	}
+}

@@ -296,7 +296,6 @@ type Attr struct {
 const (
 	attrOptional   uint8 = 0x80
 	attrTransitive uint8 = 0x40
-	attrPartial    uint8 = 0x20
 	attrExtLen     uint8 = 0x10
 
 	attrOrigin       uint8 = 1
@@ -444,6 +443,15 @@ type Table struct {
 	AddPath  bool // routes carry ADD-PATH path identifiers
 	EndOfRIB bool // an End-of-RIB was seen; not compared by Equal
 	Routes   map[RouteKey]Route
+}
+
+// routeOf is the route of k in t, which may be nil.
+func (t *Table) routeOf(k RouteKey) (Route, bool) {
+	if t == nil {
+		return Route{}, false
+	}
+	r, ok := t.Routes[k]
+	return r, ok
 }
 
 // Peer is a peer that is up.
