@@ -7,7 +7,7 @@ import (
 )
 
 func TestDiff(t *testing.T) {
-	cfg := GenConfig{Seed: 5, Prefixes: 200}
+	cfg := GenConfig{Seed: 5, Prefixes: 120}
 	stream := Encode(Generate(cfg))
 	fresh := func() *State {
 		s, err := Parse(stream)

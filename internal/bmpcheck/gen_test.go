@@ -179,7 +179,7 @@ func TestGenerateFeatures(t *testing.T) {
 // The legacy peer's routes, before its Peer Down, carry 2-byte AS_PATHs
 // with AS_TRANS and an AS4_PATH.
 func TestGenerateLegacyASPath(t *testing.T) {
-	msgs := Generate(GenConfig{})
+	msgs := Generate(GenConfig{Prefixes: 300})
 	for k, m := range msgs {
 		if m.Type == MsgPeerDown {
 			s, err := Parse(Encode(msgs[:k]))
