@@ -215,7 +215,7 @@ type rawAttr struct {
 
 // decodeUpdate reads an UPDATE's body. intern makes attribute and label
 // strings that equal ones already held share their memory.
-func decodeUpdate(c *cursor, sess session, intern func([]byte) string) (*update, error) {
+func decodeUpdate(c *cursor, sess session, intern func(string) string) (*update, error) {
 	wlen, err := c.u16("withdrawn routes length")
 	if err != nil {
 		return nil, err
@@ -297,7 +297,7 @@ func decodeUpdate(c *cursor, sess session, intern func([]byte) string) (*update,
 				u.unkeyed = append(u.unkeyed, f)
 			}
 		default:
-			base := Route{Attrs: Attrs(intern([]byte(canonicalAttrs(attrs, nextHop))))}
+			base := Route{Attrs: Attrs(intern(string(canonicalAttrs(attrs, nextHop))))}
 			as, err := decodeNLRI(reach, f, sess, false, base, intern)
 			if err != nil {
 				return nil, err
@@ -306,7 +306,7 @@ func decodeUpdate(c *cursor, sess session, intern func([]byte) string) (*update,
 		}
 	}
 	if !nlriField.empty() {
-		base := Route{Attrs: Attrs(intern([]byte(canonicalAttrs(attrs, nil))))}
+		base := Route{Attrs: Attrs(intern(string(canonicalAttrs(attrs, nil))))}
 		as, err := decodeNLRI(nlriField, IPv4Unicast, sess, false, base, intern)
 		if err != nil {
 			return nil, err
@@ -393,7 +393,7 @@ func canonicalAttrs(attrs []rawAttr, nextHop []byte) Attrs {
 // 7911 3, 8277 2, 4364 4.3.4, 4659 3.2). Each announced route gets base's
 // attributes and its own labels; a withdrawn one's label field is RFC
 // 8277's 3-byte compatibility field, whatever its value.
-func decodeNLRI(c *cursor, f Family, sess session, withdraw bool, base Route, intern func([]byte) string) ([]change, error) {
+func decodeNLRI(c *cursor, f Family, sess session, withdraw bool, base Route, intern func(string) string) ([]change, error) {
 	var out []change
 	addPath := sess.addPath[f]
 	for !c.empty() {
@@ -420,7 +420,7 @@ func decodeNLRI(c *cursor, f Family, sess session, withdraw bool, base Route, in
 				return nil, err
 			}
 			if !withdraw {
-				ch.route.Labels = Labels(intern(labels))
+				ch.route.Labels = Labels(intern(string(labels)))
 			}
 		}
 		if f.vpn() {

@@ -60,12 +60,11 @@ func parse(stream []byte, strict bool) (*State, error) {
 	return p.s, nil
 }
 
-// intern returns b as a string, the one already held if there is one.
-func (p *parser) intern(b []byte) string {
-	if s, ok := p.interned[string(b)]; ok {
-		return s
+// intern returns the string equal to s that the state already holds, or s.
+func (p *parser) intern(s string) string {
+	if held, ok := p.interned[s]; ok {
+		return held
 	}
-	s := string(b)
 	p.interned[s] = s
 	p.s.retained += len(s)
 	return s
