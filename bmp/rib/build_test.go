@@ -246,9 +246,45 @@ func routeLine(r *Router, t *table, n *nlri, attr, lbl uint32) string {
 	if t.kind.labeled() {
 		fmt.Fprintf(&b, " label=%x", labelBytes(nil, lbl, r.labels.data))
 	}
-	as := r.attrs.data[attr]
-	fmt.Fprintf(&b, " %s", describeAttrs(as))
+	fmt.Fprintf(&b, " %s", describeAttrs(r.attrs.data[attr]))
 	return b.String()
+}
+
+// brief lists r's routes as "view family route next-hop [med]", sorted,
+// without the attribute bytes: the form table tests compare.
+func brief(r *Router) []string {
+	var out []string
+	for _, p := range r.order {
+		for _, v := range p.views {
+			for _, t := range v.tables {
+				for _, l := range tableLines(r, t) {
+					if i := strings.Index(l, " ["); i >= 0 {
+						l = l[:i]
+					}
+					out = append(out, viewName(v.key)+" "+t.fam.String()+" "+l)
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// viewName is a short name of a view for brief: the peer address (or
+// "loc-rib") and its view flags.
+func viewName(k pkey) string {
+	h := headerOf(k)
+	s := h.Address.String()
+	if h.Type == peerLocRIB {
+		s = "loc-rib"
+	}
+	if h.Type < peerLocRIB && h.Flags&flagL != 0 {
+		s += "/post"
+	}
+	if isOut(k) {
+		s += "/out"
+	}
+	return s
 }
 
 // describeAttrs names an interned attribute set by its next hop and MED and
@@ -277,8 +313,10 @@ func describeAttrs(as string) string {
 		v := b[hl : hl+n]
 		switch b[1] {
 		case 3:
-			a, _ := netip.AddrFromSlice(v)
-			nh = "nh=" + a.String()
+			if as[0] != tagMPReach {
+				a, _ := netip.AddrFromSlice(v)
+				nh = "nh=" + a.String()
+			}
 		case 4:
 			medv = fmt.Sprintf(" med=%d", binary.BigEndian.Uint32(v))
 		}
