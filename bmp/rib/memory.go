@@ -10,6 +10,7 @@ import (
 type Memory struct {
 	limit int64
 	used  atomic.Int64
+	peak  atomic.Int64
 }
 
 // NewMemory returns a budget of limit bytes; limit <= 0 means no bound.
@@ -20,19 +21,21 @@ func NewMemory(limit int64) *Memory {
 // Used is the number of bytes the Routers hold now.
 func (m *Memory) Used() int64 { return m.used.Load() }
 
+// Peak is the most bytes held at once so far.
+func (m *Memory) Peak() int64 { return m.peak.Load() }
+
 // Limit is the budget, or 0 when there is none.
 func (m *Memory) Limit() int64 { return max(m.limit, 0) }
 
 // reserve takes n bytes from the budget, or reports that they would exceed
 // it and takes nothing.
 func (m *Memory) reserve(n int64) bool {
-	if m.limit <= 0 {
-		m.used.Add(n)
-		return true
-	}
-	if m.used.Add(n) > m.limit {
+	u := m.used.Add(n)
+	if m.limit > 0 && u > m.limit {
 		m.used.Add(-n)
 		return false
+	}
+	for p := m.peak.Load(); u > p && !m.peak.CompareAndSwap(p, u); p = m.peak.Load() {
 	}
 	return true
 }
