@@ -11,7 +11,6 @@ import (
 )
 
 var (
-	v4caps = [][]byte{capMP(1, 1)}
 	allMP  = [][]byte{capMP(1, 1), capMP(2, 1), capMP(1, 2), capMP(2, 2), capMP(1, 4), capMP(2, 4), capMP(1, 128), capMP(2, 128)}
 	attrsA = cat(origin(), asPath(65001, 64500), med(1))
 	attrsB = cat(origin(), asPath(65001, 64501), med(2))

@@ -24,8 +24,7 @@ type rtab interface {
 // frozen is a read-only view of a table's routes as of a freeze. Its
 // methods may run on any goroutine while the table is fed.
 type frozen interface {
-	size() int  // slots
-	count() int // routes
+	size() int // slots
 	// attr is slot i's attribute index, 0 for an empty slot.
 	attr(i int) uint32
 	// route fills n (label excepted) from slot i and returns its attribute
@@ -191,7 +190,7 @@ func (t *ribT[K]) withdraw(r *Router, tb *table, b []byte, at int) error {
 
 func (t *ribT[K]) freeze() frozen {
 	t.frozen = true
-	return frozenT[K]{slots: t.base.slots, lbl: t.base.lbl, n: t.base.n}
+	return frozenT[K]{slots: t.base.slots, lbl: t.base.lbl}
 }
 
 func (t *ribT[K]) merge(r *Router) error {
@@ -271,11 +270,9 @@ func (t *ribT[K]) each(fn func(n *nlri, attr, lbl uint32)) {
 type frozenT[K key[K]] struct {
 	slots []slot[K]
 	lbl   []uint32
-	n     int
 }
 
 func (f frozenT[K]) size() int         { return len(f.slots) }
-func (f frozenT[K]) count() int        { return f.n }
 func (f frozenT[K]) attr(i int) uint32 { return f.slots[i].v }
 
 func (f frozenT[K]) route(i int, n *nlri) (attr, lbl uint32) {
