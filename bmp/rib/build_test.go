@@ -306,18 +306,22 @@ func describeAttrs(as string) string {
 	var medv string
 	for b := []byte(rest); len(b) >= 3; {
 		hl := pick(b[0]&attrExtLen != 0, 4, 3)
+		if len(b) < hl {
+			break
+		}
 		n := int(b[2])
 		if hl == 4 {
 			n = int(binary.BigEndian.Uint16(b[2:]))
 		}
+		if n > len(b)-hl {
+			break
+		}
 		v := b[hl : hl+n]
-		switch b[1] {
-		case 3:
-			if as[0] != tagMPReach {
-				a, _ := netip.AddrFromSlice(v)
-				nh = "nh=" + a.String()
-			}
-		case 4:
+		switch {
+		case b[1] == 3 && as[0] != tagMPReach:
+			a, _ := netip.AddrFromSlice(v)
+			nh = "nh=" + a.String()
+		case b[1] == 4 && n == 4:
 			medv = fmt.Sprintf(" med=%d", binary.BigEndian.Uint32(v))
 		}
 		b = b[hl+n:]
