@@ -18,7 +18,7 @@
 //     first peer up whose header is the same without the L, A and O flags
 //     (routers send one Peer Up per peer and Route Monitoring with those
 //     flags). Routes for no peer that is up make the state Unkeyable;
-//   - a route is its key, prefix (as received, host bits included) and
+//   - a route is its key, prefix (bits past its length cleared) and
 //     ADD-PATH path identifier (RFC 7911), plus for VPN families the route
 //     distinguisher; its value is the interned attribute set and, for
 //     labeled (RFC 8277) and VPN (RFC 4364, 4659) families, its label
@@ -31,10 +31,11 @@
 // ADD-PATH use per family is learned from the two OPENs of the Peer Up: for
 // Adj-RIB-In the peer's (received) OPEN says Send and the router's (sent)
 // says Receive, for Adj-RIB-Out the reverse, for Loc-RIB the capability's
-// presence is enough (RFC 9069 §5.3). Multiple Labels (RFC 8277 §2.1) is
-// learned the same way; without it a labeled NLRI carries one label.
-// Extended messages (RFC 8654) are read up to 65535 bytes always and
-// replayed that large when both OPENs advertise them.
+// presence in the fabricated sent OPEN is enough (RFC 9069 §5.3). A labeled
+// NLRI carries one label unless both OPENs carry the Multiple Labels
+// capability (RFC 8277 §2.1) for its family. Extended messages (RFC 8654)
+// are read up to 65535 bytes always and replayed that large when both OPENs
+// advertise them (for Loc-RIB, the sent one).
 //
 // Withdrawals apply before announcements within an UPDATE. End-of-RIB
 // (RFC 4724) creates the table it names and no route. Statistics Reports

@@ -116,8 +116,8 @@ func (k kind) v6() bool      { return k == kindV6 || k == kindL6 || k == kindVPN
 
 func (k kind) maxBits() int { return pick(k.v6(), 128, 32) }
 
-// nlri is one decoded NLRI. addr holds the prefix bytes as received,
-// zero-padded; label aliases the bytes it was decoded from.
+// nlri is one decoded NLRI. addr holds the prefix, masked to its length
+// and zero-padded; label aliases the bytes it was decoded from.
 type nlri struct {
 	id    uint32
 	plen  uint8
@@ -181,6 +181,9 @@ func parseNLRI(b []byte, k kind, addPath, withdraw, multi bool, n *nlri) (int, s
 	n.plen = uint8(bitsLeft)
 	n.addr = [16]byte{}
 	copy(n.addr[:], b[off:off+nb])
+	if r := bitsLeft % 8; r != 0 {
+		n.addr[nb-1] &= 0xff << (8 - r) // bits past the length are not the prefix's
+	}
 	return off + nb, ""
 }
 

@@ -49,35 +49,33 @@ func lookupFam(l []famByte, f Family) uint8 {
 // identifiers. Adj-RIB-In (the peer sends to the router): the peer's OPEN
 // (received) says Send and the router's (sent) says Receive; Adj-RIB-Out
 // (the O flag): the reverse. Loc-RIB (RFC 9069 §5.3): the capability's
-// presence for f in the fabricated OPEN is enough.
+// presence for f in the fabricated sent OPEN is enough.
 func (p *peer) addPath(f Family, out bool) bool {
 	s, rc := lookupFam(p.sent.addPath, f), lookupFam(p.recv.addPath, f)
 	switch {
 	case p.key[0] == peerLocRIB:
-		return s != 0 || rc != 0
+		return s != 0
 	case out:
 		return s&apSend != 0 && rc&apReceive != 0
 	}
 	return rc&apSend != 0 && s&apReceive != 0
 }
 
-// multiLabel reports whether the receiver of a view's UPDATEs advertised
-// Multiple Labels (RFC 8277 §2.1) for f with a count above one.
-func (p *peer) multiLabel(f Family, out bool) bool {
-	s, rc := lookupFam(p.sent.multiLabel, f), lookupFam(p.recv.multiLabel, f)
-	switch {
-	case p.key[0] == peerLocRIB:
-		return s > 1 || rc > 1
-	case out:
-		return rc > 1
+// multiLabel reports whether both OPENs carry the Multiple Labels
+// capability (RFC 8277 §2.1) for f; for Loc-RIB, the sent one.
+func (p *peer) multiLabel(f Family) bool {
+	s := slices.ContainsFunc(p.sent.multiLabel, func(e famByte) bool { return e.f == f })
+	if p.key[0] == peerLocRIB {
+		return s
 	}
-	return s > 1
+	return s && slices.ContainsFunc(p.recv.multiLabel, func(e famByte) bool { return e.f == f })
 }
 
 // maxUpdate is the largest UPDATE the session carries: 65535 bytes when
-// both OPENs advertise extended messages (RFC 8654), else 4096.
+// both OPENs advertise extended messages (RFC 8654; for Loc-RIB the sent
+// one), else 4096.
 func (p *peer) maxUpdate() int {
-	if p.sent.extMsg && p.recv.extMsg {
+	if p.sent.extMsg && (p.recv.extMsg || p.key[0] == peerLocRIB) {
 		return maxBGPLen
 	}
 	return stdBGPLen
@@ -338,7 +336,7 @@ func (r *Router) tableOf(v **view, p *peer, k pkey, f Family, create bool) (*tab
 	if err := r.charge(tableOverhead); err != nil {
 		return nil, err
 	}
-	t := newTable(f, p.addPath(f, (*v).out), p.multiLabel(f, (*v).out))
+	t := newTable(f, p.addPath(f, (*v).out), p.multiLabel(f))
 	(*v).tables = append((*v).tables, t)
 	return t, nil
 }

@@ -60,6 +60,13 @@ func TestMessages(t *testing.T) {
 			"198.51.100.1 ipv4-unicast 198.51.100.7/32 nh=198.51.100.254 med=1",
 		},
 	}, {
+		name: "bits past the prefix length are not part of the key",
+		msgs: [][]byte{up,
+			rm(hdrV4, update(nil, cat(attrsA, nhA), cat([]byte{12, 10, 0x1f}, []byte{16, 10, 2}))),
+			rm(hdrV4, update([]byte{12, 10, 0x10}, nil, nil)),
+		},
+		want: []string{"198.51.100.1 ipv4-unicast 10.2.0.0/16 nh=198.51.100.254 med=1"},
+	}, {
 		name: "ipv6 mp_reach and mp_unreach",
 		msgs: [][]byte{up,
 			rm(hdrV4, update(nil, cat(mpReach(2, 1, "2001:db8::1,fe80::1", pfx("2001:db8:1::/48"), pfx("2001:db8:2::/48")), attrsA), nil)),
@@ -107,10 +114,17 @@ func TestMessages(t *testing.T) {
 	}, {
 		name: "labeled unicast: a label stack with Multiple Labels",
 		msgs: [][]byte{
-			peerUp(hdrV4, append(slices.Clone(allMP), capML(1, 4, 3)), allMP),
+			peerUp(hdrV4, append(slices.Clone(allMP), capML(1, 4, 3)), append(slices.Clone(allMP), capML(1, 4, 2))),
 			rm(hdrV4, update(nil, cat(mpReach(1, 4, "198.51.100.9", lpfx(cat(label(16, false), label(17, true)), nil, "10.0.0.0/8")), attrsA), nil)),
 		},
 		want: []string{"198.51.100.1 ipv4-labeled-unicast 10.0.0.0/8 label=000100000111 mp-nh=198.51.100.9 med=1"},
+	}, {
+		name: "labeled unicast: Multiple Labels in one OPEN only, one label",
+		msgs: [][]byte{
+			peerUp(hdrV4, append(slices.Clone(allMP), capML(1, 4, 3)), allMP),
+			rm(hdrV4, update(nil, cat(mpReach(1, 4, "198.51.100.9", lpfx(cat(label(16, false), label(17, true)), nil, "10.0.0.0/8")), attrsA), nil)),
+		},
+		want: []string{"198.51.100.1 ipv4-labeled-unicast 0.1.17.10/32 label=000100 mp-nh=198.51.100.9 med=1"},
 	}, {
 		name: "labeled unicast: without Multiple Labels, one label",
 		msgs: [][]byte{up,

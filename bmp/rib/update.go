@@ -184,7 +184,7 @@ func (r *Router) withdraw(v **view, p *peer, k pkey, f Family, b []byte, at int)
 	}
 	kd := kindOf(f)
 	out := isOut(k)
-	ap, ml := p.addPath(f, out), p.multiLabel(f, out)
+	ap, ml := p.addPath(f, out), p.multiLabel(f)
 	for off := 0; off < len(b); {
 		n, why := parseNLRI(b[off:], kd, ap, true, ml, &r.scratch)
 		if why != "" {
