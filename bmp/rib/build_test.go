@@ -110,6 +110,15 @@ func openMsg(as uint32, id string, caps ...[]byte) []byte {
 		[]byte{byte(len(params))}, params)
 }
 
+// openMsgExt is an OPEN whose optional parameters use the RFC 9072
+// extended encoding (255, 255, 2-byte length; 2-byte parameter lengths).
+func openMsgExt(as uint32, id string, caps ...[]byte) []byte {
+	c := cat(caps...)
+	params := cat([]byte{2}, u16(len(c)), c)
+	return bgpMsg(bgpOpen, []byte{4}, u16(int(as)), u16(90), netip.MustParseAddr(id).AsSlice(),
+		[]byte{255, 255}, u16(len(params)), params)
+}
+
 func peerUpMsg(h peerHdr, sent, recv []byte, tlvs ...[]byte) []byte {
 	return bmpMsg(bmp.TypePeerUp, h.bytes(), make([]byte, 16), u16(179), u16(40000), sent, recv, cat(tlvs...))
 }

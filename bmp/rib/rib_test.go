@@ -157,6 +157,24 @@ func TestMessages(t *testing.T) {
 			"198.51.100.1 ipv4-unicast 10.0.0.0/8#3 nh=198.51.100.254 med=1",
 		},
 	}, {
+		name: "add-path on vpnv4: path id before the labeled, RD'd prefix",
+		msgs: [][]byte{
+			peerUp(hdrV4, [][]byte{capMP(1, 128), capAP(apEntry{1, 128, 3})}, [][]byte{capMP(1, 128), capAP(apEntry{1, 128, 3})}),
+			rm(hdrV4, update(nil, cat(mpReach(1, 128, "0.0.0.0,198.51.100.9",
+				cat(u32(1), lpfx(label(100, true), rd(65000, 1), "10.0.0.0/8")),
+				cat(u32(2), lpfx(label(101, true), rd(65000, 1), "10.0.0.0/8"))), attrsA), nil)),
+			rm(hdrV4, update(nil, mpUnreach(1, 128, cat(u32(1), lpfx(withdrawLabel, rd(65000, 1), "10.0.0.0/8"))), nil)),
+		},
+		want: []string{"198.51.100.1 ipv4-vpn rd=0000fde800000001 10.0.0.0/8#2 label=000651 mp-nh=00000000c6336409 med=1"},
+	}, {
+		name: "extended optional parameters (RFC 9072) in the OPENs",
+		msgs: [][]byte{
+			peerUpMsg(hdrV4, openMsgExt(65000, "203.0.113.254", capMP(1, 1), capAP(apEntry{1, 1, apReceive})),
+				openMsgExt(65001, "198.51.100.1", capMP(1, 1), capAP(apEntry{1, 1, apSend}))),
+			rm(hdrV4, update(nil, cat(attrsA, nhA), pfxID(4, "10.0.0.0/8"))),
+		},
+		want: []string{"198.51.100.1 ipv4-unicast 10.0.0.0/8#4 nh=198.51.100.254 med=1"},
+	}, {
 		name: "pre- and post-policy are separate RIBs of one peer",
 		msgs: [][]byte{up,
 			rm(hdrV4, update(nil, cat(attrsA, nhA), pfx("10.0.0.0/8"))),

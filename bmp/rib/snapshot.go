@@ -56,10 +56,14 @@ type snapTable struct {
 // chunk is how many replay bytes a Read produces at a time.
 const chunk = 64 << 10
 
-// Snapshot freezes the state as of the last complete message fed. The
-// tables become read-only for the snapshot, and Feed writes a delta over
-// them that is merged back after Close. At most one snapshot is open at a
-// time (ErrSnapshotOpen); a Router not Keeping has none (ErrNotKeeping).
+// Snapshot freezes the state as of the last complete message fed: what a
+// collector holds after every message so far. A leg replayed from it then
+// gets Pending (as it is when Snapshot returns) and every byte fed after,
+// so that no message is lost, doubled or cut. The tables become read-only
+// for the snapshot, and Feed writes a delta over them that is merged back
+// on the first call after Close. At most one snapshot is open at a time
+// (ErrSnapshotOpen); a Router not Keeping has none (ErrNotKeeping, wrapping
+// Status.Err).
 func (r *Router) Snapshot() (*Snapshot, error) {
 	r.settle()
 	switch {
