@@ -68,7 +68,8 @@ type conn struct {
 	// up direction feeds fan. They are set in setup.
 	fan      *splice.Fanout
 	legs     []*leg
-	finished bool // its closing line is being written
+	resync   *resync // with resync: the router's state (resync.go)
+	finished bool    // its closing line is being written
 }
 
 // up and down are c's two directions. They exist once setTarget made
@@ -134,6 +135,7 @@ func (c *conn) fail(st stage, err error) {
 	parked := c.parkedKeys()
 	held := c.takeHeld()
 	legSocks, sinks := c.legsToClose()
+	c.stopRetries()
 	c.mu.Unlock()
 	if w := c.srv.watcher.Load(); w != nil {
 		for _, k := range parked {

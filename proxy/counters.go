@@ -51,6 +51,9 @@ type listenerState struct {
 	accepted        atomic.Uint64
 	connectFailures atomic.Uint64
 	refused         [numRefusals]atomic.Uint64
+	// Fan-out and resync (fanout.go, resync.go).
+	legCuts, legReconnects, legDialFailures, legReplays, resyncStopped atomic.Uint64
+	replayNanos                                                        atomic.Int64
 	// Totals of ended connections; open ones are added at snapshot time.
 	fromClient, toClient, spliced, copied atomic.Int64
 }

@@ -30,7 +30,9 @@ import (
 type legState uint8
 
 const (
-	legConnecting legState = iota // being dialed
+	legConnecting legState = iota // being dialed, or waiting to be dialed again
+	legWaiting                    // connected, waiting for another leg's replay to end
+	legReplaying                  // connected, getting the router's state
 	legLive                       // connected, caught up or catching up
 	legDown                       // failed, cut or never connected; not retried
 	legDone                       // ended with its router session
@@ -40,6 +42,10 @@ func (s legState) String() string {
 	switch s {
 	case legConnecting:
 		return "connecting"
+	case legWaiting:
+		return "waiting"
+	case legReplaying:
+		return "replaying"
 	case legLive:
 		return "live"
 	case legDown:
@@ -65,11 +71,14 @@ type leg struct {
 	rev      *direction // reads sock
 	since    time.Time  // connected at
 	sent     splice.Counter
-	err      error // why it went down
-	sinkDone bool  // its sink has ended (or it never had one)
-	revDone  bool  // its socket's direction has ended (or it never had one)
-	closed   bool  // its closing line was written
-	fd       bool  // its socket holds an fd of the budget (every leg but the primary, whose fds the connection holds)
+	err      error       // why it went down
+	sinkDone bool        // its sink has ended (or it never had one)
+	revDone  bool        // its socket's direction has ended (or it never had one)
+	closed   bool        // its closing line was written
+	fd       bool        // its socket holds an fd of the budget (every leg but the primary, whose fds the connection holds)
+	attempts int         // dials since it was last live
+	retry    *time.Timer // the next dial, with resync
+	watch    *time.Timer // the next look at a replay's progress
 }
 
 // fanout reports whether o's connections fan out: more than one target,
@@ -114,10 +123,15 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 		l.upstream = socket.AddrPort(l.sock.RemoteAddr()).String()
 		connected++
 	}
-	if connected == 0 {
+	if connected == 0 && !o.Resync {
 		return errors.Join(errs...)
 	}
-	c.fan = s.opts.Pump.NewFanout(nil)
+	var tap func([]byte)
+	if o.Resync {
+		s.newResync(c, pre)
+		tap = s.tap(c)
+	}
+	c.fan = s.opts.Pump.NewFanout(splice.FanoutConfig{Tap: tap})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
@@ -132,6 +146,11 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 	c.dirs = []*direction{{c: c, kind: kindFanout, src: c.cc}}
 	for _, l := range c.legs {
 		if l.sock == nil {
+			if o.Resync {
+				// It joins with a replay once it answers.
+				l.state, l.sinkDone, l.revDone = legConnecting, false, true
+				s.scheduleRetry(l)
+			}
 			continue
 		}
 		if err := s.addSink(c, l, pre); err != nil {
@@ -204,12 +223,15 @@ func (s *Server) sinkDone(l *leg, sock stream, err error) {
 func (s *Server) legFailed(l *leg, sock stream, err error) {
 	c := l.c
 	c.mu.Lock()
-	if l.sock != sock || l.state != legLive {
+	if l.sock != sock || l.state == legDown || l.state == legDone || l.state == legConnecting {
 		c.mu.Unlock()
 		return
 	}
 	l.state, l.err = legDown, err
 	sink := l.sink
+	if errors.Is(err, splice.ErrLagging) {
+		c.opts.state.legCuts.Add(1)
+	}
 	c.mu.Unlock()
 	if sink != nil {
 		sink.Remove()
@@ -217,6 +239,17 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 	sock.Close()
 	s.releaseLegFD(l)
 	s.logLeg(l, err)
+	if c.resync != nil {
+		s.endReplay(l)
+		c.mu.Lock()
+		if l.sock == sock && !c.aborted && !c.finished && c.up().state != dirEnded {
+			// Dialed again, and replayed, for as long as the session lasts.
+			l.state, l.sock, l.sink = legConnecting, nil, nil
+			s.scheduleRetry(l)
+		}
+		c.mu.Unlock()
+		return
+	}
 	if !c.anyLegLive() {
 		c.fail(stageTarget, fmt.Errorf("every target is down; the last: %w", err))
 	}
@@ -228,7 +261,8 @@ func (c *conn) anyLegLive() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, l := range c.legs {
-		if l.state == legLive || l.state == legConnecting {
+		switch l.state {
+		case legLive, legConnecting, legWaiting, legReplaying:
 			return true
 		}
 	}
@@ -242,7 +276,9 @@ func (s *Server) legEnded(d *direction, err error) {
 	l := d.leg
 	c := l.c
 	c.mu.Lock()
-	l.revDone = true
+	if l.sock == d.src {
+		l.revDone = true
+	}
 	upEnded := c.up().state == dirEnded
 	sock, aborted := d.src, c.aborted
 	c.mu.Unlock()
@@ -270,6 +306,34 @@ func (s *Server) maybeFinishFanout(c *conn) {
 		c.mu.Unlock()
 		return
 	}
+	c.stopRetries()
+	var waiting []*leg
+	for _, l := range c.legs {
+		switch {
+		case l.sock == nil:
+			// Not connected when the session ended: nothing to finish.
+			l.sinkDone, l.revDone = true, true
+			if l.state == legConnecting {
+				l.state = legDown
+			}
+		case l.state == legWaiting:
+			// Connected, and never given the replay: close it.
+			l.sinkDone, l.revDone, l.state = true, true, legDone
+			waiting = append(waiting, l)
+		}
+	}
+	if len(waiting) > 0 {
+		c.mu.Unlock()
+		for _, l := range waiting {
+			l.sock.Close()
+			s.releaseLegFD(l)
+		}
+		c.mu.Lock()
+		if c.finished {
+			c.mu.Unlock()
+			return
+		}
+	}
 	for _, l := range c.legs {
 		if !l.sinkDone || !l.revDone {
 			c.mu.Unlock()
@@ -291,6 +355,9 @@ func (s *Server) maybeFinishFanout(c *conn) {
 		s.logLeg(l, nil)
 	}
 	c.fan.Close()
+	if c.resync != nil {
+		c.fan.Locked(c.resync.router.Release)
+	}
 	c.fail(stageNone, nil) // close every socket
 	for _, l := range c.legs {
 		s.releaseLegFD(l)

@@ -116,7 +116,8 @@ func TestFanoutIsolation(t *testing.T) {
 		<-done // accepts, and never reads
 	})
 	t.Cleanup(func() { close(done) }) // before the target waits for its handler
-	cfg := fanListener(t, conf.MinBuffer, healthy.Addr(), stuck.Addr())
+	cfg := fanListener(t, conf.DefaultBuffer, healthy.Addr(), stuck.Addr())
+	cfg.Listeners[0].Targets[1].Buffer = conf.MinBuffer
 	ts := startServer(t, cfg, nil)
 	c := dial(t, "tcp", ts.addrs[0].String())
 	payload := randomBytes(t, 64<<20)

@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/bmp/rib"
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/fdbudget"
 	"github.com/bmpproxy/bmpproxy/internal/socket"
@@ -101,6 +102,7 @@ type Server struct {
 	ran      atomic.Bool     // Run was called
 
 	watcher atomic.Pointer[splice.Watcher] // nil while parking is off
+	ribMem  *rib.Memory                    // resync_memory, shared by every router
 	workers *setupWorkers
 	budget  *fdbudget.Budget // set by New; nil, counting nothing, in a zero Server
 
@@ -153,6 +155,7 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 	s := &Server{
 		opts:      opts,
 		cfg:       cfg,
+		ribMem:    rib.NewMemory(int64(cfg.ResyncMemory)),
 		reloads:   make(chan reloadReq),
 		upgrades:  make(chan upgradeReq),
 		stopped:   make(chan struct{}),

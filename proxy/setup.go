@@ -29,6 +29,7 @@ const (
 	stageTarget                // the target socket failed: the first write, or later
 	stageClient                // the client socket failed
 	stageShutdown              // closed at the drain timeout
+	stageResync                // a collector needs a replay of a state that is not kept
 )
 
 // reason is the closing line's "reason".
@@ -46,6 +47,8 @@ func (st stage) reason() string {
 		return "client error"
 	case stageShutdown:
 		return "shutdown"
+	case stageResync:
+		return "resync impossible"
 	}
 	return "closed"
 }

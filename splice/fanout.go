@@ -31,9 +31,12 @@ import (
 //
 // The source is paced by its fastest sink: Copy reads the next round only
 // while some sink is less than half its limit behind (or there is no
-// sink at all, when bytes only go to the tap). So a burst (a router's
-// initial table) goes as fast as the fastest collector takes it, and a
-// sink is cut only when it falls its limit behind that one.
+// sink at all, when bytes only go to the tap), and never more than that
+// sink has room for. So a burst (a router's initial table) goes as fast
+// as the fastest collector takes it, and a sink is cut only when it falls
+// its limit behind that one. A wait that sees no sink write anything for
+// StallAfter cuts the sinks it waits for: a collector that stops reading
+// never stops the source, even when it is the only one.
 //
 // Each sink has a writer goroutine while it has something to write:
 // first its head (a PROXY header and the bytes read before the Fanout
@@ -55,19 +58,21 @@ import (
 //     between two rounds: the tap has seen exactly the bytes that came
 //     before the sink's first live byte.
 type Fanout struct {
-	pump *Pump
-	tap  func([]byte)
+	pump       *Pump
+	tap        func([]byte)
+	stallAfter time.Duration
 
-	mu      sync.Mutex
-	sinks   []*Sink
-	ended   bool          // the source reached EOF: sinks end after their backlog
-	room    chan struct{} // closed when a sink makes progress, if Copy waits for room
-	writers sync.WaitGroup
+	mu       sync.Mutex
+	sinks    []*Sink
+	ended    bool          // the source reached EOF: sinks end after their backlog
+	progress chan struct{} // closed when a sink makes progress, if Copy waits for room
+	writers  sync.WaitGroup
 
 	nudge chan struct{} // Nudge's token: a Copy waiting for room returns
 
 	// Owned by Copy.
 	src  syscall.RawConn
+	room int    // the most the next round may hold
 	p    *pipe  // P; held only while a round is in it
 	c    *chunk // instead of P, when no pipe can be had: the round, copied
 	n    int    // result of the last fill
@@ -80,11 +85,27 @@ var ErrLagging = errors.New("fell behind")
 // ErrRemoved reports a sink ended by Remove or Close.
 var ErrRemoved = errors.New("removed")
 
-// NewFanout returns a Fanout whose rounds are shown to tap, if set, in
-// user space and in order, before any sink gets them.
-func (p *Pump) NewFanout(tap func([]byte)) *Fanout {
-	return &Fanout{pump: p, tap: tap, nudge: make(chan struct{}, 1)}
+// NewFanout returns a Fanout.
+func (p *Pump) NewFanout(cfg FanoutConfig) *Fanout {
+	if cfg.StallAfter <= 0 {
+		cfg.StallAfter = DefaultStallAfter
+	}
+	return &Fanout{pump: p, tap: cfg.Tap, stallAfter: cfg.StallAfter, nudge: make(chan struct{}, 1)}
 }
+
+// FanoutConfig configures a Fanout.
+type FanoutConfig struct {
+	// Tap, if set, sees every round in user space and in order, before
+	// any sink gets it, under the Fanout's lock.
+	Tap func([]byte)
+	// StallAfter is how long the source may wait for room while no sink
+	// writes a byte; then the sinks it waits for are cut. Zero means
+	// DefaultStallAfter.
+	StallAfter time.Duration
+}
+
+// DefaultStallAfter is FanoutConfig.StallAfter's default.
+const DefaultStallAfter = 5 * time.Second
 
 // Nudge makes a Copy that waits for a sink to make room return, as a read
 // deadline makes a Copy that waits for the source return: the caller
@@ -100,46 +121,78 @@ func (f *Fanout) Nudge() {
 // Op "read", as a read deadline would.
 var errNudged = fmt.Errorf("fan-out: nudged while waiting for a sink: %w", os.ErrDeadlineExceeded)
 
-// behindLocked reports whether every sink that is going is at least half
-// its limit behind: then Copy waits. f.mu is held.
-func (f *Fanout) behindLocked() bool {
-	going := 0
+// roomLocked returns how many bytes the next round may hold: what the
+// sink with the most room has before its limit, or unbounded (-1) with no
+// sink going; 0 when every sink going is at least half its limit behind,
+// and Copy must wait. f.mu is held.
+func (f *Fanout) roomLocked() int {
+	best, going := 0, 0
 	for _, s := range f.sinks {
 		if s.err != nil {
 			continue
 		}
 		going++
-		if s.queued+s.qData < s.limit/2 {
-			return false
+		behind := s.queued + s.qData
+		if behind < s.limit/2 {
+			best = max(best, s.limit-behind)
 		}
 	}
-	return going > 0
+	if going == 0 {
+		return -1
+	}
+	return best
+}
+
+// cutStalledLocked cuts the sinks that keep Copy waiting. f.mu is held.
+func (f *Fanout) cutStalledLocked() {
+	for _, s := range f.sinks {
+		if s.err == nil && s.queued+s.qData >= s.limit/2 {
+			s.endLocked(fmt.Errorf("%w: wrote nothing for %s with %d bytes queued", ErrLagging, f.stallAfter, s.queued+s.qData))
+		}
+	}
 }
 
 // progressLocked wakes a Copy that waits for room. f.mu is held.
 func (f *Fanout) progressLocked() {
-	if f.room != nil {
-		close(f.room)
-		f.room = nil
+	if f.progress != nil {
+		close(f.progress)
+		f.progress = nil
 	}
 }
 
 // waitRoom waits until some sink is less than half its limit behind, or
-// Nudge is called (errNudged).
+// Nudge is called (errNudged), and sets f.room. A wait in which no sink
+// writes anything for stallAfter cuts the sinks it waits for.
 func (f *Fanout) waitRoom() error {
+	var stall *time.Timer
+	defer func() {
+		if stall != nil {
+			stall.Stop()
+		}
+	}()
 	for {
 		f.mu.Lock()
-		if !f.behindLocked() {
+		if r := f.roomLocked(); r != 0 {
+			f.room = r
 			f.mu.Unlock()
 			return nil
 		}
-		if f.room == nil {
-			f.room = make(chan struct{})
+		if f.progress == nil {
+			f.progress = make(chan struct{})
 		}
-		room := f.room
+		progress := f.progress
 		f.mu.Unlock()
+		if stall == nil {
+			stall = time.NewTimer(f.stallAfter)
+		}
 		select {
-		case <-room:
+		case <-progress:
+			stall.Reset(f.stallAfter)
+		case <-stall.C:
+			f.mu.Lock()
+			f.cutStalledLocked()
+			f.mu.Unlock()
+			stall.Reset(f.stallAfter)
 		case <-f.nudge:
 			return errNudged
 		}
@@ -215,9 +268,10 @@ type chunk struct {
 // two rounds, and what it returns is written after Head: a replay reader,
 // read to EOF on the sink's writer, and then pending bytes; the sink's
 // live bytes follow them. So a caller that taps the source can start the
-// sink exactly where its tap stands. After the source's EOF, Add calls
-// Done(ErrRemoved) at once.
-func (f *Fanout) Add(cfg SinkConfig, at func() (replay io.Reader, pending []byte)) (*Sink, error) {
+// sink exactly where its tap stands. If at returns an error, Add returns
+// it and adds nothing. After the source's EOF, Add calls Done(ErrRemoved)
+// at once.
+func (f *Fanout) Add(cfg SinkConfig, at func() (replay io.Reader, pending []byte, err error)) (*Sink, error) {
 	rc, err := cfg.Conn.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -235,8 +289,11 @@ func (f *Fanout) Add(cfg SinkConfig, at func() (replay io.Reader, pending []byte
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if at != nil {
-		var pending []byte
-		s.replay, pending = at()
+		replay, pending, err := at()
+		if err != nil {
+			return nil, err
+		}
+		s.replay = replay
 		if len(pending) > 0 {
 			s.queueCopy(pending)
 		}
@@ -294,6 +351,14 @@ func (s *Sink) endLocked(err error) {
 		return
 	}
 	f.startLocked(s) // a writer finishes it
+}
+
+// Locked runs fn under the Fanout's lock, between two rounds: where the
+// tap is never running.
+func (f *Fanout) Locked(fn func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn()
 }
 
 // Queued returns the bytes s has waiting in user space.
@@ -400,10 +465,10 @@ func (f *Fanout) fillFD(fd uintptr) bool {
 		var err error
 		if f.p != nil {
 			var m64 int64
-			m64, err = unix.Splice(int(fd), nil, f.p.w, nil, f.p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			m64, err = unix.Splice(int(fd), nil, f.p.w, nil, f.roundMax(f.p.size), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			m = int(m64)
 		} else {
-			m, err = unix.Read(int(fd), *f.c.buf)
+			m, err = unix.Read(int(fd), (*f.c.buf)[:f.roundMax(len(*f.c.buf))])
 		}
 		switch err {
 		case nil:
@@ -428,6 +493,15 @@ func (f *Fanout) fillFD(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// roundMax is the most the next round may hold, of a pipe or buffer of
+// size: what waitRoom found room for.
+func (f *Fanout) roundMax(size int) int {
+	if f.room > 0 {
+		return min(size, f.room)
+	}
+	return size
 }
 
 // releaseP gives back P, or the chunk used instead.
@@ -470,7 +544,6 @@ func (f *Fanout) distribute(n int) {
 		if s.replay == nil && s.queued == 0 && len(s.head) == 0 {
 			from = s.teeLocked(n)
 			if from == n {
-				f.startLocked(s)
 				continue
 			}
 		}
@@ -478,6 +551,7 @@ func (f *Fanout) distribute(n int) {
 	}
 	if f.tap == nil && len(needCopy) == 0 {
 		f.drainP()
+		f.checkLimits(f.sinks)
 		return
 	}
 	// One user-space copy of the round, in chunks, for the tap and every
@@ -503,11 +577,7 @@ func (f *Fanout) distribute(n int) {
 		f.unref(c) // the references the sinks took keep it
 		off += m
 	}
-	ss := make([]*Sink, len(needCopy))
-	for i, sh := range needCopy {
-		ss[i] = sh.s
-	}
-	f.checkLimits(ss)
+	f.checkLimits(f.sinks)
 }
 
 // distributeCopy gives the round that fill read into f.c, for want of a
@@ -527,12 +597,17 @@ func (f *Fanout) distributeCopy() {
 	f.checkLimits(f.sinks)
 }
 
-// checkLimits cuts the sinks of ss whose backlog is past their limit and
-// starts the writers of the others. f.mu is held.
+// checkLimits cuts the sinks of ss that are more than their limit behind,
+// counting what their pipes hold (a pipe's slots can hold much more than
+// its nominal size, since a tee or splice shares whole pages), and starts
+// the writers of the others. f.mu is held.
 func (f *Fanout) checkLimits(ss []*Sink) {
 	for _, s := range ss {
-		if s.err == nil && s.queued > s.limit {
-			s.endLocked(fmt.Errorf("%w: %d bytes queued, more than its buffer of %d", ErrLagging, s.queued, s.limit))
+		if s.err != nil {
+			continue
+		}
+		if behind := s.queued + s.qData; behind > s.limit {
+			s.endLocked(fmt.Errorf("%w: %d bytes queued, more than its buffer of %d", ErrLagging, behind, s.limit))
 			continue
 		}
 		f.startLocked(s)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -58,6 +59,7 @@ type Target struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	headers [][]byte
+	conns   map[net.Conn]bool // open now
 }
 
 // New starts a Target.
@@ -67,7 +69,13 @@ func New(t testing.TB, mode Header, handle func(c *net.TCPConn, r *bufio.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := &Target{ln: ln}
+	return NewOn(t, ln, mode, handle)
+}
+
+// NewOn starts a Target on ln, which it closes at cleanup.
+func NewOn(t testing.TB, ln net.Listener, mode Header, handle func(c *net.TCPConn, r *bufio.Reader)) *Target {
+	t.Helper()
+	tg := &Target{ln: ln, conns: map[net.Conn]bool{}}
 	tg.wg.Add(1)
 	go func() {
 		defer tg.wg.Done()
@@ -76,10 +84,18 @@ func New(t testing.TB, mode Header, handle func(c *net.TCPConn, r *bufio.Reader)
 			if err != nil {
 				return
 			}
+			tg.mu.Lock()
+			tg.conns[c] = true
+			tg.mu.Unlock()
 			tg.wg.Add(1)
 			go func() {
 				defer tg.wg.Done()
-				defer c.Close()
+				defer func() {
+					tg.mu.Lock()
+					delete(tg.conns, c)
+					tg.mu.Unlock()
+					c.Close()
+				}()
 				r := bufio.NewReaderSize(c, 64<<10)
 				h, err := ReadHeader(r, mode)
 				if err != nil {
@@ -92,8 +108,42 @@ func New(t testing.TB, mode Header, handle func(c *net.TCPConn, r *bufio.Reader)
 			}()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); tg.wg.Wait() })
+	t.Cleanup(func() { ln.Close(); tg.CloseConns(); tg.wg.Wait() })
 	return tg
+}
+
+// CloseConns closes every connection open now, as a collector that
+// restarts would: their handlers see the close and return.
+func (tg *Target) CloseConns() {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	for c := range tg.conns {
+		c.Close()
+	}
+}
+
+// Later returns a loopback address that refuses connections until listen
+// is called, and then accepts on it: a collector that comes up late.
+func Later(t testing.TB) (addr string, listen func() net.Listener) {
+	t.Helper()
+	fd, addr := bound(t)
+	return addr, func() net.Listener {
+		t.Helper()
+		if err := unix.Listen(fd, 128); err != nil {
+			t.Fatal(err)
+		}
+		dup, err := unix.Dup(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(dup), addr)
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
 }
 
 // Addr returns the address to dial.
