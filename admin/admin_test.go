@@ -314,6 +314,7 @@ func TestMetricsDescribed(t *testing.T) {
 	p := &fakeProxy{listeners: []proxy.ListenerStats{{
 		Name:    "bmp",
 		Refused: map[string]uint64{proxy.ReasonHeader: 3, proxy.ReasonBMP: 2},
+		Legs:    []proxy.LegStats{{Target: "collector:5000", Up: 1}},
 	}}, targets: []proxy.TargetStatus{{Listener: "bmp", Target: "collector:5000", Resolves: true}}}
 	c := newCollector(p)
 	reg := prometheus.NewPedanticRegistry()

@@ -14,7 +14,9 @@ type collector struct {
 
 	accepted, refused, active, bytes, connectFailures, dataPath,
 	pipesInUse, pipesIdle, parked, reloads, reloadFailures, acceptErrors,
-	upgrades, upgradeFailures, carriedOver, fdBudget, fdBudgetInUse, targetResolves *prometheus.Desc
+	upgrades, upgradeFailures, carriedOver, fdBudget, fdBudgetInUse, targetResolves,
+	legsUp, legCuts, legReconnects, legDialFailures, legReplays, legReplaySeconds, legBytes, legDiscarded,
+	resyncRoutes, resyncBytes, resyncStopped, resyncMemory, resyncMemoryLimit *prometheus.Desc
 }
 
 func newCollector(p Proxy) *collector {
@@ -40,6 +42,19 @@ func newCollector(p Proxy) *collector {
 	d(&c.carriedOver, "sessions_carried_over_total", "Connections handed to a new process by upgrades, summed over upgrades.")
 	d(&c.fdBudget, "fd_budget", "File descriptors connections and pipes may hold: RLIMIT_NOFILE less those open at start and a reserve.")
 	d(&c.targetResolves, "target_resolves", "1 if the listener's target is an address or a name that resolved when last tried (at start, on reload, at each dial), 0 if it did not.", "listener", "target")
+	d(&c.legsUp, "legs_up", "Router sessions whose leg to this target is live now.", "listener", "target")
+	d(&c.legCuts, "leg_cuts_total", "Legs cut for falling their buffer behind, or for taking nothing while behind.", "listener", "target")
+	d(&c.legReconnects, "leg_reconnects_total", "Legs dialed again, and connected, after they went down (resync).", "listener", "target")
+	d(&c.legDialFailures, "leg_dial_failures_total", "Dials of a leg that failed, at a session's start or on a retry.", "listener", "target")
+	d(&c.legReplays, "leg_replays_total", "Replays of a router's state to a leg that (re)connected (resync).", "listener", "target")
+	d(&c.legReplaySeconds, "leg_replay_seconds_total", "Time spent replaying, summed over the replays that finished.", "listener", "target")
+	d(&c.legBytes, "leg_bytes_total", "Bytes written to the collector of this target, headers and replays included.", "listener", "target")
+	d(&c.legDiscarded, "leg_discarded_bytes_total", "Bytes a collector other than the primary sent, read and dropped.", "listener", "target")
+	d(&c.resyncRoutes, "resync_routes", "Routes kept for resync, over the listener's router sessions.", "listener")
+	d(&c.resyncBytes, "resync_bytes", "Bytes the listener's resync state holds, as charged against resync_memory.", "listener")
+	d(&c.resyncStopped, "resync_stopped_total", "Router sessions whose state stopped being kept: unkeyable, over resync_memory, or malformed.", "listener")
+	d(&c.resyncMemory, "resync_memory_bytes", "Bytes the resync state of the whole process holds.")
+	d(&c.resyncMemoryLimit, "resync_memory_limit_bytes", "resync_memory: the bound on resync_memory_bytes.")
 	d(&c.fdBudgetInUse, "fd_budget_in_use", "File descriptors of the budget held now; at the budget, new connections wait in the listen backlog.")
 	return c
 }
@@ -68,6 +83,21 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.connectFailures, float64(l.ConnectFailures), l.Name)
 		counter(c.dataPath, float64(l.BytesSpliced), l.Name, "splice")
 		counter(c.dataPath, float64(l.BytesCopied), l.Name, "copy")
+		for _, g := range l.Legs {
+			gauge(c.legsUp, float64(g.Up), l.Name, g.Target)
+			counter(c.legCuts, float64(g.Cuts), l.Name, g.Target)
+			counter(c.legReconnects, float64(g.Reconnects), l.Name, g.Target)
+			counter(c.legDialFailures, float64(g.DialFailures), l.Name, g.Target)
+			counter(c.legReplays, float64(g.Replays), l.Name, g.Target)
+			counter(c.legReplaySeconds, g.ReplaySeconds, l.Name, g.Target)
+			counter(c.legBytes, float64(g.BytesToCollector), l.Name, g.Target)
+			counter(c.legDiscarded, float64(g.BytesDiscarded), l.Name, g.Target)
+		}
+		if len(l.Legs) > 0 {
+			gauge(c.resyncRoutes, float64(l.RoutesCached), l.Name)
+			gauge(c.resyncBytes, float64(l.ResyncBytes), l.Name)
+			counter(c.resyncStopped, float64(l.ResyncStopped), l.Name)
+		}
 	}
 	for _, t := range c.p.Targets() {
 		v := 0.0
@@ -86,6 +116,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.upgrades, float64(st.Upgrades))
 	counter(c.upgradeFailures, float64(st.UpgradeFailures))
 	counter(c.carriedOver, float64(st.CarriedOver))
+	gauge(c.resyncMemory, float64(st.ResyncMemory))
+	gauge(c.resyncMemoryLimit, float64(st.ResyncMemoryLimit))
 	gauge(c.fdBudget, float64(st.FDBudget))
 	gauge(c.fdBudgetInUse, float64(st.FDBudgetInUse))
 }

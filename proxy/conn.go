@@ -276,11 +276,18 @@ func (s *Server) sessionStarted(c *conn) {
 	ev.Msg("router connected")
 }
 
-// routerStatus describes c as an open BMP session. c.mu is taken.
+// routerStatus describes c as an open BMP session. c.mu is taken, then
+// the Fanout's lock for the resync state.
 func (c *conn) routerStatus() RouterStatus {
 	c.mu.Lock()
 	from, to, _, _ := c.bytes()
+	legs := c.legStatuses()
+	rs := c.resync
 	c.mu.Unlock()
+	var resync *ResyncStatus
+	if rs != nil {
+		c.fan.Locked(func() { resync = rs.status() })
+	}
 	r := RouterStatus{
 		Router:          c.client.String(),
 		Listener:        c.listener,
@@ -291,6 +298,8 @@ func (c *conn) routerStatus() RouterStatus {
 		Since:           c.start,
 		BytesFromRouter: from,
 		BytesToRouter:   to,
+		Legs:            legs,
+		Resync:          resync,
 	}
 	if c.via.IsValid() {
 		r.Via = c.via.String()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sort"
+	"sync"
 	"sync/atomic"
 
 	"github.com/bmpproxy/bmpproxy/conf"
@@ -51,11 +52,68 @@ type listenerState struct {
 	accepted        atomic.Uint64
 	connectFailures atomic.Uint64
 	refused         [numRefusals]atomic.Uint64
-	// Fan-out and resync (fanout.go, resync.go).
-	legCuts, legReconnects, legDialFailures, legReplays, resyncStopped atomic.Uint64
-	replayNanos                                                        atomic.Int64
+	// resyncStopped counts router sessions whose state stopped being kept.
+	resyncStopped atomic.Uint64
 	// Totals of ended connections; open ones are added at snapshot time.
 	fromClient, toClient, spliced, copied atomic.Int64
+
+	legMu sync.Mutex
+	legs  map[string]*legCounters // by target, host:port
+}
+
+// legCounters count what the legs to one target did, over every router
+// session of a listener. Bytes are those of ended legs; open ones are
+// added when read.
+type legCounters struct {
+	cuts, reconnects, dialFailures, replays atomic.Uint64
+	replayNanos, sent, discarded            atomic.Int64
+}
+
+// leg returns the counters of the legs to target, making them.
+func (ls *listenerState) leg(target string) *legCounters {
+	ls.legMu.Lock()
+	defer ls.legMu.Unlock()
+	if ls.legs == nil {
+		ls.legs = map[string]*legCounters{}
+	}
+	lc := ls.legs[target]
+	if lc == nil {
+		lc = new(legCounters)
+		ls.legs[target] = lc
+	}
+	return lc
+}
+
+// LegStats are the counters of one listener's legs to one target.
+type LegStats struct {
+	Target           string  `json:"target"`
+	Up               int     `json:"up"` // router sessions with this leg live now
+	Cuts             uint64  `json:"cuts"`
+	Reconnects       uint64  `json:"reconnects"`
+	DialFailures     uint64  `json:"dial_failures"`
+	Replays          uint64  `json:"replays"`
+	ReplaySeconds    float64 `json:"replay_seconds"`
+	BytesToCollector int64   `json:"bytes_to_collector"`
+	BytesDiscarded   int64   `json:"bytes_discarded"` // read from the collector and dropped: every leg but the primary
+}
+
+// saved reads lc as LegStats.
+func (lc *legCounters) saved(target string) LegStats {
+	return LegStats{Target: target, Cuts: lc.cuts.Load(), Reconnects: lc.reconnects.Load(),
+		DialFailures: lc.dialFailures.Load(), Replays: lc.replays.Load(),
+		ReplaySeconds:    float64(lc.replayNanos.Load()) / 1e9,
+		BytesToCollector: lc.sent.Load(), BytesDiscarded: lc.discarded.Load()}
+}
+
+// restore sets lc from a predecessor's LegStats.
+func (lc *legCounters) restore(st LegStats) {
+	lc.cuts.Store(st.Cuts)
+	lc.reconnects.Store(st.Reconnects)
+	lc.dialFailures.Store(st.DialFailures)
+	lc.replays.Store(st.Replays)
+	lc.replayNanos.Store(int64(st.ReplaySeconds * 1e9))
+	lc.sent.Store(st.BytesToCollector)
+	lc.discarded.Store(st.BytesDiscarded)
 }
 
 // saved reads the counters that carry over an upgrade: all but active,
@@ -69,10 +127,17 @@ func (ls *listenerState) saved() SnapshotCounts {
 		ToClient:        ls.toClient.Load(),
 		Spliced:         ls.spliced.Load(),
 		Copied:          ls.copied.Load(),
+		ResyncStopped:   ls.resyncStopped.Load(),
 	}
 	for r := range refusal(numRefusals) {
 		sc.Refused[r.label()] = ls.refused[r].Load()
 	}
+	ls.legMu.Lock()
+	for target, lc := range ls.legs {
+		sc.Legs = append(sc.Legs, lc.saved(target))
+	}
+	ls.legMu.Unlock()
+	sort.Slice(sc.Legs, func(i, j int) bool { return sc.Legs[i].Target < sc.Legs[j].Target })
 	return sc
 }
 
@@ -87,6 +152,10 @@ func (ls *listenerState) restore(sc SnapshotCounts) {
 	ls.toClient.Store(sc.ToClient)
 	ls.spliced.Store(sc.Spliced)
 	ls.copied.Store(sc.Copied)
+	ls.resyncStopped.Store(sc.ResyncStopped)
+	for _, st := range sc.Legs {
+		ls.leg(st.Target).restore(st)
+	}
 }
 
 // ListenerStats is a snapshot of one listener's counters, open connections
@@ -101,6 +170,23 @@ type ListenerStats struct {
 	BytesToClient   int64
 	BytesSpliced    int64
 	BytesCopied     int64
+	// Fan-out and resync, for listeners that have them.
+	Legs          []LegStats // by target, sorted
+	RoutesCached  int64      // routes kept for resync, over its router sessions
+	ResyncBytes   int64      // bytes that state holds
+	ResyncStopped uint64     // router sessions whose state stopped being kept
+}
+
+// legStatsOf returns ls's LegStats for target, adding it.
+func legStatsOf(ls *ListenerStats, target string) *LegStats {
+	for i := range ls.Legs {
+		if ls.Legs[i].Target == target {
+			return &ls.Legs[i]
+		}
+	}
+	ls.Legs = append(ls.Legs, LegStats{Target: target})
+	sort.Slice(ls.Legs, func(i, j int) bool { return ls.Legs[i].Target < ls.Legs[j].Target })
+	return legStatsOf(ls, target)
 }
 
 // ListenerStats returns the counters of every configured listener, and
@@ -131,17 +217,36 @@ func (s *Server) ListenerStats() []ListenerStats {
 			BytesToClient:   sv.ToClient,
 			BytesSpliced:    sv.Spliced,
 			BytesCopied:     sv.Copied,
+			Legs:            sv.Legs,
+			ResyncStopped:   sv.ResyncStopped,
 		}
 	}
 	for c := range s.conns {
-		if ls := byName[c.listener]; ls != nil {
-			c.mu.Lock()
-			from, to, spliced, copied := c.bytes()
-			c.mu.Unlock()
-			ls.BytesFromClient += from
-			ls.BytesToClient += to
-			ls.BytesSpliced += spliced
-			ls.BytesCopied += copied
+		ls := byName[c.listener]
+		if ls == nil {
+			continue
+		}
+		c.mu.Lock()
+		from, to, spliced, copied := c.bytes()
+		for _, l := range c.legs {
+			st := legStatsOf(ls, l.cfg.Target.String())
+			st.BytesToCollector += l.sent.Total()
+			st.BytesDiscarded += l.discarded()
+			if l.state == legLive {
+				st.Up++
+			}
+		}
+		c.mu.Unlock()
+		ls.BytesFromClient += from
+		ls.BytesToClient += to
+		ls.BytesSpliced += spliced
+		ls.BytesCopied += copied
+		if rs := c.resync; rs != nil {
+			c.fan.Locked(func() {
+				st := rs.router.Stats()
+				ls.RoutesCached += int64(st.Routes)
+				ls.ResyncBytes += st.Bytes
+			})
 		}
 	}
 	out := make([]ListenerStats, 0, len(byName))
@@ -218,6 +323,8 @@ type Stats struct {
 	RefusedHeader     uint64 // spoofed, missing or unreadable inbound PROXY header
 	RefusedBMP        uint64 // failed the BMP pre-check
 	Parked            int    // directions parked in the idle watcher, without a goroutine
+	ResyncMemory      int64  // bytes the resync state of every router holds
+	ResyncMemoryLimit int64  // resync_memory
 	Splice            splice.Stats
 	FDBudget          int  // fds connections and pipes may hold
 	FDBudgetInUse     int  // fds they hold, and accept loops hold for their next connection
@@ -246,6 +353,9 @@ func (s *Server) Stats() Stats {
 	}
 	if w := s.watcher.Load(); w != nil {
 		st.Parked = w.Parked()
+	}
+	if s.ribMem != nil {
+		st.ResyncMemory, st.ResyncMemoryLimit = s.ribMem.Used(), s.ribMem.Limit()
 	}
 	b := s.budget.Stats()
 	st.FDBudget, st.FDBudgetInUse, st.FDBudgetReached = b.Size, b.InUse, b.Reached

@@ -71,14 +71,15 @@ type leg struct {
 	rev      *direction // reads sock
 	since    time.Time  // connected at
 	sent     splice.Counter
-	err      error       // why it went down
-	sinkDone bool        // its sink has ended (or it never had one)
-	revDone  bool        // its socket's direction has ended (or it never had one)
-	closed   bool        // its closing line was written
-	fd       bool        // its socket holds an fd of the budget (every leg but the primary, whose fds the connection holds)
-	attempts int         // dials since it was last live
-	retry    *time.Timer // the next dial, with resync
-	watch    *time.Timer // the next look at a replay's progress
+	err      error        // why it went down
+	sinkDone bool         // its sink has ended (or it never had one)
+	revDone  bool         // its socket's direction has ended (or it never had one)
+	closed   bool         // its closing line was written
+	fd       bool         // its socket holds an fd of the budget (every leg but the primary, whose fds the connection holds)
+	ctr      *legCounters // its listener's counters of the legs to its target
+	attempts int          // dials since it was last live
+	retry    *time.Timer  // the next dial, with resync
+	watch    *time.Timer  // the next look at a replay's progress
 }
 
 // fanout reports whether o's connections fan out: more than one target,
@@ -97,7 +98,7 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 	socks := make([]stream, len(o.Targets))
 	errs := make([]error, len(o.Targets))
 	for i, lc := range o.Targets {
-		c.legs[i] = &leg{c: c, index: i, cfg: lc, primary: i == 0}
+		c.legs[i] = &leg{c: c, index: i, cfg: lc, primary: i == 0, ctr: o.state.leg(lc.Target.String())}
 		if i > 0 && !s.budget.TryAcquire(1) {
 			errs[i] = errLegNoFD
 			continue
@@ -116,6 +117,7 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 		if errs[i] != nil {
 			l.state, l.err = legDown, errs[i]
 			l.sinkDone, l.revDone = true, true
+			l.ctr.dialFailures.Add(1)
 			s.releaseLegFD(l)
 			continue
 		}
@@ -230,7 +232,7 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 	l.state, l.err = legDown, err
 	sink := l.sink
 	if errors.Is(err, splice.ErrLagging) {
-		c.opts.state.legCuts.Add(1)
+		l.ctr.cuts.Add(1)
 	}
 	c.mu.Unlock()
 	if sink != nil {
@@ -355,6 +357,12 @@ func (s *Server) maybeFinishFanout(c *conn) {
 		s.logLeg(l, nil)
 	}
 	c.fan.Close()
+	c.mu.Lock()
+	for _, l := range c.legs {
+		l.ctr.sent.Add(l.sent.Total())
+		l.ctr.discarded.Add(l.discarded())
+	}
+	c.mu.Unlock()
 	if c.resync != nil {
 		c.fan.Locked(c.resync.router.Release)
 	}
@@ -375,6 +383,18 @@ func (s *Server) releaseLegFD(l *leg) {
 	if held {
 		s.budget.Release(1)
 	}
+}
+
+// discarded returns the bytes l's collector sent that were dropped: every
+// leg's but the primary's, over its sockets. c.mu is held.
+func (l *leg) discarded() int64 {
+	var n int64
+	for _, d := range l.c.dirs {
+		if d.leg == l && d.kind == kindDiscard {
+			n += d.n.Total()
+		}
+	}
+	return n
 }
 
 // legsToClose returns the sockets of c's legs and the sinks still going,

@@ -48,6 +48,17 @@ type resync struct {
 	waiting []*leg // connected, waiting for the replay slot
 }
 
+// status describes what rs keeps. The Fanout's lock is held.
+func (rs *resync) status() *ResyncStatus {
+	st := rs.router.Status()
+	stats := rs.router.Stats()
+	out := &ResyncStatus{State: st.State.String(), Reason: st.Reason, Peers: stats.Peers, Routes: stats.Routes, Bytes: stats.Bytes}
+	for _, t := range stats.Tables {
+		out.Tables = append(out.Tables, ResyncTable{Peer: t.Peer.String(), Family: t.Family.String(), Routes: t.Routes})
+	}
+	return out
+}
+
 // newResync makes c's resync state and feeds it pre, the bytes read in
 // setup. It runs in setup, before the Fanout taps.
 func (s *Server) newResync(c *conn, pre []byte) {
@@ -133,7 +144,7 @@ func (s *Server) redial(l *leg) {
 		s.retryLater(l, err)
 		return
 	}
-	c.opts.state.legReconnects.Add(1)
+	l.ctr.reconnects.Add(1)
 	s.join(l, sock)
 }
 
@@ -145,7 +156,7 @@ func (s *Server) retryLater(l *leg, err error) {
 	attempts := l.attempts
 	s.scheduleRetry(l)
 	c.mu.Unlock()
-	c.opts.state.legDialFailures.Add(1)
+	l.ctr.dialFailures.Add(1)
 	if attempts <= 1 || attempts%10 == 0 {
 		c.logger(&c.opts.log).Warn().Int("leg", l.index).Str("target", l.cfg.Target.String()).
 			Int("attempts", attempts).Err(err).Msg("leg not connected; retrying with backoff")
@@ -233,7 +244,7 @@ func (s *Server) startReplay(l *leg) {
 	}
 	l.rev = &direction{c: c, kind: kind, src: sock, dst: c.cc, leg: l}
 	c.dirs = append(c.dirs, l.rev)
-	c.opts.state.legReplays.Add(1)
+	l.ctr.replays.Add(1)
 	s.watchReplay(l, sock, -1)
 	c.mu.Unlock()
 	s.startDir(l.rev)
@@ -288,7 +299,7 @@ func (s *Server) replayDone(l *leg, sock stream, start time.Time) {
 	if l.sock == sock && l.state == legReplaying {
 		l.state = legLive
 		l.attempts = 0
-		c.opts.state.replayNanos.Add(int64(time.Since(start)))
+		l.ctr.replayNanos.Add(int64(time.Since(start)))
 	}
 	c.mu.Unlock()
 	s.endReplay(l)

@@ -149,6 +149,27 @@ func TestResyncRestart(t *testing.T) {
 	if n := ts.logs.count("leg closed"); n != 1 {
 		t.Errorf("%d leg lines, want 1 for b's first session", n)
 	}
+	// What /routers and /metrics read: both legs live, b's reconnect and
+	// replay counted, and the routes kept.
+	waitfor.True(t, "both legs live again", func() bool {
+		rs := ts.Routers()
+		return len(rs) == 1 && len(rs[0].Legs) == 2 && rs[0].Legs[0].State == "live" && rs[0].Legs[1].State == "live"
+	})
+	r := ts.Routers()[0]
+	if r.Resync == nil || r.Resync.State != "keeping" || r.Resync.Routes != want.RouteCount() || r.Resync.Peers != want.PeerCount() {
+		t.Errorf("resync status %+v: want keeping, %d peers and %d routes", r.Resync, want.PeerCount(), want.RouteCount())
+	}
+	ls := ts.ListenerStats()[0]
+	legs := map[string]LegStats{}
+	for _, l := range ls.Legs {
+		legs[l.Target] = l
+	}
+	if lb, la := legs[b.tg.Addr()], legs[a.tg.Addr()]; len(ls.Legs) != 2 || lb.Reconnects != 1 || lb.Replays != 1 || lb.Up != 1 || la.Up != 1 || la.Reconnects != 0 {
+		t.Errorf("leg stats %+v: want b reconnected and replayed once, both up", ls.Legs)
+	}
+	if ls.RoutesCached != int64(want.RouteCount()) || ls.ResyncBytes <= 0 {
+		t.Errorf("listener stats: %d routes cached, %d bytes; want %d routes", ls.RoutesCached, ls.ResyncBytes, want.RouteCount())
+	}
 	if st := ts.ListenerStats(); len(st) != 1 || st[0].Active != 1 {
 		t.Errorf("listener stats %+v: want the router's session still open", st)
 	}

@@ -32,6 +32,28 @@ type RouterStatus struct {
 	// TermReason is the router's Termination reason, when seen; see
 	// routerInfo.
 	TermReason string `json:"termination_reason,omitempty"`
+	// Legs are the collectors of a fan-out listener's session, the
+	// primary first.
+	Legs []LegStatus `json:"legs,omitempty"`
+	// Resync is the router's kept state, with resync.
+	Resync *ResyncStatus `json:"resync,omitempty"`
+}
+
+// ResyncStatus is what resync keeps of one router.
+type ResyncStatus struct {
+	State  string        `json:"state"` // keeping, unkeyable, over-memory, malformed
+	Reason string        `json:"reason,omitempty"`
+	Peers  int           `json:"peers"`
+	Routes int           `json:"routes"`
+	Bytes  int64         `json:"bytes"`
+	Tables []ResyncTable `json:"tables,omitempty"`
+}
+
+// ResyncTable counts the routes of one peer's RIB and AFI/SAFI.
+type ResyncTable struct {
+	Peer   string `json:"peer"`
+	Family string `json:"family"`
+	Routes int    `json:"routes"`
 }
 
 // routerTable remembers ended BMP sessions; open ones are the BMP

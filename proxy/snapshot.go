@@ -76,6 +76,8 @@ type SnapshotCounts struct {
 	ToClient        int64             `json:"bytes_to_client"`
 	Spliced         int64             `json:"bytes_spliced"`
 	Copied          int64             `json:"bytes_copied"`
+	ResyncStopped   uint64            `json:"resync_stopped,omitempty"`
+	Legs            []LegStats        `json:"legs,omitempty"`
 }
 
 // snapshot describes the frozen server. The descriptors are the live
