@@ -38,9 +38,26 @@ if pgrep -x bgpd >/dev/null || pgrep -x pmbmpd >/dev/null; then
 	exit 1
 fi
 
+# One run at a time; what a killed earlier run left (its namespaces and
+# host links carry this script's prefixes, and nothing else does) goes first.
+exec 9>/run/bmpx-interop.lock
+flock -n 9 || { echo "interop: another run holds /run/bmpx-interop.lock" >&2; exit 1; }
+for ns in $(ip netns list | awk '$1 ~ /^bmpx-r[12]-[0-9]+$/ {print $1}'); do
+	echo "interop: removing namespace $ns left by an earlier run"
+	ip netns pids "$ns" 2>/dev/null | xargs -r kill -9
+	ip netns del "$ns"
+done
+for l in $(ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep -E '^bxh[12]-[0-9]+$' || true); do
+	echo "interop: removing link $l left by an earlier run"
+	ip link del "$l"
+done
+
 # Documentation prefixes only, and only if this machine does not route
-# them itself (its uplink uses 192.0.2.0/24 and fd00::/64).
-for net in 2001:db8:1: 2001:db8:2: 2001:db8:12: 198.51.100. 203.0.113.; do
+# them itself (its uplink uses 192.0.2.0/24 and fd00::/64). The host's own
+# namespace gets 198.51.100.0/24 only: the machine's registries (the Go
+# module proxy, Debian) answer at an address in 203.0.113.0/24, and a route
+# to that prefix here would cut them off for every later command.
+for net in 2001:db8:1: 2001:db8:2: 2001:db8:12: 198.51.100.; do
 	if ip route show | grep -q "^${net}" || ip -6 route show | grep -q "^${net}"; then
 		echo "interop: this machine already routes ${net}; refusing to touch it" >&2
 		exit 1
@@ -104,13 +121,13 @@ ip link add "$H2" type veth peer name eth0 netns "$R2"
 ip addr add 2001:db8:1::1/64 dev "$H1" nodad
 ip addr add 198.51.100.1/25 dev "$H1"
 ip addr add 2001:db8:2::1/64 dev "$H2" nodad
-ip addr add 203.0.113.1/25 dev "$H2"
+ip addr add 198.51.100.129/25 dev "$H2"
 ip link set "$H1" up
 ip link set "$H2" up
 ip -n "$R1" addr add 2001:db8:1::2/64 dev eth0 nodad
 ip -n "$R1" addr add 198.51.100.2/25 dev eth0
 ip -n "$R2" addr add 2001:db8:2::2/64 dev eth0 nodad
-ip -n "$R2" addr add 203.0.113.2/25 dev eth0
+ip -n "$R2" addr add 198.51.100.130/25 dev eth0
 # The BGP session between the routers has a link of its own.
 ip -n "$R1" link add p12 type veth peer name p21 netns "$R2"
 ip -n "$R1" addr add 2001:db8:12::1/64 dev p12 nodad
@@ -248,7 +265,7 @@ PIDS+=($!)
 cat >"$W/gobgpd.toml" <<CONF
 [global.config]
   as = 65002
-  router-id = "203.0.113.2"
+  router-id = "198.51.100.130"
 [[neighbors]]
   [neighbors.config]
     neighbor-address = "2001:db8:12::1"
@@ -264,7 +281,7 @@ for port in "$L_PM" "$L_HA" "$L_TS"; do
 	cat >>"$W/gobgpd.toml" <<CONF
 [[bmp-servers]]
   [bmp-servers.config]
-    address = "203.0.113.1"
+    address = "198.51.100.129"
     port = $port
     route-monitoring-policy = "pre-policy"
     statistics-timeout = 15

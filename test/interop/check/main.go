@@ -27,7 +27,7 @@ type router struct {
 
 var routers = []router{
 	{name: "edge-r1", family: "IPv6", addr: "2001:db8:1::2", program: "FRR 8.4 bgpd"},
-	{name: "GoBGP", family: "IPv4", addr: "203.0.113.2", program: "gobgpd 3.10"},
+	{name: "GoBGP", family: "IPv4", addr: "198.51.100.130", program: "gobgpd 3.10"},
 }
 
 // proxyAddr is the address collectors on loopback see when no header
