@@ -31,11 +31,10 @@ func fanListener(t *testing.T, buffer conf.ByteSize, targets ...string) *conf.Co
 	return &conf.Config{Listeners: []conf.Listener{l}}
 }
 
-// collected is what one collector read after its header, and its header.
+// collected is what one collector read after its header.
 type collected struct {
-	header []byte
-	sum    [32]byte
-	n      int64
+	sum [32]byte
+	n   int64
 }
 
 // legCollector reads the PROXY header, then everything until EOF, and
