@@ -65,6 +65,7 @@ type Fanout struct {
 	mu       sync.Mutex
 	sinks    []*Sink
 	ended    bool          // the source reached EOF: sinks end after their backlog
+	frozen   bool          // writers stop after their head and replay (Freeze)
 	progress chan struct{} // closed when a sink makes progress, if Copy waits for room
 	writers  sync.WaitGroup
 
@@ -379,6 +380,99 @@ func (f *Fanout) Idle() bool {
 		}
 	}
 	return true
+}
+
+// Freeze stops every sink's writer at its next step, for a handover:
+// one blocked on its collector is woken by a write deadline in the past,
+// and keeps what it did not write. A writer that has its head or its
+// replay to write goes on to the end of them, so that what a frozen sink
+// has left is bytes only (Unwritten). Freeze has no effect on a Fanout
+// whose source has ended: its sinks finish. Settled reports when every
+// writer has stopped; Thaw undoes Freeze.
+func (f *Fanout) Freeze() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = true
+	for _, s := range f.sinks {
+		if s.writing && s.err == nil && len(s.head) == 0 && s.replay == nil {
+			s.nc.SetWriteDeadline(time.Unix(1, 0))
+		}
+	}
+}
+
+// Settled reports whether, after Freeze, no writer runs: every sink has
+// nothing but bytes left (or has ended), and nothing touches its Conn.
+func (f *Fanout) Settled() bool { return f.Idle() }
+
+// Thaw undoes Freeze: the writers of sinks with bytes left start again.
+func (f *Fanout) Thaw() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = false
+	for _, s := range f.sinks {
+		f.startLocked(s)
+	}
+}
+
+// Unwritten returns a copy of what s has yet to write, in order, on a
+// frozen and settled Fanout: its pipe's bytes are moved to the front of
+// its backlog first, so a Thaw writes them as before.
+func (s *Sink) Unwritten() ([]byte, error) {
+	f := s.fo
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s.writing {
+		return nil, errors.New("fan-out: a sink's writer still runs")
+	}
+	if len(s.head) > 0 || s.replay != nil {
+		return nil, errors.New("fan-out: a sink has its head or replay left")
+	}
+	if s.qData > 0 {
+		var front []piece
+		n := 0
+		for s.qData > 0 {
+			c := f.newChunk()
+			m, err := readPipe(s.q, (*c.buf)[:min(len(*c.buf), s.qData)])
+			if err != nil || m <= 0 {
+				f.unref(c)
+				return nil, fmt.Errorf("fan-out: reading a sink's pipe: %w", cmpErr(err, io.ErrNoProgress))
+			}
+			c.n = m
+			front = append(front, piece{c: c, end: m})
+			s.qData -= m
+			s.q.data = s.qData
+			n += m
+		}
+		s.backlog = append(front, s.backlog...)
+		s.queued += n
+	}
+	if s.q != nil {
+		f.pump.putPipe(s.q)
+		s.q = nil
+	}
+	out := make([]byte, 0, s.queued)
+	for _, pc := range s.backlog {
+		out = append(out, (*pc.c.buf)[pc.off:pc.end]...)
+	}
+	return out, nil
+}
+
+// readPipe reads what fits in b from q's read end.
+func readPipe(q *pipe, b []byte) (int, error) {
+	for {
+		m, err := unix.Read(q.r, b)
+		if err == unix.EINTR {
+			continue
+		}
+		return m, err
+	}
+}
+
+func cmpErr(err, def error) error {
+	if err != nil {
+		return err
+	}
+	return def
 }
 
 // Close ends every sink (Done reports ErrRemoved for those still going)
@@ -709,6 +803,9 @@ func (f *Fanout) startLocked(s *Sink) {
 	if s.err == nil && !f.ended && len(s.head) == 0 && s.replay == nil && s.qData == 0 && s.queued == 0 {
 		return // caught up; the next round starts it
 	}
+	if s.err == nil && f.frozen && !f.ended && len(s.head) == 0 && s.replay == nil {
+		return // frozen with bytes only left: Thaw starts it
+	}
 	s.writing = true
 	f.writers.Add(1)
 	go s.write()
@@ -734,16 +831,21 @@ func (s *Sink) write() {
 			f.mu.Unlock()
 			return
 		}
+		if f.frozen && !f.ended && len(s.head) == 0 && s.replay == nil {
+			s.writing = false // Thaw starts it again
+			f.progressLocked()
+			f.mu.Unlock()
+			return
+		}
 		var err error
 		switch {
 		case len(s.head) > 0:
 			b := s.head
 			f.mu.Unlock()
-			err = s.writeBytes(b)
+			var n int
+			n, err = s.writeBytes(b)
 			f.mu.Lock()
-			if err == nil {
-				s.head = nil
-			}
+			s.head = s.head[n:]
 		case s.replay != nil:
 			r := s.replay
 			f.mu.Unlock()
@@ -752,7 +854,14 @@ func (s *Sink) write() {
 			}
 			n, rerr := r.Read(*scratch)
 			if n > 0 {
-				err = s.writeBytes((*scratch)[:n])
+				var m int
+				m, err = s.writeBytes((*scratch)[:n])
+				if err != nil && m < n && s.nudged(err) {
+					// Not expected: Freeze wakes no writer in its replay.
+					// The rest of the read goes first.
+					s.head = append([]byte(nil), (*scratch)[m:n]...)
+					err = nil
+				}
 			}
 			f.mu.Lock()
 			if err == nil && rerr != nil {
@@ -770,14 +879,26 @@ func (s *Sink) write() {
 			f.mu.Lock()
 			s.qData -= wrote
 			q.data = s.qData
+			if err != nil && s.nudged(err) {
+				err = nil // what is left stays in the pipe
+			}
 		case s.queued > 0:
 			pc := s.backlog[0]
 			s.backlog = s.backlog[1:]
 			f.mu.Unlock()
-			err = s.writeBytes((*pc.c.buf)[pc.off:pc.end])
+			var n int
+			n, err = s.writeBytes((*pc.c.buf)[pc.off:pc.end])
 			f.mu.Lock()
 			s.queued -= pc.end - pc.off
-			f.unref(pc.c)
+			if err != nil && s.nudged(err) {
+				// Woken by Freeze: the rest goes back to the front.
+				err = nil
+				pc.off += n
+				s.backlog = append([]piece{pc}, s.backlog...)
+				s.queued += pc.end - pc.off
+			} else {
+				f.unref(pc.c)
+			}
 		default:
 			// Caught up. Give the pipe back while it is empty.
 			if s.q != nil {
@@ -840,9 +961,22 @@ func (s *Sink) finishLocked() {
 	}
 }
 
+// nudged reports whether err, from a write of s's writer, is the write
+// deadline that Freeze sets rather than a failure: s has not ended. It
+// clears the deadline, since the writer may go on (after a Thaw, or when
+// Freeze's deadline came late). f.mu is held.
+func (s *Sink) nudged(err error) bool {
+	if s.err != nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	s.nc.SetWriteDeadline(time.Time{})
+	return true
+}
+
 // writeBytes writes b to the sink's conn, parking in the poller while it
-// is not writable.
-func (s *Sink) writeBytes(b []byte) error {
+// is not writable, and returns how many bytes it wrote.
+func (s *Sink) writeBytes(b []byte) (int, error) {
+	total := len(b)
 	var werr error
 	err := s.conn.Write(func(fd uintptr) bool {
 		for len(b) > 0 {
@@ -867,10 +1001,10 @@ func (s *Sink) writeBytes(b []byte) error {
 		}
 		return true
 	})
-	if err != nil {
-		return err
+	if err == nil {
+		err = werr
 	}
-	return werr
+	return total - len(b), err
 }
 
 // spliceOut writes up to n bytes of q to the sink's conn, parking in the

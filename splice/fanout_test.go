@@ -386,3 +386,102 @@ func TestFanoutStall(t *testing.T) {
 	}
 	fo.Close()
 }
+
+// TestFanoutFreeze: a frozen Fanout's writers stop, one blocked on a
+// collector that reads nothing included, and what each sink has left is
+// exactly the bytes its collector has not been given: thawed, the same
+// Fanout delivers them; handed over, a new Fanout given them as pending
+// bytes does, and every collector ends with the whole stream once.
+func TestFanoutFreeze(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		handover bool
+	}{{"thaw", false}, {"handover", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := New(Config{})
+			defer p.Close()
+			fo := p.NewFanout(FanoutConfig{})
+			r := newFanRig(t, 2)
+			var results []*sinkResult
+			var sinks []*Sink
+			for i, out := range r.outs {
+				res := newSinkResult()
+				results = append(results, res)
+				s, err := fo.Add(SinkConfig{Conn: out, Limit: 64 << 20, Head: []byte{'H', byte('0' + i)}, Done: func(err error) { res.done <- err }}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sinks = append(sinks, s)
+			}
+			go results[0].readAll(r.peers[0]) // peer 1 reads only after the freeze
+			part1, part2 := randomBytes(t, 6<<20), randomBytes(t, 2<<20)
+			go r.src.Write(part1)
+			var c Counter
+			copied := make(chan error, 1)
+			go func() { copied <- fo.Copy(r.in, &c) }()
+			waitfor.True(t, "the first part to be read", func() bool { return c.Total() == int64(len(part1)) })
+
+			// Freeze as a handover does: the source's read is woken,
+			// then the writers.
+			r.in.SetReadDeadline(time.Unix(1, 0))
+			fo.Nudge()
+			if err := recvErr(t, copied, "Copy"); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("Copy: %v, want a deadline", err)
+			}
+			r.in.SetReadDeadline(time.Time{})
+			fo.Freeze()
+			waitfor.True(t, "every writer to stop", fo.Settled)
+			var left [][]byte
+			for i, s := range sinks {
+				u, err := s.Unwritten()
+				if err != nil {
+					t.Fatalf("sink %d: Unwritten: %v", i, err)
+				}
+				left = append(left, u)
+			}
+			if len(left[1]) == 0 {
+				t.Fatalf("the sink whose collector reads nothing has nothing left: the test proves nothing")
+			}
+
+			next := fo
+			if tc.handover {
+				// The successor's Fanout: the same sockets, each sink
+				// given what its predecessor had left. The old one is
+				// let go of, untouched.
+				next = p.NewFanout(FanoutConfig{})
+				for i, out := range r.outs {
+					res := results[i]
+					u := left[i]
+					if _, err := next.Add(SinkConfig{Conn: out, Limit: 64 << 20, Done: func(err error) { res.done <- err }},
+						func() (io.Reader, []byte, error) { return nil, u, nil }); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else {
+				next.Thaw()
+			}
+			go results[1].readAll(r.peers[1])
+			go func() {
+				r.src.Write(part2)
+				r.src.CloseWrite()
+			}()
+			if err := next.Copy(r.in, &c); err != nil {
+				t.Fatalf("Copy after the freeze: %v", err)
+			}
+			for i, res := range results {
+				if err := recvErr(t, res.done, "Done"); err != nil {
+					t.Errorf("sink %d: Done(%v), want nil", i, err)
+				}
+				recvErr(t, res.read, "the peer's EOF")
+				want := append(append([]byte{'H', byte('0' + i)}, part1...), part2...)
+				if got := res.bytes(); !bytes.Equal(got, want) {
+					t.Errorf("sink %d: %d bytes, want %d: equal %v", i, len(got), len(want), bytes.Equal(got, want))
+				}
+			}
+			next.Close()
+			if st := p.Stats(); st.PipesInUse != 0 {
+				t.Errorf("pipes after: %+v", st)
+			}
+		})
+	}
+}
