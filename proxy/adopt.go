@@ -109,13 +109,20 @@ func (s *Server) adopt() (inheritedListeners, error) {
 			o = s.newOpts(&l)
 			opts[sc.Listener] = o
 		}
-		if _, err := s.restoreConn(sc, o, streams[i][0], streams[i][1]); err != nil {
+		var err error
+		if sc.Fanout != nil {
+			_, err = s.restoreFanout(snap, sc, o, streams[i][0])
+		} else {
+			_, err = s.restoreConn(sc, o, streams[i][0], streams[i][1])
+		}
+		if err != nil {
 			// Not in a snapshot of a settled server: such a connection
 			// has finished and is untracked.
 			for _, st := range streams[i:] {
-				if st[0] != nil {
-					st[0].Close()
-					st[1].Close()
+				for _, c := range st {
+					if c != nil {
+						c.Close()
+					}
 				}
 			}
 			return fail(err)
@@ -148,6 +155,10 @@ func adoptStreams(snap *Snapshot) ([][2]stream, error) {
 					errs[i] = fmt.Errorf("connection %d from %s: client socket: %w", sc.ID, sc.Client, err)
 					continue
 				}
+				if sc.Fanout != nil {
+					out[i] = [2]stream{cc, nil} // its legs: restoreFanout
+					continue
+				}
 				tc, err := adoptStream(snap.file(sc.TargetFD, "target "+sc.Upstream))
 				if err != nil {
 					cc.Close()
@@ -172,9 +183,10 @@ func adoptStreams(snap *Snapshot) ([][2]stream, error) {
 			first = fmt.Errorf("%w (and %d more connections)", first, failed-1)
 		}
 		for _, st := range out {
-			if st[0] != nil {
-				st[0].Close()
-				st[1].Close()
+			for _, c := range st {
+				if c != nil {
+					c.Close()
+				}
 			}
 		}
 		return nil, first

@@ -166,6 +166,9 @@ func (s *Server) start(c *conn) {
 		d.move(to)
 	}
 	s.live.Add(len(dirs))
+	if to == dirHeld && c.fan != nil {
+		c.fan.Freeze()
+	}
 	c.mu.Unlock()
 	if to == dirHeld {
 		s.noteSettled()
@@ -415,6 +418,9 @@ func (c *conn) freeze(w *splice.Watcher) {
 			d.nudge()
 		}
 	}
+	if c.fan != nil {
+		c.fan.Freeze() // its sinks' writers stop; see freezeFanout
+	}
 	keys := c.parkedKeys()
 	c.mu.Unlock()
 	for _, k := range keys {
@@ -435,6 +441,9 @@ func (c *conn) settledState() (setup bool, busy int) {
 	}
 	if c.allEnded() {
 		return false, 1
+	}
+	if c.fan != nil && !c.fanoutSettled() {
+		busy++
 	}
 	for _, d := range c.dirs {
 		switch d.state {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -15,13 +14,6 @@ const DefaultFreezeTimeout = 10 * time.Second
 // or returns an error if the server does not settle within the freeze
 // timeout (the caller thaws).
 func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
-	for _, c := range s.tracked() {
-		if c.legs != nil {
-			// Not yet: a leg's sink may hold bytes in user space, and the
-			// snapshot has no place for a leg.
-			return nil, errors.New("freeze: a fan-out connection cannot be handed over yet; stop its listener's router sessions, or restart instead")
-		}
-	}
 	s.frozen.Store(true)
 	for _, l := range s.listeners {
 		l.setDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop
@@ -57,7 +49,7 @@ func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 				timeout, setup, busy)
 		}
 	}
-	return s.snapshot(), nil
+	return s.snapshot()
 }
 
 // unsettled counts connections still in setup and directions neither held

@@ -63,7 +63,9 @@ func (s *Server) upgrade(ctx, connCtx context.Context, req upgradeReq) error {
 		frozen := time.Since(start)
 		s.opts.Logger.Info().Int("connections", len(snap.Conns)).Int("listeners", len(snap.Listeners)).
 			Stringer("freeze", frozen.Round(time.Microsecond)).Msg("upgrade: frozen; starting the successor")
-		if err = req.h(req.ctx, snap); err == nil {
+		err = req.h(req.ctx, snap)
+		snap.CloseOwned()
+		if err == nil {
 			s.opts.Logger.Info().Int("connections", len(snap.Conns)).
 				Stringer("pause", time.Since(start).Round(time.Microsecond)).
 				Msg("upgrade: the successor took over; letting go")
@@ -98,6 +100,9 @@ func (s *Server) resumeHeld() {
 		for _, d := range held {
 			s.resume(d)
 		}
+		if c.fan != nil {
+			s.thawFanout(c)
+		}
 	}
 }
 
@@ -117,6 +122,9 @@ func (s *Server) release() {
 		c.cc.Close()
 		if c.tc != nil {
 			c.tc.Close()
+		}
+		if c.fan != nil {
+			s.releaseFanout(c)
 		}
 		s.untrack(c)
 		s.budget.Release(c.fds)

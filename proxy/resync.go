@@ -129,6 +129,13 @@ func (s *Server) redial(l *leg) {
 		c.mu.Unlock()
 		return
 	}
+	if s.frozen.Load() {
+		// Not while a handover may describe this leg: later, here or
+		// in the successor.
+		s.scheduleRetry(l)
+		c.mu.Unlock()
+		return
+	}
 	c.mu.Unlock()
 	if l.index > 0 && !s.budget.TryAcquire(1) {
 		s.retryLater(l, errLegNoFD)
@@ -170,7 +177,13 @@ func (s *Server) retryLater(l *leg, err error) {
 func (s *Server) join(l *leg, sock stream) {
 	c := l.c
 	c.mu.Lock()
-	if c.aborted || c.finished {
+	if c.aborted || c.finished || s.frozen.Load() {
+		// Failing, or frozen for a handover that may already describe
+		// this leg as connecting: its collector sees a connection
+		// closed before a byte, and it is dialed again.
+		if !c.aborted && !c.finished {
+			s.scheduleRetry(l)
+		}
 		c.mu.Unlock()
 		sock.Close()
 		s.releaseLegFDOf(l.index)
@@ -316,6 +329,12 @@ func (s *Server) endReplay(l *leg) {
 		return
 	}
 	rs.replay = nil
+	if s.frozen.Load() {
+		// The waiting legs wait for the thaw, or the successor.
+		c.mu.Unlock()
+		s.noteSettled()
+		return
+	}
 	var next *leg
 	for len(rs.waiting) > 0 && next == nil {
 		next, rs.waiting = rs.waiting[0], rs.waiting[1:]

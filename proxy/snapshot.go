@@ -12,7 +12,7 @@ import (
 
 // SnapshotFormat is the version of Snapshot this binary writes and reads.
 // A change that an older binary would misread must increase it.
-const SnapshotFormat = 1
+const SnapshotFormat = 2
 
 // Snapshot describes a frozen server for its successor. Descriptors are
 // indexes into FDs. It is plain data, encoded as JSON between processes.
@@ -33,6 +33,18 @@ type Snapshot struct {
 	// FDs are the descriptors: the live ones of the frozen server in the
 	// predecessor, the inherited ones in the successor.
 	FDs []int `json:"-"`
+	// owned are the files made for the snapshot (fan-out connections'
+	// memfds), which the predecessor closes once the handoff is over.
+	owned []*os.File
+}
+
+// CloseOwned closes the files made for the snapshot, once the successor
+// has its copies or the handoff failed.
+func (snap *Snapshot) CloseOwned() {
+	for _, f := range snap.owned {
+		f.Close()
+	}
+	snap.owned = nil
 }
 
 // SnapshotListener is one listening socket.
@@ -64,7 +76,10 @@ type SnapshotConn struct {
 	// already passed on.
 	Ended    [2]bool `json:"ended"`
 	ClientFD int     `json:"client_fd"`
-	TargetFD int     `json:"target_fd"`
+	TargetFD int     `json:"target_fd"` // -1 for a fan-out connection
+	// Fanout is set for a fan-out connection, which has legs instead of
+	// a target socket; Down is then what its primary leg sent back.
+	Fanout *SnapshotFanout `json:"fanout,omitempty"`
 }
 
 // SnapshotCounts are one listener name's counters of ended connections.
@@ -82,8 +97,8 @@ type SnapshotCounts struct {
 
 // snapshot describes the frozen server. The descriptors are the live
 // sockets' own; they stay valid because nothing runs until thaw or
-// release.
-func (s *Server) snapshot() *Snapshot {
+// release. It fails only for a fan-out connection's memfd.
+func (s *Server) snapshot() (*Snapshot, error) {
 	snap := &Snapshot{
 		Format: SnapshotFormat,
 		States: map[string]SnapshotCounts{},
@@ -112,11 +127,16 @@ func (s *Server) snapshot() *Snapshot {
 	conns := s.tracked()
 	sort.Slice(conns, func(i, j int) bool { return conns[i].id < conns[j].id })
 	for _, c := range conns {
-		snap.Conns = append(snap.Conns, c.snapshot(snap))
+		sc, err := c.snapshot(snap)
+		if err != nil {
+			snap.CloseOwned()
+			return nil, fmt.Errorf("freeze: %w", err)
+		}
+		snap.Conns = append(snap.Conns, sc)
 	}
 
 	snap.Closed, snap.LastEnd = s.routers.saved()
-	return snap
+	return snap, nil
 }
 
 // addFD adds sc's descriptor to FDs and returns its index; -1 is added if

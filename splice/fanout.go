@@ -370,7 +370,7 @@ func (s *Sink) Queued() int {
 }
 
 // Idle reports whether no sink has anything left to write: every writer
-// has stopped.
+// has stopped, after the Done of each sink that ended.
 func (f *Fanout) Idle() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -815,9 +815,31 @@ func (f *Fanout) startLocked(s *Sink) {
 // until nothing is left; then, if the source ended, the sink's FIN. It
 // also finishes a sink that ended: it releases the pipe and calls Done.
 // On entry s.writing is set, and only this goroutine writes to s.conn.
+//
+// Done is called after the writer has left f.writers: a Done that ends
+// the caller's connection may Close the Fanout, which waits for the
+// writers, and so must not wait for its own. s.writing stays set until
+// Done returns, so Idle waits for it.
 func (s *Sink) write() {
 	f := s.fo
-	defer f.writers.Done()
+	err, ended := s.writeAll()
+	f.writers.Done()
+	if !ended {
+		return
+	}
+	if s.done != nil {
+		s.done(err)
+	}
+	f.mu.Lock()
+	s.writing = false
+	f.progressLocked() // one fewer sink to wait for
+	f.mu.Unlock()
+}
+
+// writeAll runs write's loop; it returns with f.mu released, and with
+// ended set and Done's argument once the sink has ended.
+func (s *Sink) writeAll() (doneErr error, ended bool) {
+	f := s.fo
 	var scratch *[]byte
 	defer func() {
 		if scratch != nil {
@@ -827,15 +849,15 @@ func (s *Sink) write() {
 	for {
 		f.mu.Lock()
 		if s.err != nil {
-			s.finishLocked()
+			err := s.finishLocked()
 			f.mu.Unlock()
-			return
+			return err, true
 		}
 		if f.frozen && !f.ended && len(s.head) == 0 && s.replay == nil {
 			s.writing = false // Thaw starts it again
 			f.progressLocked()
 			f.mu.Unlock()
-			return
+			return nil, false
 		}
 		var err error
 		switch {
@@ -910,15 +932,15 @@ func (s *Sink) write() {
 				err = s.nc.CloseWrite()
 				if err == nil {
 					s.err = io.EOF // finished: Done(nil)
-					s.finishLocked()
+					err := s.finishLocked()
 					f.mu.Unlock()
-					return
+					return err, true
 				}
 				err = fmt.Errorf("close write: %w", err)
 			} else {
 				s.writing = false
 				f.mu.Unlock()
-				return
+				return nil, false
 			}
 		}
 		if err != nil && s.err == nil {
@@ -929,9 +951,10 @@ func (s *Sink) write() {
 	}
 }
 
-// finishLocked releases what s holds and calls Done once, for the ended
-// sink whose writer runs this. f.mu is held; it is released around Done.
-func (s *Sink) finishLocked() {
+// finishLocked releases what s holds, for the ended sink whose writer
+// runs this, and returns Done's argument: the writer calls Done once,
+// after it has left f.writers. f.mu is held.
+func (s *Sink) finishLocked() error {
 	f := s.fo
 	for _, pc := range s.backlog {
 		f.unref(pc.c)
@@ -948,17 +971,12 @@ func (s *Sink) finishLocked() {
 			break
 		}
 	}
-	s.ended, s.writing = true, false
-	f.progressLocked() // one fewer sink to wait for
+	s.ended = true
 	err := s.err
 	if err == io.EOF {
 		err = nil
 	}
-	if s.done != nil {
-		f.mu.Unlock()
-		s.done(err)
-		f.mu.Lock()
-	}
+	return err
 }
 
 // nudged reports whether err, from a write of s's writer, is the write
