@@ -45,6 +45,18 @@ func lookupFam(l []famByte, f Family) uint8 {
 	return 0
 }
 
+// validAddPath reports whether every Send/Receive value of the ADD-PATH
+// capability value v is 1, 2 or 3. RFC 7911 §4: if any other value is
+// received, the capability is treated as not understood and ignored.
+func validAddPath(v []byte) bool {
+	for i := 3; i < len(v); i += 4 {
+		if v[i] < apReceive || v[i] > apReceive|apSend {
+			return false
+		}
+	}
+	return true
+}
+
 // addPath reports whether the NLRI of family f in a view of p carry path
 // identifiers. Adj-RIB-In (the peer sends to the router): the peer's OPEN
 // (received) says Send and the router's (sent) says Receive; Adj-RIB-Out
@@ -166,6 +178,9 @@ func (r *Router) capabilities(c *caps, b []byte, at int) error {
 		case capAddPath, capMultiLabel:
 			if l%4 != 0 {
 				return r.malformed(at+q, "capability %d length %d is not a multiple of 4", code, l)
+			}
+			if code == capAddPath && !validAddPath(v) {
+				break // RFC 7911 §4: not understood, ignored
 			}
 			for i := 0; i < l; i += 4 {
 				e := famByte{Family{binary.BigEndian.Uint16(v[i:]), v[i+2]}, v[i+3]}
