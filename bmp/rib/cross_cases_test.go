@@ -31,7 +31,7 @@ type crossCase struct {
 }
 
 func crossCases() []crossCase {
-	v4, post := hdr(0, 0, "198.51.100.1", 64501), hdr(0, 0x40, "198.51.100.1", 64501)
+	v4, post, locRIB := hdr(0, 0, "198.51.100.1", 64501), hdr(0, 0x40, "198.51.100.1", 64501), hdr(3, 0, "0.0.0.0", 64500)
 	mp := capab(1, 0, 1, 0, 1)
 	routes := rmsg(v4, bgpUpdate(nil, cat(origin, nextHop), pfx(24, 203, 0, 113)))
 	return []crossCase{
@@ -46,6 +46,11 @@ func crossCases() []crossCase {
 		{"the last message incomplete", cat(initiation, peerUp(v4, mp, mp), routes[:len(routes)-2]), rib.Keeping},
 		{"evpn", cat(initiation, peerUp(v4, mp, mp), rmsg(v4, bgpUpdate(nil,
 			cat(attr(0x80, 14, 0, 25, 70, 4, 198, 51, 100, 1, 0, 1, 1, 0), origin), nil))), rib.Unkeyable},
+		{"loc-rib add-path with send/receive 0", cat(initiation,
+			peerUp(locRIB, cat(mp, capab(69, 0, 1, 1, 0)), cat(mp, capab(69, 0, 1, 1, 0))),
+			rmsg(locRIB, bgpUpdate(nil, cat(origin, nextHop), pfx(24, 203, 0, 113)))), rib.Keeping},
+		{"add-path with send/receive 7", cat(initiation,
+			peerUp(v4, cat(mp, capab(69, 0, 1, 1, 7)), cat(mp, capab(69, 0, 1, 1, 7))), routes), rib.Keeping},
 	}
 }
 

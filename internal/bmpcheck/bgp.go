@@ -133,6 +133,9 @@ func decodeCapabilities(c *cursor, info *openInfo) error {
 			if n%4 != 0 {
 				return v.errorf("capability %d length %d is not a multiple of 4", code, n)
 			}
+			if code == capAddPath && !validAddPath(v.b) {
+				continue // RFC 7911 4: not understood, ignored
+			}
 			for !v.empty() {
 				afi, _ := v.u16("")
 				safi, _ := v.u8("")
@@ -146,6 +149,18 @@ func decodeCapabilities(c *cursor, info *openInfo) error {
 		}
 	}
 	return nil
+}
+
+// validAddPath reports whether every Send/Receive value of an ADD-PATH
+// capability is 1, 2 or 3; RFC 7911 4 says a capability with any other
+// value is treated as not understood and ignored.
+func validAddPath(v []byte) bool {
+	for i := 3; i < len(v); i += 4 {
+		if v[i] < addPathReceive || v[i] > addPathReceive|addPathSend {
+			return false
+		}
+	}
+	return true
 }
 
 // session is what a peer's two OPENs mean for its Route Monitoring.
