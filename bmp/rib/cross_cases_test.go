@@ -51,6 +51,9 @@ func crossCases() []crossCase {
 			rmsg(locRIB, bgpUpdate(nil, cat(origin, nextHop), pfx(24, 203, 0, 113)))), rib.Keeping},
 		{"add-path with send/receive 7", cat(initiation,
 			peerUp(v4, cat(mp, capab(69, 0, 1, 1, 7)), cat(mp, capab(69, 0, 1, 1, 7))), routes), rib.Keeping},
+		{"add-path twice for a family", cat(initiation,
+			peerUp(v4, cat(mp, capab(69, 0, 1, 1, 2, 0, 1, 1, 1)), cat(mp, capab(69, 0, 1, 1, 2))),
+			rmsg(v4, bgpUpdate(nil, cat(origin, nextHop), cat([]byte{0, 0, 0, 7}, pfx(24, 203, 0, 113))))), rib.Keeping},
 	}
 }
 

@@ -33,11 +33,11 @@
 // says Receive, for Adj-RIB-Out the reverse, for Loc-RIB the capability's
 // presence in the fabricated sent OPEN is enough (RFC 9069 §5.3). An
 // ADD-PATH capability with a Send/Receive value other than 1, 2 or 3 is
-// ignored (RFC 7911 §4). A labeled NLRI carries one label unless both OPENs
-// carry the Multiple Labels capability (RFC 8277 §2.1) for its family.
-// Extended messages (RFC 8654) are read up to 65535 bytes always and
-// replayed that large when both OPENs advertise them (for Loc-RIB, the sent
-// one).
+// ignored (RFC 7911 §4); of two tuples for a family the later counts. A
+// labeled NLRI carries one label unless both OPENs carry the Multiple Labels
+// capability (RFC 8277 §2.1) for its family. Extended messages (RFC 8654)
+// are read up to 65535 bytes always and replayed that large when both OPENs
+// advertise them (for Loc-RIB, the sent one).
 //
 // Withdrawals apply before announcements within an UPDATE. End-of-RIB
 // (RFC 4724) creates the table it names and no route. Statistics Reports

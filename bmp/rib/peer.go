@@ -36,10 +36,12 @@ type famByte struct {
 	v uint8
 }
 
+// lookupFam is the value of f's last entry in l: a later tuple for a
+// family replaces an earlier one.
 func lookupFam(l []famByte, f Family) uint8 {
-	for _, e := range l {
-		if e.f == f {
-			return e.v
+	for i := len(l) - 1; i >= 0; i-- {
+		if l[i].f == f {
+			return l[i].v
 		}
 	}
 	return 0
