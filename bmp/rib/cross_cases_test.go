@@ -42,6 +42,8 @@ func crossCases() []crossCase {
 			rmsg(post, bgpUpdate(nil, cat(origin, nextHop), pfx(24, 203, 0, 113))), peerDown(v4)), rib.Keeping},
 		{"a malformed statistics report", cat(initiation, peerUp(v4, mp, mp), routes,
 			bmpMsg(1, v4, []byte{0, 0, 0, 1, 0, 7, 0, 8})), rib.Keeping},
+		{"a malformed route mirroring before routes", cat(initiation, peerUp(v4, mp, mp),
+			bmpMsg(6, v4, []byte{0, 0, 0, 9}), routes), rib.Keeping},
 		{"bytes after the termination", cat(initiation, peerUp(v4, mp, mp), routes, bmpMsg(5), []byte{3, 0}), rib.Keeping},
 		{"the last message incomplete", cat(initiation, peerUp(v4, mp, mp), routes[:len(routes)-2]), rib.Keeping},
 		{"evpn", cat(initiation, peerUp(v4, mp, mp), rmsg(v4, bgpUpdate(nil,
