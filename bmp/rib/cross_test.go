@@ -28,7 +28,7 @@ func crossConfigs() []bmpcheck.GenConfig {
 		{Seed: 1, Prefixes: 1, AttrSets: 1, Churn: 1},
 		{Seed: 2, Prefixes: 30, AttrSets: 3, Churn: 20},
 		{Seed: 3, Prefixes: 120, AttrSets: 6},
-		{Seed: 4, Prefixes: 250, AttrSets: 25, Churn: 80, Terminate: true},
+		{Seed: 4, Prefixes: 150, AttrSets: 20, Churn: 60, Terminate: true},
 		{Seed: 5, Prefixes: 600, AttrSets: 2}, // UPDATEs past 4096 bytes on the extended-message peers
 		{Seed: 6, Prefixes: 60, AttrSets: 5, EVPN: true},
 		{Seed: 7, Prefixes: 60, AttrSets: 5, Malformed: true},
@@ -37,7 +37,7 @@ func crossConfigs() []bmpcheck.GenConfig {
 
 // cuts are the message boundaries a stream of n messages is cut at: all of
 // them for a short stream, else the first ten (Initiation and Peer Ups),
-// about 20 spread over the rest, and the last few.
+// about 12 spread over the rest, and the last few.
 func cuts(n int) []int {
 	if n <= 160 {
 		out := make([]int, n+1)
@@ -47,7 +47,7 @@ func cuts(n int) []int {
 		return out
 	}
 	out := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}
-	for k := 10; k < n-3; k += n / 20 {
+	for k := 10; k < n-3; k += n / 12 {
 		out = append(out, k)
 	}
 	return append(out, n-3, n-2, n-1, n)
