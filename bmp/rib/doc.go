@@ -31,8 +31,10 @@
 // ADD-PATH use per family is learned from the two OPENs of the Peer Up: for
 // Adj-RIB-In the peer's (received) OPEN says Send and the router's (sent)
 // says Receive, for Adj-RIB-Out the reverse, for Loc-RIB the capability's
-// presence in the fabricated sent OPEN is enough (RFC 9069 §5.3). A labeled
-// NLRI carries one label unless both OPENs carry the Multiple Labels
+// presence in the fabricated sent OPEN is enough (RFC 9069 §5.3). An
+// ADD-PATH capability with a Send/Receive value other than 1, 2 or 3 is
+// ignored (RFC 7911 §4); of two tuples for a family the later counts. A
+// labeled NLRI carries one label unless both OPENs carry the Multiple Labels
 // capability (RFC 8277 §2.1) for its family. Extended messages (RFC 8654)
 // are read up to 65535 bytes always and replayed that large when both OPENs
 // advertise them (for Loc-RIB, the sent one).

@@ -36,13 +36,27 @@ type famByte struct {
 	v uint8
 }
 
+// lookupFam is the value of f's last entry in l: a later tuple for a
+// family replaces an earlier one.
 func lookupFam(l []famByte, f Family) uint8 {
-	for _, e := range l {
-		if e.f == f {
-			return e.v
+	for i := len(l) - 1; i >= 0; i-- {
+		if l[i].f == f {
+			return l[i].v
 		}
 	}
 	return 0
+}
+
+// validAddPath reports whether every Send/Receive value of the ADD-PATH
+// capability value v is 1, 2 or 3. RFC 7911 §4: if any other value is
+// received, the capability is treated as not understood and ignored.
+func validAddPath(v []byte) bool {
+	for i := 3; i < len(v); i += 4 {
+		if v[i] < apReceive || v[i] > apReceive|apSend {
+			return false
+		}
+	}
+	return true
 }
 
 // addPath reports whether the NLRI of family f in a view of p carry path
@@ -166,6 +180,9 @@ func (r *Router) capabilities(c *caps, b []byte, at int) error {
 		case capAddPath, capMultiLabel:
 			if l%4 != 0 {
 				return r.malformed(at+q, "capability %d length %d is not a multiple of 4", code, l)
+			}
+			if code == capAddPath && !validAddPath(v) {
+				break // RFC 7911 §4: not understood, ignored
 			}
 			for i := 0; i < l; i += 4 {
 				e := famByte{Family{binary.BigEndian.Uint16(v[i:]), v[i+2]}, v[i+3]}

@@ -33,6 +33,8 @@ func TestAddPathNegotiation(t *testing.T) {
 		{"loc-rib: advertised", hdrLocRIB, 0, apSend, apSend, true},
 		{"loc-rib: any mode counts", hdrLocRIB, 0, apReceive, apReceive, true},
 		{"loc-rib: not advertised", hdrLocRIB, 0, 0, 0, false},
+		{"adj-rib-in: a value past 3 is not understood (RFC 7911 §4)", hdrV4, 0, 7, 7, false},
+		{"loc-rib: a value past 3 is not understood", hdrLocRIB, 0, 4, 4, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

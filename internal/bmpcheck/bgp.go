@@ -133,6 +133,9 @@ func decodeCapabilities(c *cursor, info *openInfo) error {
 			if n%4 != 0 {
 				return v.errorf("capability %d length %d is not a multiple of 4", code, n)
 			}
+			if code == capAddPath && !validAddPath(v.b) {
+				continue // RFC 7911 4: not understood, ignored
+			}
 			for !v.empty() {
 				afi, _ := v.u16("")
 				safi, _ := v.u8("")
@@ -146,6 +149,18 @@ func decodeCapabilities(c *cursor, info *openInfo) error {
 		}
 	}
 	return nil
+}
+
+// validAddPath reports whether every Send/Receive value of an ADD-PATH
+// capability is 1, 2 or 3; RFC 7911 4 says a capability with any other
+// value is treated as not understood and ignored.
+func validAddPath(v []byte) bool {
+	for i := 3; i < len(v); i += 4 {
+		if v[i] < addPathReceive || v[i] > addPathReceive|addPathSend {
+			return false
+		}
+	}
+	return true
 }
 
 // session is what a peer's two OPENs mean for its Route Monitoring.
@@ -399,21 +414,21 @@ func decodeNLRI(c *cursor, f Family, sess session, withdraw bool, base Route, in
 	for !c.empty() {
 		ch := change{family: f, route: base, offset: c.offset()}
 		if addPath {
-			id, err := c.u32(f.String() + " path identifier")
-			if err != nil {
-				return nil, err
+			if c.left() < 4 {
+				return nil, c.errorf("%s path identifier needs 4 bytes, %d left", f, c.left())
 			}
-			ch.key.PathID = id
+			ch.key.PathID, _ = c.u32("")
 		}
-		bits8, err := c.u8(f.String() + " prefix length")
-		if err != nil {
-			return nil, err
+		// The error texts are made only on failure: this is the hot path.
+		if c.empty() {
+			return nil, c.errorf("%s prefix length needs 1 bytes, 0 left", f)
 		}
+		bits8, _ := c.u8("")
 		bits := int(bits8)
-		body, err := c.sub((bits+7)/8, fmt.Sprintf("%s prefix of length %d", f, bits))
-		if err != nil {
-			return nil, err
+		if (bits+7)/8 > c.left() {
+			return nil, c.errorf("%s prefix of length %d needs %d bytes, %d left", f, bits, (bits+7)/8, c.left())
 		}
+		body, _ := c.sub((bits+7)/8, "")
 		if f.labeled() {
 			labels, err := readLabels(body, &bits, withdraw, sess.multiLabel[f])
 			if err != nil {

@@ -111,18 +111,9 @@ func (d *differ) tables(name string, want, got *Table, as2 bool) {
 	if want != nil && got != nil && want.AddPath != got.AddPath {
 		d.add("%s: add-path want %v, got %v", name, want.AddPath, got.AddPath)
 	}
-	if d.full() {
-		// Count the rest without sorting them.
-		for k, r := range wr {
-			if g, ok := gr[k]; !ok || g != r {
-				d.total++
-			}
-		}
-		for k := range gr {
-			if _, ok := wr[k]; !ok {
-				d.total++
-			}
-		}
+	if n := countDiffs(wr, gr); n == 0 || d.full() {
+		// Equal tables, or enough described: no sorting.
+		d.total += n
 		return
 	}
 	for _, k := range sortedKeys(wr) {
@@ -140,6 +131,25 @@ func (d *differ) tables(name string, want, got *Table, as2 bool) {
 			d.add("%s: extra %s %s", name, k, formatRoute(gr[k], as2))
 		}
 	}
+}
+
+// countDiffs is the number of routes of want missing or different in got,
+// plus those of got not in want.
+func countDiffs(want, got map[RouteKey]Route) int {
+	n := 0
+	for k, r := range want {
+		if g, ok := got[k]; !ok || g != r {
+			n++
+		}
+	}
+	if len(got) != len(want)-n {
+		for k := range got {
+			if _, ok := want[k]; !ok {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func routesOf(t *Table) map[RouteKey]Route {

@@ -52,7 +52,9 @@
 // ADD-PATH use per AFI/SAFI comes from the Peer Up's OPENs: for an Adj-RIB-In
 // the peer's OPEN (received) must offer Send and the router's (sent) Receive;
 // for an Adj-RIB-Out (O flag) the reverse; for a Loc-RIB peer the capability's
-// presence in the fabricated sent OPEN is enough (RFC 9069 5.3). The Multiple
+// presence in the fabricated sent OPEN is enough (RFC 9069 5.3). An ADD-PATH
+// capability with a Send/Receive value other than 1, 2 or 3 is ignored (RFC
+// 7911 4); of two tuples for an AFI/SAFI the later counts. The Multiple
 // Labels Capability counts when both OPENs carry it for the AFI/SAFI (for a
 // Loc-RIB, the sent one); extended messages (RFC 8654) when both carry it.
 //

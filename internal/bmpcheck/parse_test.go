@@ -217,6 +217,22 @@ func TestParse(t *testing.T) {
 				route("203.0.113.0/24", cBase))})),
 		},
 		{
+			// RFC 7911 4: a Send/Receive value other than 1, 2, 3 makes the
+			// capability not understood: ignored, with its other tuples.
+			name: "add-path: a capability with a value past 3 is ignored",
+			stream: cat(initiation(), upA(capab(69, be16(1), []byte{1, 1}, be16(2), []byte{1, 7}), capAP(1, 1, 2)),
+				rmA(updateMsg(nil, baseAttrs, hx("18 cb0071")))),
+			want: state(peer(keyA, wantUpA(capab(69, be16(1), []byte{1, 1}, be16(2), []byte{1, 7}), capAP(1, 1, 2)),
+				map[Family]*Table{IPv4Unicast: table(false, route("203.0.113.0/24", cBase))})),
+		},
+		{
+			name: "add-path: of two tuples for a family the later counts",
+			stream: cat(initiation(), upA(capab(69, be16(1), []byte{1, 2}, be16(1), []byte{1, 1}), capAP(1, 1, 2)),
+				rmA(updateMsg(nil, baseAttrs, hx("00000003 18 cb0071")))),
+			want: state(peer(keyA, wantUpA(capab(69, be16(1), []byte{1, 2}, be16(1), []byte{1, 1}), capAP(1, 1, 2)),
+				map[Family]*Table{IPv4Unicast: table(true, kv{RouteKey{Prefix: pfx("203.0.113.0/24"), PathID: 3}, Route{Attrs: cBase}})})),
+		},
+		{
 			name: "add-path on adj-rib-out: the router sends",
 			stream: cat(initiation(),
 				peerUpMsg(hdrO, "198.51.100.254", 179, 40001, routerOpen(capAP(1, 1, 2)), peerAOpen(capAP(1, 1, 1))),
