@@ -18,6 +18,17 @@ if [[ $(id -u) != 0 ]]; then
 	exit 1
 fi
 
+PHASES=" ${INTEROP_PHASES:-proxy-protocol resync} "
+for p in $PHASES; do
+	case "$p" in
+	proxy-protocol | resync) ;;
+	*)
+		echo "interop: INTEROP_PHASES: unknown phase \"$p\" (phases: proxy-protocol resync)" >&2
+		exit 1
+		;;
+	esac
+done
+
 need=()
 for p in frr gobgpd pmacct haproxy tshark iproute2; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
@@ -76,7 +87,6 @@ H2=bxh2-$ID
 W=$(mktemp -d /tmp/bmpx-interop-XXXXXX)
 chmod 755 "$W"
 PIDS=()
-PHASES=" ${INTEROP_PHASES:-proxy-protocol resync} "
 
 cleanup() {
 	set +e
