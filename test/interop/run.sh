@@ -113,7 +113,8 @@ reap() { # reap PID: wait for a job that was told to stop, at most 10 s, then ki
 		kill -0 "$1" 2>/dev/null || break
 		sleep 0.1
 	done
-	stop_pid "$1" KILL 2>/dev/null
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
 }
 
 freeport() {
