@@ -37,6 +37,13 @@ const proxyAddr = "127.0.0.1"
 type options struct {
 	dir, admin, mode, stage string
 	tsharkPort              int
+
+	// The resync phase.
+	print          string // the part of the route plan to print
+	r1, r2         string // the routers' namespaces
+	rsPort         int    // the resync listener's port
+	pmA, pmB, insp string // its targets
+	proxyPID       int    // the resync bmpproxy, stopped at the end
 }
 
 func main() {
@@ -46,6 +53,14 @@ func main() {
 	flag.StringVar(&o.mode, "mode", "v2", "the proxy_protocol in force: v2 or none")
 	flag.StringVar(&o.stage, "stage", "first", "wait, first, restart or none")
 	flag.IntVar(&o.tsharkPort, "tshark-port", 0, "the collector port tshark captured")
+	flag.StringVar(&o.print, "print", "", "with -stage plan: frr-ipv4 or frr-ipv6")
+	flag.StringVar(&o.r1, "r1", "", "FRR's network namespace")
+	flag.StringVar(&o.r2, "r2", "", "GoBGP's network namespace")
+	flag.IntVar(&o.rsPort, "rs-port", 0, "the resync listener's port")
+	flag.StringVar(&o.pmA, "pm-a", "", "the resync listener's first target: pmbmpd A, restarted")
+	flag.StringVar(&o.pmB, "pm-b", "", "its second: pmbmpd B, never restarted")
+	flag.StringVar(&o.insp, "inspect", "", "its third: bmpproxy inspect")
+	flag.IntVar(&o.proxyPID, "proxy-pid", 0, "the resync bmpproxy's process, stopped by -stage resync-back")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "check:", err)
@@ -63,6 +78,12 @@ type row struct {
 
 func run(o options) error {
 	switch o.stage {
+	case "plan":
+		return printPlan(os.Stdout, o.print)
+	case "gobgp-load":
+		return loadGoBGP(o)
+	case "resync-loaded", "resync-down", "resync-back":
+		return runResync(o)
 	case "wait":
 		return waitAll(o)
 	case "restart":
