@@ -78,6 +78,7 @@ type leg struct {
 	fd       bool         // its socket holds an fd of the budget (every leg but the primary, whose fds the connection holds)
 	ctr      *legCounters // its listener's counters of the legs to its target
 	attempts int          // dials since it was last live
+	replays  int          // replays started to it
 	retry    *time.Timer  // the next dial, with resync
 	watch    *time.Timer  // the next look at a replay's progress
 }
@@ -511,9 +512,10 @@ type LegStatus struct {
 	Target   string     `json:"target"`
 	Upstream string     `json:"upstream,omitempty"`
 	Primary  bool       `json:"primary,omitempty"`
-	State    string     `json:"state"` // connecting, live, lagging, down, done
+	State    string     `json:"state"` // connecting, waiting, replaying, live, lagging, down, done
 	Since    *time.Time `json:"connected_since,omitempty"`
 	Bytes    int64      `json:"bytes_to_collector"`
+	Replays  int        `json:"replays"`
 	Queued   int        `json:"bytes_queued,omitempty"`
 	Error    string     `json:"last_error,omitempty"`
 }
@@ -523,7 +525,7 @@ func (c *conn) legStatuses() []LegStatus {
 	var out []LegStatus
 	for _, l := range c.legs {
 		st := LegStatus{Target: l.cfg.Target.String(), Upstream: l.upstream, Primary: l.primary,
-			State: l.state.String(), Bytes: l.sent.Total()}
+			State: l.state.String(), Bytes: l.sent.Total(), Replays: l.replays}
 		if !l.since.IsZero() {
 			since := l.since
 			st.Since = &since

@@ -55,6 +55,7 @@ type SnapshotLeg struct {
 	Closed          bool      `json:"closed,omitempty"`
 	Err             string    `json:"error,omitempty"`
 	Attempts        int       `json:"attempts,omitempty"`
+	Replays         int       `json:"replays,omitempty"`
 	FD              int       `json:"fd"`        // -1 without a socket
 	Unwritten       [2]int64  `json:"unwritten"` // in DataFD
 }
@@ -100,7 +101,7 @@ func (c *conn) snapshotFanout(snap *Snapshot, sc *SnapshotConn) error {
 			TransparentMark: l.cfg.TransparentMark,
 			State:           uint8(l.state), Upstream: l.upstream, Since: l.since,
 			Sent:     [2]int64{l.sent.Spliced.Load(), l.sent.Copied.Load()},
-			SinkDone: l.sinkDone, RevDone: l.revDone, Closed: l.closed, Attempts: l.attempts, FD: -1,
+			SinkDone: l.sinkDone, RevDone: l.revDone, Closed: l.closed, Attempts: l.attempts, Replays: l.replays, FD: -1,
 		}
 		if l.err != nil {
 			sl.Err = l.err.Error()
@@ -278,7 +279,7 @@ func (s *Server) restoreFanout(snap *Snapshot, sc SnapshotConn, o *listenerOpts,
 		l := &leg{c: c, index: i, primary: i == 0, ctr: o.state.leg(sl.Target),
 			cfg:   conf.Leg{Target: t, ProxyProtocol: conf.ProxyProtocol(sl.ProxyProtocol), Buffer: conf.ByteSize(sl.Buffer), TransparentMark: sl.TransparentMark},
 			state: legState(sl.State), upstream: sl.Upstream, since: sl.Since,
-			sinkDone: sl.SinkDone, revDone: sl.RevDone, closed: sl.Closed, attempts: sl.Attempts}
+			sinkDone: sl.SinkDone, revDone: sl.RevDone, closed: sl.Closed, attempts: sl.Attempts, replays: sl.Replays}
 		if sl.Err != "" {
 			l.err = errors.New(sl.Err)
 		}

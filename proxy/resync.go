@@ -258,6 +258,7 @@ func (s *Server) startReplay(l *leg) {
 	l.rev = &direction{c: c, kind: kind, src: sock, dst: c.cc, leg: l}
 	c.dirs = append(c.dirs, l.rev)
 	l.ctr.replays.Add(1)
+	l.replays++
 	s.watchReplay(l, sock, -1)
 	c.mu.Unlock()
 	s.startDir(l.rev)

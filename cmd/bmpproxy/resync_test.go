@@ -247,8 +247,8 @@ listeners:
 
 	t.Run("routers shows each leg's replays", func(t *testing.T) {
 		legs := getRouters(t, admin).Routers[0].Legs
-		if len(legs) != 2 || legs[1].Replays == nil {
-			t.Skip("bug: /routers legs carry no replays count (LegStatus has none); issue 17 lists it: collector, state, bytes, replays, last error")
+		if len(legs) != 2 || legs[0].Replays == nil || legs[1].Replays == nil {
+			t.Fatalf("/routers legs %+v: want two, each with its replays", legs)
 		}
 		if *legs[0].Replays != 0 || *legs[1].Replays != 1 {
 			t.Errorf("/routers legs' replays %d and %d, want 0 and 1", *legs[0].Replays, *legs[1].Replays)
