@@ -235,7 +235,8 @@ func (s *Server) startReplay(l *leg) {
 		if err != nil {
 			return nil, nil, err
 		}
-		r := &replayReader{snap: snap, done: func() { s.replayDone(l, sock, start) }}
+		routes := snap.Routes()
+		r := &replayReader{snap: snap, done: func() { s.replayDone(l, sock, start, routes) }}
 		return r, c.resync.router.Pending(), nil
 	})
 	if err != nil {
@@ -307,15 +308,22 @@ func (r *replayReader) Read(p []byte) (int, error) {
 
 // replayDone marks leg l's replay as over, once, and gives the replay
 // slot to the next waiting leg.
-func (s *Server) replayDone(l *leg, sock stream, start time.Time) {
+func (s *Server) replayDone(l *leg, sock stream, start time.Time, routes int) {
 	c := l.c
 	c.mu.Lock()
-	if l.sock == sock && l.state == legReplaying {
+	done := l.sock == sock && l.state == legReplaying
+	if done {
 		l.state = legLive
 		l.attempts = 0
 		l.ctr.replayNanos.Add(int64(time.Since(start)))
 	}
+	upstream := l.upstream
 	c.mu.Unlock()
+	if done {
+		c.logger(&c.opts.log).Info().Int("leg", l.index).Str("target", l.cfg.Target.String()).Str("upstream", upstream).
+			Int("routes", routes).Stringer("replay", time.Since(start).Round(time.Microsecond)).
+			Msg("leg live: its collector was given the router's state and now gets the live stream")
+	}
 	s.endReplay(l)
 }
 
