@@ -36,6 +36,7 @@ const (
 	legLive                       // connected, caught up or catching up
 	legDown                       // failed, cut or never connected; not retried
 	legDone                       // ended with its router session
+	legRemoved                    // its target was removed by a reload; not retried
 )
 
 func (s legState) String() string {
@@ -52,6 +53,8 @@ func (s legState) String() string {
 		return "down"
 	case legDone:
 		return "done"
+	case legRemoved:
+		return "removed"
 	}
 	return fmt.Sprintf("legState(%d)", uint8(s))
 }
@@ -79,6 +82,7 @@ type leg struct {
 	ctr      *legCounters // its listener's counters of the legs to its target
 	attempts int          // dials since it was last live
 	replays  int          // replays started to it
+	next     *conf.Leg    // its settings after a reload, for its next dial
 	retry    *time.Timer  // the next dial, with resync
 	watch    *time.Timer  // the next look at a replay's progress
 }
@@ -226,7 +230,7 @@ func (s *Server) sinkDone(l *leg, sock stream, err error) {
 func (s *Server) legFailed(l *leg, sock stream, err error) {
 	c := l.c
 	c.mu.Lock()
-	if l.sock != sock || l.state == legDown || l.state == legDone || l.state == legConnecting {
+	if l.sock != sock || l.state == legDown || l.state == legDone || l.state == legConnecting || l.state == legRemoved {
 		c.mu.Unlock()
 		return
 	}
@@ -430,6 +434,8 @@ func (s *Server) logLeg(l *leg, err error) {
 	level := zerolog.InfoLevel
 	reason := "closed"
 	switch {
+	case errors.Is(err, errRemovedByReload):
+		reason = "removed"
 	case errors.Is(err, splice.ErrLagging):
 		level, reason = zerolog.WarnLevel, "lagging"
 	case err != nil:

@@ -128,6 +128,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 		s.opts.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
 	}
 	s.cfg = cfg
+	s.retarget(cfg)
 	s.checkTargets(cfg)
 	s.pruneStates(cfg)
 	if err := errors.Join(errs...); err != nil {

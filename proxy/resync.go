@@ -92,12 +92,18 @@ func (s *Server) noteNotKeeping(c *conn, st rib.Status) {
 // function counts in live from now until it ends, or until a failing
 // connection stops it. c.mu is held.
 func (s *Server) scheduleRetry(l *leg) {
+	delay := retryMin << min(l.attempts, 5)
+	s.scheduleDial(l, min(delay, retryMax))
+}
+
+// scheduleDial dials leg l after delay, on a timer whose function counts
+// in live from now until it ends, or until a failing connection stops it.
+// c.mu is held.
+func (s *Server) scheduleDial(l *leg, delay time.Duration) {
 	c := l.c
 	if c.aborted || c.finished || l.state != legConnecting {
 		return
 	}
-	delay := retryMin << min(l.attempts, 5)
-	delay = min(delay, retryMax)
 	l.attempts++
 	s.live.Add(1)
 	l.retry = time.AfterFunc(delay, func() {
@@ -135,6 +141,13 @@ func (s *Server) redial(l *leg) {
 		s.scheduleRetry(l)
 		c.mu.Unlock()
 		return
+	}
+	if l.state != legConnecting {
+		c.mu.Unlock()
+		return // removed by a reload
+	}
+	if l.next != nil {
+		l.cfg, l.next = *l.next, nil
 	}
 	c.mu.Unlock()
 	if l.index > 0 && !s.budget.TryAcquire(1) {
@@ -177,6 +190,13 @@ func (s *Server) retryLater(l *leg, err error) {
 func (s *Server) join(l *leg, sock stream) {
 	c := l.c
 	c.mu.Lock()
+	if l.state != legConnecting {
+		// Removed by a reload while it was dialed.
+		c.mu.Unlock()
+		sock.Close()
+		s.releaseLegFDOf(l.index)
+		return
+	}
 	if c.aborted || c.finished || s.frozen.Load() {
 		// Failing, or frozen for a handover that may already describe
 		// this leg as connecting: its collector sees a connection
