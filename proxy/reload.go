@@ -29,8 +29,9 @@ type reloadReq struct {
 //   - An address that stays serves new connections with its listener's new
 //     options.
 //
-// An open connection is never touched: it keeps the options it was
-// accepted with. If a new address cannot be opened, the addresses its
+// An open connection keeps the options it was accepted with, but for a
+// fan-out connection's targets: those of its listener's new options are
+// applied to it (retarget.go). If a new address cannot be opened, the addresses its
 // listener had before stay open with their old options, and the error is
 // returned; the rest of cfg is applied. Splice settings take effect only
 // at the next start.
@@ -123,6 +124,9 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 	}
 	if !reflect.DeepEqual(old.Splice, cfg.Splice) {
 		s.opts.Logger.Warn().Msg("splice settings changed; they take effect at the next start")
+	}
+	if old.ResyncMemory != cfg.ResyncMemory {
+		s.opts.Logger.Warn().Msg("resync_memory changed; it takes effect at the next start (an upgrade carries the state over)")
 	}
 	if old.Admin != cfg.Admin {
 		s.opts.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
