@@ -388,14 +388,21 @@ func FromEnv() (*Predecessor, error) {
 	}
 	p.State = m.State
 	for _, fd := range m.FDs {
-		if !isSocket(fd) {
-			p.Fail(fmt.Errorf("descriptor %d: not an inherited socket", fd))
-			return nil, fmt.Errorf("read the handoff offer: descriptor %d is not an inherited socket", fd)
+		if !isSocket(fd) && !isMemfd(fd) {
+			p.Fail(fmt.Errorf("descriptor %d: not an inherited socket or memfd", fd))
+			return nil, fmt.Errorf("read the handoff offer: descriptor %d is not an inherited socket or memfd", fd)
 		}
 		unix.CloseOnExec(fd)
 		p.FDs = append(p.FDs, fd)
 	}
 	return p, nil
+}
+
+// isMemfd reports whether fd is a memfd: the state of a connection that
+// a predecessor wrote for its successor. Only a memfd has seals to get.
+func isMemfd(fd int) bool {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	return err == nil
 }
 
 // isSocket reports whether fd is an open socket.
