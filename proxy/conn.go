@@ -311,31 +311,24 @@ func (c *conn) routerStatus() RouterStatus {
 // are added to snap's table. c.mu is taken.
 func (c *conn) snapshot(snap *Snapshot) (SnapshotConn, error) {
 	c.mu.Lock()
-	if c.fan != nil {
-		_, to, _, _ := c.bytes()
-		sc := SnapshotConn{
-			ID: c.id, Listener: c.listener, Via: c.via, Client: c.client, Local: c.local,
-			Target: c.target, Upstream: c.upstream, Start: c.start,
-			BMP: c.bmp, Session: c.session.Load(),
-			SysName: c.router.SysName, SysDescr: c.router.SysDescr, Term: c.router.TermReason,
-			Up:    [2]int64{c.up().n.Spliced.Load(), c.up().n.Copied.Load()},
-			Down:  [2]int64{0, to},
-			Ended: [2]bool{c.up().state == dirEnded, false},
-		}
-		c.mu.Unlock()
-		sc.ClientFD = snap.addFD(c.cc)
-		err := c.snapshotFanout(snap, &sc)
-		return sc, err
-	}
 	sc := SnapshotConn{
 		ID: c.id, Listener: c.listener, Via: c.via, Client: c.client, Local: c.local,
 		Target: c.target, Upstream: c.upstream, Start: c.start,
 		BMP: c.bmp, Session: c.session.Load(),
 		SysName: c.router.SysName, SysDescr: c.router.SysDescr, Term: c.router.TermReason,
 		Up:    [2]int64{c.up().n.Spliced.Load(), c.up().n.Copied.Load()},
-		Down:  [2]int64{c.down().n.Spliced.Load(), c.down().n.Copied.Load()},
-		Ended: [2]bool{c.up().state == dirEnded, c.down().state == dirEnded},
+		Ended: [2]bool{c.up().state == dirEnded, false},
 	}
+	if c.fan != nil {
+		_, to, _, _ := c.bytes()
+		sc.Down = [2]int64{0, to}
+		c.mu.Unlock()
+		sc.ClientFD = snap.addFD(c.cc)
+		err := c.snapshotFanout(snap, &sc)
+		return sc, err
+	}
+	sc.Down = [2]int64{c.down().n.Spliced.Load(), c.down().n.Copied.Load()}
+	sc.Ended[1] = c.down().state == dirEnded
 	cc, tc := c.cc, c.tc
 	c.mu.Unlock()
 	sc.ClientFD, sc.TargetFD = snap.addFD(cc), snap.addFD(tc)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -186,7 +187,12 @@ func (s *Server) addSink(c *conn, l *leg, pre []byte) error {
 	if err != nil {
 		return err
 	}
-	head := append(hdr, pre...)
+	return s.addLegSink(c, l, append(hdr, pre...), nil)
+}
+
+// addLegSink gives leg l, connected, its sink on c's Fanout: head first,
+// then what at gives (splice.Fanout.Add), then the live bytes.
+func (s *Server) addLegSink(c *conn, l *leg, head []byte, at func() (io.Reader, []byte, error)) error {
 	if !c.opts.KeepAlive.Disabled {
 		socket.SetKeepAlive(l.sock, socket.KeepAlive(c.opts.KeepAlive))
 	}
@@ -197,7 +203,7 @@ func (s *Server) addSink(c *conn, l *leg, pre []byte) error {
 		Head:  head,
 		Count: &l.sent,
 		Done:  func(err error) { s.sinkDone(l, sock, err) },
-	}, nil)
+	}, at)
 	if err != nil {
 		return err
 	}

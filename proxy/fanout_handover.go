@@ -10,7 +10,6 @@ import (
 
 	"github.com/bmpproxy/bmpproxy/bmp/rib"
 	"github.com/bmpproxy/bmpproxy/conf"
-	"github.com/bmpproxy/bmpproxy/internal/socket"
 	"github.com/bmpproxy/bmpproxy/splice"
 	"golang.org/x/sys/unix"
 )
@@ -192,13 +191,7 @@ func (s *Server) thawFanout(c *conn) {
 	}
 	var next *leg
 	if rs := c.resync; rs != nil && rs.replay == nil {
-		for len(rs.waiting) > 0 && next == nil {
-			next, rs.waiting = rs.waiting[0], rs.waiting[1:]
-			if next.state != legWaiting {
-				next = nil
-			}
-		}
-		rs.replay = next
+		next = rs.takeWaiting()
 	}
 	c.mu.Unlock()
 	if next != nil {
@@ -353,21 +346,11 @@ func (s *Server) restoreFanout(snap *Snapshot, sc SnapshotConn, o *listenerOpts,
 				closeAll()
 				return nil, err
 			}
-			if !c.opts.KeepAlive.Disabled {
-				socket.SetKeepAlive(l.sock, socket.KeepAlive(c.opts.KeepAlive))
-			}
-			sock := l.sock
-			sink, err := c.fan.Add(splice.SinkConfig{
-				Conn:  sock,
-				Limit: int(l.cfg.Buffer),
-				Count: &l.sent,
-				Done:  func(err error) { s.sinkDone(l, sock, err) },
-			}, func() (io.Reader, []byte, error) { return nil, pending, nil })
+			err = s.addLegSink(c, l, nil, func() (io.Reader, []byte, error) { return nil, pending, nil })
 			if err != nil {
 				closeAll()
 				return nil, fmt.Errorf("%s: leg %d: %w", name, i, err)
 			}
-			l.sink = sink
 		} else {
 			l.sinkDone = true // ended in the predecessor, after the router's EOF
 		}

@@ -364,6 +364,16 @@ func (s *Server) endReplay(l *leg) {
 		s.noteSettled()
 		return
 	}
+	next := rs.takeWaiting()
+	c.mu.Unlock()
+	if next != nil {
+		s.startReplay(next)
+	}
+}
+
+// takeWaiting gives the free replay slot to the first leg still waiting
+// for it, and returns that leg, or nil. c.mu is held.
+func (rs *resync) takeWaiting() *leg {
 	var next *leg
 	for len(rs.waiting) > 0 && next == nil {
 		next, rs.waiting = rs.waiting[0], rs.waiting[1:]
@@ -372,10 +382,7 @@ func (s *Server) endReplay(l *leg) {
 		}
 	}
 	rs.replay = next
-	c.mu.Unlock()
-	if next != nil {
-		s.startReplay(next)
-	}
+	return next
 }
 
 // startDir starts a direction added to a running connection: a leg's
