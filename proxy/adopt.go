@@ -66,8 +66,9 @@ func (s *Server) adopt() (inheritedListeners, error) {
 		s.release()
 		return nil, fmt.Errorf("take over: %w", err)
 	}
-	if snap.Format != SnapshotFormat {
-		return fail(fmt.Errorf("the predecessor's state is format %d; this binary reads format %d", snap.Format, SnapshotFormat))
+	// Format 1 is format 2 without fan-out connections.
+	if snap.Format != SnapshotFormat && snap.Format != 1 {
+		return fail(fmt.Errorf("the predecessor's state is format %d; this binary reads formats 1 and %d", snap.Format, SnapshotFormat))
 	}
 	for _, sl := range snap.Listeners {
 		ln, err := snap.listener(sl)

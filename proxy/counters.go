@@ -198,8 +198,8 @@ func (s *Server) ListenerStats() []ListenerStats {
 	byName := make(map[string]*ListenerStats, len(s.states))
 	s.targets.mu.Lock()
 	configured := make(map[string]bool, len(s.targets.byName))
-	for name := range s.targets.byName {
-		configured[name] = true
+	for k := range s.targets.byName {
+		configured[k.listener] = true
 	}
 	s.targets.mu.Unlock()
 	for name, st := range s.states {

@@ -114,7 +114,7 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 		go func() { // a dial: ended before connectLegs returns
 			defer wg.Done()
 			socks[i], errs[i] = s.dial(ctx, o, lc, c.client)
-			s.noteDial(o, errs[i])
+			s.noteDial(o, lc.Target, errs[i])
 		}()
 	}
 	wg.Wait()
@@ -355,17 +355,23 @@ func (s *Server) maybeFinishFanout(c *conn) {
 	}
 	c.finished = true
 	var open []*leg
+	var why []error
 	for _, l := range c.legs {
 		if l.state == legLive {
 			l.state = legDone
 		}
 		if !l.closed {
 			open = append(open, l)
+			var err error
+			if l.state == legDown {
+				err = l.err // never connected, or down without resync: say why
+			}
+			why = append(why, err)
 		}
 	}
 	c.mu.Unlock()
-	for _, l := range open {
-		s.logLeg(l, nil)
+	for i, l := range open {
+		s.logLeg(l, why[i])
 	}
 	c.fan.Close()
 	c.mu.Lock()

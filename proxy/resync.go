@@ -156,7 +156,7 @@ func (s *Server) redial(l *leg) {
 	}
 	ctx := context.Background()
 	sock, err := s.dial(ctx, c.opts, l.cfg, c.client)
-	s.noteDial(c.opts, err)
+	s.noteDial(c.opts, l.cfg.Target, err)
 	if err != nil {
 		if l.index > 0 {
 			s.budget.Release(1)

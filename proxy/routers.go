@@ -41,7 +41,7 @@ type RouterStatus struct {
 
 // ResyncStatus is what resync keeps of one router.
 type ResyncStatus struct {
-	State  string        `json:"state"` // keeping, unkeyable, over-memory, malformed
+	State  string        `json:"state"` // keeping, unkeyable, over-memory, failed (a malformed message)
 	Reason string        `json:"reason,omitempty"`
 	Peers  int           `json:"peers"`
 	Routes int           `json:"routes"`

@@ -181,7 +181,7 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		return stageHeader.fail(err)
 	}
 	tc, err := s.dial(ctx, o, primary, c.client)
-	s.noteDial(o, err)
+	s.noteDial(o, primary.Target, err)
 	if err != nil {
 		return stageDial.fail(err)
 	}

@@ -14,14 +14,15 @@ import (
 
 // Target checks. A target name is resolved on every dial, so a name that
 // does not resolve would otherwise show only when a router connects. At
-// start and on every reload each listener's target name is resolved once,
+// start and on every reload each listener's target names (every leg's)
+// are resolved once,
 // in the background: one that does not resolve is logged as a warning
 // and shown (Targets), and nothing else changes, since the collector may
 // come later. Every dial then updates what is shown: a name that resolved
 // for a dial resolves; a dial that failed for want of an address does
 // not.
 
-// TargetStatus is what is known of one listener's target.
+// TargetStatus is what is known of one of a listener's targets.
 type TargetStatus struct {
 	Listener string
 	Target   string    // host:port, as configured
@@ -30,20 +31,23 @@ type TargetStatus struct {
 	Checked  time.Time // when it was last tried; zero for an IP literal
 }
 
-// targetTable holds the status of every configured listener's target, by
-// listener name.
+// targetTable holds the status of every configured listener's targets.
 type targetTable struct {
 	mu     sync.Mutex
-	byName map[string]TargetStatus
+	byName map[targetKey]TargetStatus
 }
 
-// set records st, unless the listener's target has changed meanwhile (a
+// targetKey names one target of one listener.
+type targetKey struct{ listener, target string }
+
+// set records st, unless the listener no longer has that target (a
 // reload): a late check of an old target says nothing of the new one.
 func (t *targetTable) set(st TargetStatus) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if cur, ok := t.byName[st.Listener]; ok && cur.Target == st.Target {
-		t.byName[st.Listener] = st
+	k := targetKey{st.Listener, st.Target}
+	if _, ok := t.byName[k]; ok {
+		t.byName[k] = st
 	}
 }
 
@@ -54,13 +58,16 @@ func (t *targetTable) reset(cfg *conf.Config) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.byName
-	t.byName = make(map[string]TargetStatus, len(cfg.Listeners))
+	t.byName = make(map[targetKey]TargetStatus, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		st := TargetStatus{Listener: l.Name, Target: l.Target.String(), Resolves: true}
-		if prev, ok := old[l.Name]; ok && prev.Target == st.Target {
-			st = prev
+		for _, tg := range listenerTargets(&l) {
+			k := targetKey{l.Name, tg.String()}
+			st := TargetStatus{Listener: l.Name, Target: k.target, Resolves: true}
+			if prev, ok := old[k]; ok {
+				st = prev
+			}
+			t.byName[k] = st
 		}
-		t.byName[l.Name] = st
 	}
 }
 
@@ -73,7 +80,12 @@ func (s *Server) Targets() []TargetStatus {
 		out = append(out, st)
 	}
 	s.targets.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Listener < out[j].Listener })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Listener != out[j].Listener {
+			return out[i].Listener < out[j].Listener
+		}
+		return out[i].Target < out[j].Target
+	})
 	return out
 }
 
@@ -84,25 +96,45 @@ func (s *Server) Targets() []TargetStatus {
 func (s *Server) checkTargets(cfg *conf.Config) {
 	s.targets.reset(cfg)
 	for _, l := range cfg.Listeners {
-		if _, err := netip.ParseAddr(l.Target.Host); err == nil {
-			continue
+		for _, target := range listenerTargets(&l) {
+			if _, err := netip.ParseAddr(target.Host); err == nil {
+				continue
+			}
+			s.checkTarget(l.Name, target, l.ConnectTimeout)
 		}
-		s.checks.Add(1)
-		go func(name string, target conf.Target, timeout time.Duration) { // owned by Run, through s.checks
-			defer s.checks.Done()
-			ctx, cancel := context.WithTimeout(s.checkCtx, timeout)
-			defer cancel()
-			lookup := s.opts.LookupHost
-			if lookup == nil {
-				lookup = net.DefaultResolver.LookupHost
-			}
-			_, err := lookup(ctx, target.Host)
-			if err != nil && errors.Is(ctx.Err(), context.Canceled) {
-				return // stopping; not the target's fault
-			}
-			s.noteResolved(name, target.String(), err)
-		}(l.Name, l.Target, l.ConnectTimeout)
 	}
+}
+
+// listenerTargets returns l's targets: every leg's, or its one.
+func listenerTargets(l *conf.Listener) []conf.Target {
+	if len(l.Targets) == 0 {
+		return []conf.Target{l.Target}
+	}
+	out := make([]conf.Target, len(l.Targets))
+	for i, lg := range l.Targets {
+		out[i] = lg.Target
+	}
+	return out
+}
+
+// checkTarget resolves target on a goroutine that Run owns through
+// s.checks.
+func (s *Server) checkTarget(listener string, target conf.Target, timeout time.Duration) {
+	s.checks.Add(1)
+	go func() {
+		defer s.checks.Done()
+		ctx, cancel := context.WithTimeout(s.checkCtx, timeout)
+		defer cancel()
+		lookup := s.opts.LookupHost
+		if lookup == nil {
+			lookup = net.DefaultResolver.LookupHost
+		}
+		_, err := lookup(ctx, target.Host)
+		if err != nil && errors.Is(ctx.Err(), context.Canceled) {
+			return // stopping; not the target's fault
+		}
+		s.noteResolved(listener, target.String(), err)
+	}()
 }
 
 // noteResolved records whether listener's target resolved, and logs a
@@ -113,9 +145,9 @@ func (s *Server) noteResolved(listener, target string, err error) {
 		st.Error = err.Error()
 	}
 	s.targets.mu.Lock()
-	prev, ok := s.targets.byName[listener]
+	prev, ok := s.targets.byName[targetKey{listener, target}]
 	s.targets.mu.Unlock()
-	if !ok || prev.Target != target {
+	if !ok {
 		return // reloaded meanwhile
 	}
 	s.targets.set(st)
@@ -131,15 +163,15 @@ func (s *Server) noteResolved(listener, target string, err error) {
 // noteDial updates listener's target status from a dial's outcome: a
 // connected name resolved, and one that found no address did not. Other
 // failures (refused, timed out) say nothing of the name.
-func (s *Server) noteDial(o *listenerOpts, err error) {
-	if _, perr := netip.ParseAddr(o.Target.Host); perr == nil {
+func (s *Server) noteDial(o *listenerOpts, target conf.Target, err error) {
+	if _, perr := netip.ParseAddr(target.Host); perr == nil {
 		return
 	}
 	var dnsErr *net.DNSError
 	switch {
 	case err == nil:
-		s.noteResolved(o.Name, o.Target.String(), nil)
+		s.noteResolved(o.Name, target.String(), nil)
 	case errors.As(err, &dnsErr):
-		s.noteResolved(o.Name, o.Target.String(), dnsErr)
+		s.noteResolved(o.Name, target.String(), dnsErr)
 	}
 }

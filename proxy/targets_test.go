@@ -163,3 +163,33 @@ func TestRemovedListenerStats(t *testing.T) {
 		return n["stays"] && !n["goes"]
 	})
 }
+
+// TestTargetChecksPerLeg: each target of a fan-out listener is checked
+// and shown on its own: one leg's name that does not resolve says
+// nothing of the other's.
+func TestTargetChecksPerLeg(t *testing.T) {
+	tg := testtarget.New(t, testtarget.V2, testtarget.Echo)
+	dns := &fakeDNS{known: map[string]bool{"primary.example": true}}
+	cfg := fanListener(t, conf.DefaultBuffer, "primary.example:5000", "missing.example:5000")
+	ts := startServer(t, cfg, func(o *Options) {
+		o.LookupHost = dns.lookup
+		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			if _, err := dns.lookup(ctx, host); err != nil {
+				return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", tg.Addr())
+		}
+	})
+	waitfor.True(t, "the missing leg's check to be logged", func() bool {
+		return ts.logs.count("target does not resolve; its connections fail until it does") == 1
+	})
+	got := map[string]bool{}
+	for _, st := range ts.Targets() {
+		got[st.Target] = st.Resolves
+	}
+	if len(got) != 2 || !got["primary.example:5000"] || got["missing.example:5000"] {
+		t.Errorf("targets %+v: want the primary resolving and the missing one not", ts.Targets())
+	}
+}

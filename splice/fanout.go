@@ -21,8 +21,8 @@ import (
 // of bytes then goes to every sink, in order:
 //
 //   - A sink that is caught up (nothing queued in user space) gets them in
-//     its own pipe Q, by tee(2) from P, or by splice(2) from P for the last
-//     such sink: no copy.
+//     its own pipe Q, by tee(2) from P: no copy. P is drained after, or
+//     read once into user space when that copy is needed (below).
 //   - A sink that is behind, or whose pipe cannot take the whole round,
 //     gets them (or the part its pipe did not take) as references to a
 //     user-space copy of the round: its backlog, bounded by its limit.
