@@ -245,11 +245,12 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 	if errors.Is(err, splice.ErrLagging) {
 		l.ctr.cuts.Add(1)
 	}
+	parked := c.parkedKeysOf(sock)
 	c.mu.Unlock()
 	if sink != nil {
 		sink.Remove()
 	}
-	sock.Close()
+	s.closeLegSocket(sock, parked)
 	s.releaseLegFD(l)
 	s.logLeg(l, err)
 	if c.resync != nil {
@@ -266,6 +267,32 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 	if !c.anyLegLive() {
 		c.fail(stageTarget, fmt.Errorf("every target is down; the last: %w", err))
 	}
+}
+
+// parkedKeysOf returns the watcher keys of c's parked directions that
+// read sock: a leg's socket direction, quiet since its collector never
+// speaks. c.mu is held.
+func (c *conn) parkedKeysOf(sock stream) []uint64 {
+	var keys []uint64
+	for _, d := range c.dirs {
+		if d.src == sock && d.state == dirParked {
+			keys = append(keys, d.key)
+		}
+	}
+	return keys
+}
+
+// closeLegSocket closes a leg's socket, first waking its parked
+// direction (parked, the keys of parkedKeysOf) while the watcher still
+// owns its fd: parked, nothing else would ever end it, and the session
+// would never finish. Woken, it reads the closed socket and ends.
+func (s *Server) closeLegSocket(sock stream, parked []uint64) {
+	if w := s.watcher.Load(); w != nil {
+		for _, k := range parked {
+			w.Wake(k)
+		}
+	}
+	sock.Close()
 }
 
 // anyLegLive reports whether some leg of c still takes the router's

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
@@ -146,4 +147,44 @@ func TestFanoutIsolation(t *testing.T) {
 	if cut["reason"] != "lagging" || cut["level"] != "warn" || cut["until"] == nil {
 		t.Errorf("stuck leg's line %v: want lagging, at warn, saying it stays down", cut)
 	}
+}
+
+// TestFanoutPrimaryCutWhileParked: the primary leg's reply direction
+// parks (its collector never speaks), then the primary is cut for
+// falling behind: the session must still end when the router closes,
+// with its closing line. The parked direction of a cut leg is woken
+// before its socket is closed, or nothing ever ends it.
+func TestFanoutPrimaryCutWhileParked(t *testing.T) {
+	done := make(chan struct{})
+	stuck := testtarget.New(t, testtarget.None, func(c *net.TCPConn, r *bufio.Reader) {
+		c.SetReadBuffer(64 << 10)
+		<-done // accepts, and never reads
+	})
+	t.Cleanup(func() { close(done) })
+	healthy, hgot := legCollector(t, false)
+	cfg := fanListener(t, conf.DefaultBuffer, stuck.Addr(), healthy.Addr())
+	cfg.Listeners[0].Targets[0].Buffer = conf.MinBuffer
+	ts := startServer(t, cfg, func(o *Options) { o.IdleAfter = 20 * time.Millisecond })
+	c := dial(t, "tcp", ts.addrs[0].String())
+	c.Write([]byte("hello"))
+	parks := ts.Stats().Parks
+	waitfor.True(t, "the quiet directions to park", func() bool { return ts.Stats().Parks >= parks+2 })
+	payload := randomBytes(t, 16<<20)
+	if _, err := c.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.True(t, "the primary's closing line", func() bool {
+		for _, l := range ts.logs.all() {
+			if l["message"] == "leg closed" && l["leg"] == float64(0) {
+				return true
+			}
+		}
+		return false
+	})
+	c.CloseWrite()
+	got := testtarget.Recv(t, hgot)
+	if got.n != int64(len(payload))+5 {
+		t.Errorf("healthy collector: %d bytes, want %d", got.n, len(payload)+5)
+	}
+	ts.logs.waitClosed(t, 1)
 }

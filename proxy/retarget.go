@@ -125,12 +125,16 @@ func (s *Server) removeLeg(l *leg) {
 		// No sink and no socket direction to wait for.
 		l.sinkDone, l.revDone = true, true
 	}
+	var parked []uint64
+	if sock != nil {
+		parked = c.parkedKeysOf(sock)
+	}
 	c.mu.Unlock()
 	if sink != nil {
 		sink.Remove()
 	}
 	if sock != nil {
-		sock.Close()
+		s.closeLegSocket(sock, parked)
 		s.releaseLegFD(l)
 	}
 	if c.resync != nil {
