@@ -66,10 +66,12 @@ func fanBulk(t target, n int64) (metrics, error) {
 	}
 	buf := pattern(1 << 20)
 	start := time.Now()
-	key, err := fanStream(t, n, buf, t.rate)
+	c, err := fanStream(t, n, buf, t.rate)
 	if err != nil {
 		return nil, err
 	}
+	defer c.Close()
+	key := c.LocalAddr().String()
 	intact, least := 0, n
 	for i, s := range t.sinks {
 		got, err := querySink(s, key)
@@ -82,10 +84,16 @@ func fanBulk(t target, n int64) (metrics, error) {
 		least = min(least, got)
 	}
 	elapsed := time.Since(start)
+	// Every collector has all it will get: bmpproxy must now end the
+	// router session (the primary's reply, or nothing if its leg was
+	// cut, then EOF).
+	c.SetReadDeadline(time.Now().Add(sessionEnd))
+	_, err = io.Copy(io.Discard, c)
 	m := metrics{
 		"gbps":        float64(n) * 8 / elapsed.Seconds() / 1e9,
 		"legs_intact": float64(intact),
 		"least_mib":   float64(least) / (1 << 20),
+		"closed":      boolf(err == nil),
 	}
 	used, ok, err := cpu.stop()
 	if err != nil {
@@ -97,20 +105,22 @@ func fanBulk(t target, n int64) (metrics, error) {
 	return m, nil
 }
 
+// sessionEnd is how long bmpproxy may take to end a fan-out router
+// session once every collector has counted its bytes.
+const sessionEnd = 10 * time.Second
+
 // fanStream sends n bytes in modeFanout, at rate bits/s if not 0, and
-// waits for the primary sink's reply (the count it checks is the other
-// sinks'); it returns the client's address, under which every sink
-// records its count.
-func fanStream(t target, n int64, buf []byte, rate float64) (string, error) {
+// closes its write side. It returns the connection, whose local address
+// is the key under which every sink records its count.
+func fanStream(t target, n int64, buf []byte, rate float64) (*net.TCPConn, error) {
 	c, err := dial(t)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Minute))
-	key := c.LocalAddr().String()
-	if _, err := c.Write(preamble(modeFanout, t.header, key)); err != nil {
-		return "", err
+	if _, err := c.Write(preamble(modeFanout, t.header, c.LocalAddr().String())); err != nil {
+		c.Close()
+		return nil, err
 	}
 	start := time.Now()
 	for sent := int64(0); sent < n; {
@@ -122,14 +132,13 @@ func fanStream(t target, n int64, buf []byte, rate float64) (string, error) {
 		}
 		m := min(int64(len(buf)), n-sent)
 		if _, err := c.Write(buf[:m]); err != nil {
-			return "", err
+			c.Close()
+			return nil, err
 		}
 		sent += m
 	}
 	c.CloseWrite()
-	// The primary's reply, or its EOF if its leg was cut.
-	io.Copy(io.Discard, c)
-	return key, nil
+	return c, nil
 }
 
 // querySink asks the sink at addr, directly, for the count of the

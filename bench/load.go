@@ -75,7 +75,8 @@ func workloads(o *options) []workload {
 		{"gbps", "Gbit/s", "%.2f"},
 		{"cpu_per_gib", "proxy CPU-s/GiB", "%.3f"},
 	}
-	fanCols := append(bulkCols[:2:2], column{"legs_intact", "legs with every byte", "%.0f"}, column{"least_mib", "least a leg got, MiB", "%.0f"})
+	fanCols := append(bulkCols[:2:2], column{"legs_intact", "legs with every byte", "%.0f"}, column{"least_mib", "least a leg got, MiB", "%.0f"},
+		column{"closed", "router session ended", "bool"})
 	table := &tableStream{spec: o.table}
 	fanoutNote := "The targets are the listeners of one sink process on the load core, which drains them in turns (at most 256 KiB " +
 		"from each ready socket per epoll round) with MSG_TRUNC (the kernel drops the bytes, no copy to user space): equally fast " +
@@ -83,7 +84,8 @@ func workloads(o *options) []workload {
 		"Every leg has the default buffer (4 MiB). Throughput runs to the moment the last sink has counted its bytes. " +
 		"A leg that bmpproxy cut for falling behind does not stop the run: it shows in the last two columns " +
 		"(medians, with min–max), and a row with a leg cut measured fewer legs than it names. " +
-		"The paced rows send at a fixed rate (-fanout-rate), below what one target takes."
+		"The paced rows send at a fixed rate (-fanout-rate), below what one target takes. " +
+		"Router session ended: bmpproxy closed the router's connection within 10 s of the last sink's count, in every run."
 	return []workload{
 		{
 			key: "bulk1", title: fmt.Sprintf("Bulk, one stream of %s", size(o.bulkSize)), peers: everyone, columns: bulkCols,

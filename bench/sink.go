@@ -180,10 +180,18 @@ func sinkConn(c *net.TCPConn, tl *tally, dr *drainer) {
 	}
 	var pre [3]byte
 	if _, err := io.ReadFull(br, pre[:]); err != nil {
-		return // a readiness probe: connected and closed
+		// A readiness probe, connected and closed, or a fan-out leg cut
+		// before its preamble: a query for it finds it got nothing.
+		if kind != headerNone {
+			tl.record(src+" "+c.LocalAddr().String(), tallied{ok: true})
+		}
+		return
 	}
 	claimed := make([]byte, pre[2])
 	if _, err := io.ReadFull(br, claimed); err != nil {
+		if kind != headerNone {
+			tl.record(src+" "+c.LocalAddr().String(), tallied{ok: true})
+		}
 		return
 	}
 	c.SetReadDeadline(time.Time{})
