@@ -19,6 +19,11 @@ type target struct {
 	addr   string
 	pid    int // 0: no proxy process to measure
 	header byte
+	sinks  []string // fan-out: the proxy's targets, each a sink to ask for its count
+	// resync workload: the proxy's one target, and whether it keeps state.
+	collector *collector
+	resync    bool
+	rate      float64 // fan-out: bits/s the router sends at; 0: as fast as it can
 }
 
 // metrics is one run's measurements, by metric key.
@@ -31,6 +36,24 @@ type workload struct {
 	peers   peerSet
 	columns []column
 	run     func(t target, o *options) (metrics, error)
+	// own, if set, are the workload's rows instead of the shared peers.
+	own []*peer
+	// self, if set, is a workload that runs no proxy: a child process
+	// measures and reports.
+	self *selfRun
+	// sinks is how many fan-out sinks the rows need; collector, whether
+	// they need the in-process collector.
+	sinks     int
+	collector bool
+	// note is printed under the workload's table.
+	note string
+}
+
+// selfRun is a workload's one row when it runs no proxy.
+type selfRun struct {
+	name    string
+	command func(e *env) []string
+	run     func(argv []string) (metrics, error)
 }
 
 type peerSet int
@@ -52,6 +75,17 @@ func workloads(o *options) []workload {
 		{"gbps", "Gbit/s", "%.2f"},
 		{"cpu_per_gib", "proxy CPU-s/GiB", "%.3f"},
 	}
+	fanCols := append(bulkCols[:2:2], column{"legs_intact", "legs with every byte", "%.0f"}, column{"least_mib", "least a leg got, MiB", "%.0f"},
+		column{"closed", "router session ended", "bool"})
+	table := &tableStream{spec: o.table}
+	fanoutNote := "The targets are the listeners of one sink process on the load core, which drains them in turns (at most 256 KiB " +
+		"from each ready socket per epoll round) with MSG_TRUNC (the kernel drops the bytes, no copy to user space): equally fast " +
+		"collectors, and the load core, which runs the router and every sink, pays for one copy however many legs there are. " +
+		"Every leg has the default buffer (4 MiB). Throughput runs to the moment the last sink has counted its bytes. " +
+		"A leg that bmpproxy cut for falling behind does not stop the run: it shows in the last two columns " +
+		"(medians, with min–max), and a row with a leg cut measured fewer legs than it names. " +
+		"The paced rows send at a fixed rate (-fanout-rate), below what one target takes. " +
+		"Router session ended: bmpproxy closed the router's connection within 10 s of the last sink's count, in every run."
 	return []workload{
 		{
 			key: "bulk1", title: fmt.Sprintf("Bulk, one stream of %s", size(o.bulkSize)), peers: everyone, columns: bulkCols,
@@ -90,6 +124,52 @@ func workloads(o *options) []workload {
 			key: "idle", title: fmt.Sprintf("%d idle connections, measured after 5 s idle", o.idleConns), peers: privileged,
 			columns: []column{{"rss_kib_per_conn", "proxy RSS KiB/conn", "%.2f"}, {"fds_per_conn", "proxy fds/conn", "%.2f"}},
 			run:     func(t target, o *options) (metrics, error) { return idle(t, o.idleConns) },
+		},
+		{
+			key: "fanout2", title: fmt.Sprintf("Fan-out: one stream of %s to 2 collectors, no resync", size(o.bulkSize)),
+			columns: fanCols, own: fanoutPeers(2, o.fanRate*1e9), sinks: 2, note: fanoutNote,
+			run: func(t target, o *options) (metrics, error) { return fanBulk(t, o.bulkSize) },
+		},
+		{
+			key: "fanout4", title: fmt.Sprintf("Fan-out: one stream of %s to 4 collectors, no resync", size(o.bulkSize)),
+			columns: fanCols, own: fanoutPeers(4, o.fanRate*1e9), sinks: 4, note: fanoutNote,
+			run: func(t target, o *options) (metrics, error) { return fanBulk(t, o.bulkSize) },
+		},
+		{
+			key: "resync",
+			title: fmt.Sprintf("Resync: one router's full table (%s) through bmpproxy to one collector, which then restarts",
+				o.table),
+			columns: []column{
+				{"mroutes_per_s", "M routes/s in", "%.2f"},
+				{"gbps", "Gbit/s", "%.2f"},
+				{"cpu_ns_per_route", "proxy CPU ns/route", "%.0f"},
+				{"rss_b_per_route", "proxy RSS growth B/route", "%.1f"},
+				{"replay_mroutes_per_s", "replay M routes/s", "%.2f"},
+			},
+			own: resyncPeers(), collector: true,
+			note: "The collector is in the harness, on the load core: it counts routes and End-of-RIBs, so the table has arrived " +
+				"at its last End-of-RIB, and each count is checked. Routes in: from the router's first byte to the collector's last. " +
+				"Proxy CPU to that moment, from /proc/PID/task/*/schedstat (nanoseconds). RSS growth: VmRSS when the table has arrived, " +
+				"less before the router connected. Replay: the collector resets its connection, bmpproxy dials it again " +
+				"(after its 1 s backoff) and replays; from the replay's PROXY header to its last End-of-RIB, every route and Peer Up counted.",
+			run: func(t target, o *options) (metrics, error) { return resyncRun(t, table) },
+		},
+		{
+			key: "ribcache", title: fmt.Sprintf("Resync cache (bmp/rib) alone on one core: the full table of %s", o.table),
+			columns: []column{
+				{"ingest_mroutes_per_s", "ingest M routes/s", "%.2f"},
+				{"heap_b_per_route", "heap B/route", "%.1f"},
+				{"acct_b_per_route", "accounted B/route", "%.1f"},
+				{"replay_mroutes_per_s", "replay M routes/s", "%.2f"},
+			},
+			self: &selfRun{
+				name: "bmp/rib, GOMAXPROCS=1",
+				command: func(e *env) []string {
+					return ribCacheCommand(o.table, e.proxyCore)
+				},
+				run: ribCacheRun,
+			},
+			note: ribCacheNote,
 		},
 	}
 }

@@ -5,6 +5,7 @@
 //	go run ./bench            # the full run (as root; peers from bench/install.sh)
 //	go run ./bench -smoke     # every peer, small sizes: checks the harness itself
 //	go run ./bench upgrade    # the accept pause of an upgrade against open connections
+//	go run ./bench -only fanout2,fanout4,resync,ribcache  # fan-out and resync only
 //
 // The proxy under test is pinned to CPU 0; the load generator and the sink
 // run on CPU 1. A sink parses each peer's PROXY header, checks it carries
@@ -12,6 +13,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,14 +44,18 @@ type options struct {
 	shortConc   int
 	idleConns   int
 	capacity    int
+	table       tableSpec // the full-table-like BMP workload (resync, ribcache)
+	fanRate     float64   // Gbit/s the fan-out router sends at; 0: as fast as it can
 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "sink" {
 		fs := flag.NewFlagSet("sink", flag.ExitOnError)
 		addr := fs.String("listen", "127.0.0.1:0", "address")
+		n := fs.Int("n", 1, "listeners on that address (with port 0, each on a port of its own)")
+		rcvbuf := fs.Int("rcvbuf", 0, "SO_RCVBUF of the accepted sockets; 0: the kernel tunes it")
 		fs.Parse(os.Args[2:])
-		if err := runSink(*addr); err != nil {
+		if err := runSink(*addr, *n, *rcvbuf); err != nil {
 			fmt.Fprintln(os.Stderr, "sink:", err)
 			os.Exit(1)
 		}
@@ -64,20 +70,35 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "ribcache" {
+		// The resync cache's figures, in a process of their own:
+		// bench ribcache -table-peers 8 (the harness pins it, GOMAXPROCS=1)
+		if err := runRibCache(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "ribcache:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "load" {
 		// One workload against an address, for profiling a proxy by hand:
 		// bench load -addr 127.0.0.1:5000 -workload short -header 2
 		fs := flag.NewFlagSet("load", flag.ExitOnError)
 		addr := fs.String("addr", "", "proxy address")
-		wl := fs.String("workload", "short", "bulk1, bulk8, many, rr, short, idle or capacity")
+		wl := fs.String("workload", "short", "bulk1, bulk8, many, rr, short, idle, capacity, fanout2 or fanout4")
 		header := fs.Int("header", 2, "PROXY header the sink should see: 0 none, 1 v1, 2 v2")
 		pid := fs.Int("pid", 0, "proxy pid, for CPU and memory figures")
+		rate := fs.Float64("rate", 0, "fanout2, fanout4: Gbit/s the router sends at; 0: as fast as the proxy takes it")
+		sinks := fs.String("sinks", "", "fanout2, fanout4: comma-separated addresses of the proxy's targets, each a `bench sink`, in order")
 		var o options
 		o.sizeFlags(fs)
 		fs.Parse(os.Args[2:])
 		for _, w := range workloads(&o) {
-			if w.key == *wl {
-				m, err := w.run(target{addr: *addr, pid: *pid, header: byte(*header)}, &o)
+			if w.key == *wl && w.run != nil {
+				t := target{addr: *addr, pid: *pid, header: byte(*header), rate: *rate * 1e9}
+				if *sinks != "" {
+					t.sinks = strings.Split(*sinks, ",")
+				}
+				m, err := w.run(t, &o)
 				if err != nil {
 					fmt.Fprintln(os.Stderr, "load:", err)
 					os.Exit(1)
@@ -93,13 +114,14 @@ func main() {
 	flag.BoolVar(&o.smoke, "smoke", false, "every peer and workload with small sizes and one run (for CI)")
 	flag.StringVar(&o.out, "out", "bench/RESULTS.md", "results file")
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; each row reports the median, min and max")
-	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity); empty: all")
+	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity,fanout2,fanout4,resync,ribcache); empty: all")
 	flag.StringVar(&o.peers, "peers", "", "comma-separated substrings; only peers whose name contains one run (for iterating)")
 	o.sizeFlags(flag.CommandLine)
 	flag.Parse()
 	if o.smoke {
 		o.runs, o.bulkSize, o.manyStreams, o.manySize = 1, 64<<20, 8, 8<<20
 		o.rrCount, o.shortCount, o.idleConns, o.capacity = 500, 500, 200, 300
+		o.table = tableSpec{peers: 2, v4: 20_000, v6: 4_000, attrSets: 500}
 	}
 	if err := run(&o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -117,6 +139,8 @@ func (o *options) sizeFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.shortConc, "short-conc", 32, "concurrency of the short-connection test")
 	fs.IntVar(&o.idleConns, "idle", 3000, "connections in the idle test (each peer must fit them in its fd limit)")
 	fs.IntVar(&o.capacity, "capacity", 10000, "connections the capacity test tries to hold open")
+	o.table.flags(fs)
+	fs.Float64Var(&o.fanRate, "fanout-rate", 2, "Gbit/s the router sends at in the fan-out workloads' paced rows (and bench load's fan-out); 0: no paced rows")
 }
 
 const (
@@ -202,57 +226,97 @@ func run(o *options) error {
 		return err
 	}
 
-	sink, addr, err := startSink("")
+	sink, addrs, err := startSink("", 1)
 	if err != nil {
 		return err
 	}
 	defer sink.stop()
-	e.sinkAddr = addr
+	e.sinkAddr = addrs[0]
 	sink2Core := ""
 	if pinned {
 		sink2Core = proxyCore
 	}
-	sink2, addr2, err := startSink(sink2Core)
+	sink2, addrs2, err := startSink(sink2Core, 1)
 	if err != nil {
 		return err
 	}
 	defer sink2.stop()
-	e.sink2Addr = addr2
+	e.sink2Addr = addrs2[0]
+
+	wls := workloads(o)
+	fanSinks := 0
+	for _, w := range wls {
+		if !selected(o.only, w.key) {
+			continue
+		}
+		fanSinks = max(fanSinks, w.sinks)
+		if w.collector && e.collector == nil {
+			if e.collector, err = startCollector(); err != nil {
+				return err
+			}
+			defer e.collector.close()
+		}
+	}
+	if fanSinks > 0 {
+		// The fan-out sinks: one process on the load core, a listener
+		// for each target of the widest fan-out. In one process the Go
+		// scheduler takes turns among them every few hundred KiB; as
+		// processes, the kernel's time slices let one sink run
+		// milliseconds ahead while another waits, which at loopback
+		// speed is more than a leg's 4 MiB buffer.
+		fs, addrs, err := startSink("", fanSinks)
+		if err != nil {
+			return err
+		}
+		defer fs.stop()
+		e.fanSinks = addrs
+	}
 
 	res := &results{opts: o, started: time.Now(), pinned: pinned, fdLimit: lim.Cur, root: root}
-	wls := workloads(o)
 	// Runs are interleaved: every peer's run 1, then every peer's run 2, so
-	// drift in the machine's noise spreads over all peers alike.
+	// drift in the machine's noise spreads over all peers alike. Workloads
+	// with rows of their own (fan-out, resync) come after the shared peers
+	// in each round, and the ones that run no proxy last.
 	for i := 0; i < o.runs; i++ {
 		for _, p := range peers() {
 			if !selectedPeer(o.peers, p.name) {
 				continue
 			}
 			for _, w := range wls {
-				if !selected(o.only, w.key) || !w.applies(p) {
+				if !selected(o.only, w.key) || w.own != nil || w.self != nil || !w.applies(p) {
 					continue
 				}
-				if reason, skip := p.skip[w.key]; skip {
-					res.skip(w.key, p.name, reason)
-					continue
+				if err := runOne(e, res, w, p, i, o); err != nil {
+					return err
 				}
-				// A fresh process for every run: one run's leftovers (heap,
-				// pooled pipes, kept connections) do not colour the next.
-				r, err := p.start(e)
-				if err != nil {
-					return fmt.Errorf("%s: %w", p.name, err)
-				}
-				res.command(p.name, r.command)
-				fmt.Printf("%-34s %-8s run %d/%d ... ", p.name, w.key, i+1, o.runs)
-				m, err := w.run(target{addr: r.addr, pid: r.pid, header: p.header}, o)
-				r.stop()
-				if err != nil {
-					out, _ := os.ReadFile(r.log)
-					return fmt.Errorf("%s, %s: %w\npeer output:\n%s", p.name, w.key, err, tail(out, 2000))
-				}
-				fmt.Println(m)
-				res.add(w.key, p.name, m)
 			}
+		}
+		for _, w := range wls {
+			if !selected(o.only, w.key) || w.own == nil {
+				continue
+			}
+			for _, p := range w.own {
+				if !selectedPeer(o.peers, p.name) {
+					continue
+				}
+				if err := runOne(e, res, w, p, i, o); err != nil {
+					return err
+				}
+			}
+		}
+		for _, w := range wls {
+			if !selected(o.only, w.key) || w.self == nil {
+				continue
+			}
+			argv := w.self.command(e)
+			res.command(w.self.name, strings.Join(argv, " "))
+			fmt.Printf("%-34s %-8s run %d/%d ... ", w.self.name, w.key, i+1, o.runs)
+			m, err := w.self.run(argv)
+			if err != nil {
+				return fmt.Errorf("%s: %w", w.key, err)
+			}
+			fmt.Println(m)
+			res.add(w.key, w.self.name, m)
 		}
 	}
 	res.finished = time.Now()
@@ -266,6 +330,31 @@ func run(o *options) error {
 	}
 	fmt.Println()
 	fmt.Print(report)
+	return nil
+}
+
+// runOne runs workload w against a fresh process of peer p.
+func runOne(e *env, res *results, w workload, p *peer, i int, o *options) error {
+	if reason, skip := p.skip[w.key]; skip {
+		res.skip(w.key, p.name, reason)
+		return nil
+	}
+	// A fresh process for every run: one run's leftovers (heap, pooled
+	// pipes, kept connections) do not colour the next.
+	r, err := p.start(e)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
+	}
+	res.command(p.name, r.command)
+	fmt.Printf("%-34s %-8s run %d/%d ... ", p.name, w.key, i+1, o.runs)
+	m, err := w.run(target{addr: r.addr, pid: r.pid, header: p.header, sinks: r.sinks, collector: r.collector, resync: r.resync, rate: r.rate}, o)
+	r.stop()
+	if err != nil {
+		out, _ := os.ReadFile(r.log)
+		return fmt.Errorf("%s, %s: %w\npeer output:\n%s", p.name, w.key, err, tail(out, 2000))
+	}
+	fmt.Println(m)
+	res.add(w.key, p.name, m)
 	return nil
 }
 
@@ -326,13 +415,14 @@ func checkPeers() error {
 	return nil
 }
 
-// startSink runs this binary's sink mode, pinned to core if given.
-func startSink(core string) (*running, string, error) {
+// startSink runs this binary's sink mode with n listeners and the extra
+// sink flags, pinned to core if given, and returns their addresses.
+func startSink(core string, n int, extra ...string) (*running, []string, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
-	argv := []string{exe, "sink", "-listen", "127.0.0.1:0"}
+	argv := append([]string{exe, "sink", "-listen", "127.0.0.1:0", "-n", strconv.Itoa(n)}, extra...)
 	if core != "" {
 		argv = append([]string{"taskset", "-c", core}, argv...)
 	}
@@ -341,18 +431,19 @@ func startSink(core string) (*running, string, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
-	line := make([]byte, 64)
-	n, err := out.Read(line)
-	if err != nil {
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addrs := strings.Fields(line)
+	if err != nil || len(addrs) != n {
 		cmd.Process.Kill()
-		return nil, "", fmt.Errorf("sink: %w", err)
+		cmd.Wait()
+		return nil, nil, fmt.Errorf("sink: %q: %v", line, err)
 	}
-	return &running{cmd: cmd, pid: cmd.Process.Pid}, strings.TrimSpace(string(line[:n])), nil
+	return &running{cmd: cmd, pid: cmd.Process.Pid}, addrs, nil
 }
 
 // goBuild builds package pkg of the module at root into out.

@@ -15,12 +15,14 @@ import (
 
 // env is what every peer needs to start.
 type env struct {
-	dir       string // scratch directory, world-readable
-	bmpproxy  string // built binary
-	refproxy  string // built binary
-	proxyCore string // taskset CPU list for the proxy under test; empty: no pinning
-	sinkAddr  string // sink on the load generator's core
-	sink2Addr string // sink on the proxy's core (fair two-core direct reference)
+	dir       string     // scratch directory, world-readable
+	bmpproxy  string     // built binary
+	refproxy  string     // built binary
+	proxyCore string     // taskset CPU list for the proxy under test; empty: no pinning
+	sinkAddr  string     // sink on the load generator's core
+	sink2Addr string     // sink on the proxy's core (fair two-core direct reference)
+	fanSinks  []string   // sinks on the load core for the fan-out workloads' targets
+	collector *collector // the resync workload's collector, in this process
 	nobody    *syscall.Credential
 }
 
@@ -48,6 +50,11 @@ type running struct {
 	command string    // the exact command line, for the results file
 	cmd     *exec.Cmd // nil for direct
 	log     string    // where its output goes
+	// What the workload needs to know of the peer's targets.
+	sinks     []string
+	collector *collector
+	resync    bool
+	rate      float64 // bits/s the router sends at; 0: as fast as it can
 }
 
 func (r *running) stop() {

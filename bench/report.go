@@ -108,7 +108,37 @@ func ratioGoal(text, wl, key, ours, theirs string, atLeast bool, bound float64) 
 	}}
 }
 
-func goals() []goal {
+// absGoal compares a row's median with a fixed bound.
+func absGoal(text, wl, key, row string, atLeast bool, bound float64) goal {
+	return goal{text: text, eval: func(r *results) (string, bool, bool) {
+		a := r.stat(wl, row, key)
+		if !a.ok {
+			return "not measured", false, false
+		}
+		met := a.med >= bound
+		if !atLeast {
+			met = a.med <= bound
+		}
+		return fmt.Sprintf("%.3g", a.med), met, true
+	}}
+}
+
+// fanGoal is ratioGoal for a fan-out row of legs targets, met only if
+// every leg got every byte in every run: with a leg cut, the row measured
+// fewer legs.
+func fanGoal(text, wl, key, ours, theirs string, legs int, atLeast bool, bound float64) goal {
+	g := ratioGoal(text, wl, key, ours, theirs, atLeast, bound)
+	return goal{text: text, eval: func(r *results) (string, bool, bool) {
+		v, met, ok := g.eval(r)
+		if l := r.stat(wl, ours, "legs_intact"); ok && l.ok && l.min < float64(legs) {
+			return v + fmt.Sprintf("; legs cut: as few as %.0f of %d kept every byte", l.min, legs), false, true
+		}
+		return v, met, ok
+	}}
+}
+
+func goals(o *options) []goal {
+	paced := fmt.Sprintf(", router at %g Gbit/s", o.fanRate)
 	return []goal{
 		ratioGoal("Bulk, one stream: throughput ≥ 1.0× the io.Copy reference", "bulk1", "gbps", "bmpproxy", "io.Copy reference", true, 1.0),
 		ratioGoal("Bulk, one stream: throughput ≥ 1.0× HAProxy with splicing", "bulk1", "gbps", "bmpproxy", "HAProxy, splice", true, 1.0),
@@ -126,6 +156,19 @@ func goals() []goal {
 		ratioGoal("Short connections: proxy CPU per connection ≤ 1.0× nginx", "short", "cpu_per_conn_us", "bmpproxy", "nginx stream", false, 1.0),
 		ratioGoal("Short connections: connections/s ≥ 1.0× docker-proxy", "short", "conns_per_s", "bmpproxy", "docker-proxy", true, 1.0),
 		ratioGoal("Request/response: p50 ≤ 1.0× docker-proxy", "rr", "p50_us", "bmpproxy", "docker-proxy", false, 1.0),
+		fanGoal("Fan-out to 2: throughput ≥ 0.8× one target, every leg intact", "fanout2", "gbps", "bmpproxy, 2 targets", "bmpproxy, 1 target", 2, true, 0.8),
+		fanGoal("Fan-out to 2: proxy CPU per GiB ≤ 1.5× one target, every leg intact", "fanout2", "cpu_per_gib", "bmpproxy, 2 targets", "bmpproxy, 1 target", 2, false, 1.5),
+		fanGoal("Fan-out to 2, router paced: proxy CPU per GiB ≤ 1.5× one target, every leg intact", "fanout2", "cpu_per_gib",
+			"bmpproxy, 2 targets"+paced, "bmpproxy, 1 target"+paced, 2, false, 1.5),
+		fanGoal("Fan-out to 4: throughput ≥ 0.8× one target, every leg intact", "fanout4", "gbps", "bmpproxy, 4 targets", "bmpproxy, 1 target", 4, true, 0.8),
+		fanGoal("Fan-out to 4: proxy CPU per GiB ≤ 2.5× one target, every leg intact", "fanout4", "cpu_per_gib", "bmpproxy, 4 targets", "bmpproxy, 1 target", 4, false, 2.5),
+		fanGoal("Fan-out to 4, router paced: proxy CPU per GiB ≤ 2.5× one target, every leg intact", "fanout4", "cpu_per_gib",
+			"bmpproxy, 4 targets"+paced, "bmpproxy, 1 target"+paced, 4, false, 2.5),
+		absGoal("Resync cache: ingest ≥ 2 M routes/s on one core", "ribcache", "ingest_mroutes_per_s", "bmp/rib, GOMAXPROCS=1", true, 2),
+		absGoal("Resync cache: ≤ 64 bytes per cached route (heap), full-table-like workload", "ribcache", "heap_b_per_route", "bmp/rib, GOMAXPROCS=1", false, 64),
+		absGoal("Resync cache: replay ≥ 1 M routes/s", "ribcache", "replay_mroutes_per_s", "bmp/rib, GOMAXPROCS=1", true, 1),
+		absGoal("Resync through bmpproxy: the router's table at ≥ 2 M routes/s (proxy on one core)", "resync", "mroutes_per_s", "bmpproxy --bmp --resync", true, 2),
+		absGoal("Resync through bmpproxy: replay to a restarted collector ≥ 1 M routes/s", "resync", "replay_mroutes_per_s", "bmpproxy --bmp --resync", true, 1),
 	}
 }
 
@@ -151,7 +194,7 @@ func (r *results) markdown(wls []workload) string {
 	fmt.Fprintf(&b, "- CPU is the proxy's utime+stime (+ reaped children) from /proc/PID/stat, 10 ms resolution. RSS is VmRSS.\n\n")
 
 	b.WriteString("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
-	for _, g := range goals() {
+	for _, g := range goals(o) {
 		v, met, ok := g.eval(r)
 		verdict := "missed"
 		switch {
@@ -206,6 +249,9 @@ func (r *results) markdown(wls []workload) string {
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
+		if w.note != "" {
+			b.WriteString(w.note + "\n\n")
+		}
 	}
 
 	if f, err := os.ReadFile(filepath.Join(r.root, "bench", "findings.md")); err == nil {
