@@ -29,14 +29,19 @@ import (
 //     When that copy is needed anyway, because some sink is behind or the
 //     Fanout has a tap, P is read into it once, for every such sink.
 //
-// The source is paced by its fastest sink: Copy reads the next round only
-// while some sink is less than half its limit behind (or there is no
-// sink at all, when bytes only go to the tap), and never more than that
-// sink has room for. So a burst (a router's initial table) goes as fast
-// as the fastest collector takes it, and a sink is cut only when it falls
-// its limit behind that one. A wait that sees no sink write anything for
-// StallAfter cuts the sinks it waits for: a collector that stops reading
-// never stops the source, even when it is the only one.
+// The source is paced by its slowest sink, for a while: Copy reads the
+// next round only while every pacing sink is less than half its limit
+// behind (or there is no sink at all, when bytes only go to the tap), and
+// never more than the one with the least room has. Sinks that keep up
+// thus stay together, whatever a network's hiccups, instead of the
+// fastest running away from the others. A sink that keeps Copy waiting
+// for HoldMax while another pacing sink has room is demoted: it no
+// longer paces, and is cut if it falls its limit behind; once it has
+// caught up it paces again. The last pacing sink is never demoted: a
+// lone collector paces its source as a plain proxy's would. A wait that
+// sees no sink write anything for StallAfter cuts the sinks it waits
+// for: a collector that stops reading never stops the source, even when
+// it is the only one.
 //
 // Each sink has a writer goroutine while it has something to write:
 // first its head (a PROXY header and the bytes read before the Fanout
@@ -61,6 +66,7 @@ type Fanout struct {
 	pump       *Pump
 	tap        func([]byte)
 	stallAfter time.Duration
+	holdMax    time.Duration
 
 	mu       sync.Mutex
 	sinks    []*Sink
@@ -72,12 +78,15 @@ type Fanout struct {
 	nudge chan struct{} // Nudge's token: a Copy waiting for room returns
 
 	// Owned by Copy.
-	src  syscall.RawConn
-	room int    // the most the next round may hold
-	p    *pipe  // P; held only while a round is in it
-	c    *chunk // instead of P, when no pipe can be had: the round, copied
-	n    int    // result of the last fill
-	rerr error
+	waitSince  time.Time // when the wait for room going on began; zero if none
+	quietSince time.Time // since when, in that wait, no sink wrote a byte
+	demoted    bool      // that wait has demoted the sinks it waited for
+	src        syscall.RawConn
+	room       int    // the most the next round may hold
+	p          *pipe  // P; held only while a round is in it
+	c          *chunk // instead of P, when no pipe can be had: the round, copied
+	n          int    // result of the last fill
+	rerr       error
 }
 
 // ErrLagging reports a sink cut because its backlog passed its limit.
@@ -91,7 +100,10 @@ func (p *Pump) NewFanout(cfg FanoutConfig) *Fanout {
 	if cfg.StallAfter <= 0 {
 		cfg.StallAfter = DefaultStallAfter
 	}
-	return &Fanout{pump: p, tap: cfg.Tap, stallAfter: cfg.StallAfter, nudge: make(chan struct{}, 1)}
+	if cfg.HoldMax <= 0 {
+		cfg.HoldMax = DefaultHoldMax
+	}
+	return &Fanout{pump: p, tap: cfg.Tap, stallAfter: cfg.StallAfter, holdMax: cfg.HoldMax, nudge: make(chan struct{}, 1)}
 }
 
 // FanoutConfig configures a Fanout.
@@ -103,10 +115,18 @@ type FanoutConfig struct {
 	// writes a byte; then the sinks it waits for are cut. Zero means
 	// DefaultStallAfter.
 	StallAfter time.Duration
+	// HoldMax is how long one wait for room may go on while a sink that
+	// paces has room and others keep the source waiting; then those are
+	// demoted. Zero means DefaultHoldMax.
+	HoldMax time.Duration
 }
 
 // DefaultStallAfter is FanoutConfig.StallAfter's default.
 const DefaultStallAfter = 5 * time.Second
+
+// DefaultHoldMax is FanoutConfig.HoldMax's default: long enough for a
+// collector's hiccup, short enough that a router hardly notices.
+const DefaultHoldMax = 200 * time.Millisecond
 
 // Nudge makes a Copy that waits for a sink to make room return, as a read
 // deadline makes a Copy that waits for the source return: the caller
@@ -123,25 +143,63 @@ func (f *Fanout) Nudge() {
 var errNudged = fmt.Errorf("fan-out: nudged while waiting for a sink: %w", os.ErrDeadlineExceeded)
 
 // roomLocked returns how many bytes the next round may hold: what the
-// sink with the most room has before its limit, or unbounded (-1) with no
-// sink going; 0 when every sink going is at least half its limit behind,
-// and Copy must wait. f.mu is held.
+// pacing sink with the least room has before its limit, or unbounded (-1)
+// with no sink going; 0 when some pacing sink is at least half its limit
+// behind, and Copy must wait. A demoted sink that has caught up paces
+// again; with no pacing sink left, every sink going does. f.mu is held.
 func (f *Fanout) roomLocked() int {
-	best, going := 0, 0
+	for pass := 0; pass < 2; pass++ {
+		room, going, pacing := -1, 0, 0
+		for _, s := range f.sinks {
+			if s.err != nil {
+				continue
+			}
+			going++
+			behind := s.queued + s.qData
+			if s.demoted {
+				if behind > 0 {
+					continue
+				}
+				s.demoted = false
+			}
+			pacing++
+			if behind >= s.limit/2 {
+				return 0
+			}
+			if r := s.limit - behind; room < 0 || r < room {
+				room = r
+			}
+		}
+		if going == 0 {
+			return -1
+		}
+		if pacing > 0 {
+			return room
+		}
+		for _, s := range f.sinks {
+			s.demoted = false
+		}
+	}
+	return 0 // not reached: the second pass has every sink pacing
+}
+
+// demoteLocked demotes the pacing sinks that keep Copy waiting, if some
+// other pacing sink has room: they stop pacing the source. f.mu is held.
+func (f *Fanout) demoteLocked() {
+	roomy := false
 	for _, s := range f.sinks {
-		if s.err != nil {
-			continue
-		}
-		going++
-		behind := s.queued + s.qData
-		if behind < s.limit/2 {
-			best = max(best, s.limit-behind)
+		if s.err == nil && !s.demoted && s.queued+s.qData < s.limit/2 {
+			roomy = true
 		}
 	}
-	if going == 0 {
-		return -1
+	if !roomy {
+		return
 	}
-	return best
+	for _, s := range f.sinks {
+		if s.err == nil && !s.demoted && s.queued+s.qData >= s.limit/2 {
+			s.demoted = true
+		}
+	}
 }
 
 // cutStalledLocked cuts the sinks that keep Copy waiting. f.mu is held.
@@ -161,21 +219,22 @@ func (f *Fanout) progressLocked() {
 	}
 }
 
-// waitRoom waits until some sink is less than half its limit behind, or
-// Nudge is called (errNudged), and sets f.room. A wait in which no sink
-// writes anything for stallAfter cuts the sinks it waits for.
+// waitRoom waits until every pacing sink is less than half its limit
+// behind, or Nudge is called (errNudged), and sets f.room. A wait that
+// goes on for holdMax demotes the sinks it waits for, if another has
+// room; one in which no sink writes anything for stallAfter cuts them.
+// A wait is measured across Copy calls: a nudge (to park or hold the
+// source) ends the call, not the wait, so the sweeper's nudges never
+// keep a stalled sink from being cut.
 func (f *Fanout) waitRoom() error {
-	var stall *time.Timer
-	defer func() {
-		if stall != nil {
-			stall.Stop()
-		}
-	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
 		f.mu.Lock()
 		if r := f.roomLocked(); r != 0 {
 			f.room = r
 			f.mu.Unlock()
+			f.waitSince, f.demoted = time.Time{}, false
 			return nil
 		}
 		if f.progress == nil {
@@ -183,17 +242,31 @@ func (f *Fanout) waitRoom() error {
 		}
 		progress := f.progress
 		f.mu.Unlock()
-		if stall == nil {
-			stall = time.NewTimer(f.stallAfter)
+		now := time.Now()
+		if f.waitSince.IsZero() {
+			f.waitSince, f.quietSince = now, now
 		}
+		next := f.quietSince.Add(f.stallAfter)
+		hold := f.waitSince.Add(f.holdMax)
+		if !f.demoted && hold.Before(next) {
+			next = hold
+		}
+		timer.Reset(max(next.Sub(now), 0))
 		select {
 		case <-progress:
-			stall.Reset(f.stallAfter)
-		case <-stall.C:
+			f.quietSince = time.Now()
+		case <-timer.C:
+			now := time.Now()
 			f.mu.Lock()
-			f.cutStalledLocked()
+			if !f.demoted && !now.Before(hold) {
+				f.demoted = true // once per wait
+				f.demoteLocked()
+			}
+			if !now.Before(f.quietSince.Add(f.stallAfter)) {
+				f.cutStalledLocked()
+				f.quietSince = now
+			}
 			f.mu.Unlock()
-			stall.Reset(f.stallAfter)
 		case <-f.nudge:
 			return errNudged
 		}
@@ -247,6 +320,7 @@ type Sink struct {
 	backlog []piece // after q
 	queued  int     // bytes in backlog
 	writing bool    // a writer goroutine owns the write side now
+	demoted bool    // it kept the source waiting too long: it does not pace it
 	err     error   // set when the sink has ended or must end
 	ended   bool    // Done was called, or is being called
 }

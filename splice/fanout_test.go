@@ -485,3 +485,83 @@ func TestFanoutFreeze(t *testing.T) {
 		})
 	}
 }
+
+// TestFanoutPacesBySlowest: a sink whose collector pauses holds the
+// source back, within HoldMax, instead of being cut while the other runs
+// ahead: once its collector reads again, both get every byte. Past
+// HoldMax, with the other sink keeping up, it is demoted and cut at its
+// limit: a slow collector holds the router back only for a while.
+func TestFanoutPacesBySlowest(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		holdMax time.Duration
+		cut     bool
+	}{{"held", time.Minute, false}, {"demoted", 50 * time.Millisecond, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := New(Config{})
+			defer p.Close()
+			fo := p.NewFanout(FanoutConfig{HoldMax: tc.holdMax})
+			r := newFanRig(t, 2)
+			const limit = 256 << 10
+			var results []*sinkResult
+			var sinks []*Sink
+			for _, out := range r.outs {
+				res := newSinkResult()
+				results = append(results, res)
+				s, err := fo.Add(SinkConfig{Conn: out, Limit: limit, Done: func(err error) { res.done <- err }}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sinks = append(sinks, s)
+			}
+			go results[0].readAll(r.peers[0]) // peer 1 pauses first
+			payload := randomBytes(t, 16<<20)
+			go func() {
+				r.src.Write(payload)
+				r.src.CloseWrite()
+			}()
+			copied := make(chan error, 1)
+			go func() { copied <- fo.Copy(r.in, nil) }()
+			if !tc.cut {
+				waitfor.True(t, "the source to wait for the paused sink", func() bool {
+					fo.mu.Lock()
+					defer fo.mu.Unlock()
+					s := sinks[1]
+					return fo.progress != nil && s.queued+s.qData >= limit/2 && s.err == nil
+				})
+			}
+			var err error
+			if tc.cut {
+				// Its collector reads nothing until it is cut.
+				err = recvErr(t, results[1].done, "the paused sink's Done")
+				go results[1].readAll(r.peers[1])
+			} else {
+				go results[1].readAll(r.peers[1])
+			}
+			if err := recvErr(t, copied, "Copy"); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.cut {
+				err = recvErr(t, results[1].done, "the paused sink's Done")
+			}
+			if tc.cut != errors.Is(err, ErrLagging) {
+				t.Fatalf("paused sink: Done(%v); want cut %v", err, tc.cut)
+			}
+			for i, res := range results {
+				if i == 1 && tc.cut {
+					continue
+				}
+				if i == 0 {
+					if err := recvErr(t, res.done, "Done"); err != nil {
+						t.Errorf("sink %d: Done(%v)", i, err)
+					}
+				}
+				recvErr(t, res.read, "EOF")
+				if got := res.bytes(); !bytes.Equal(got, payload) {
+					t.Errorf("sink %d: %d bytes, want %d", i, len(got), len(payload))
+				}
+			}
+			fo.Close()
+		})
+	}
+}
