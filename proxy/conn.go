@@ -345,13 +345,8 @@ func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*
 	if sc.Ended[0] && sc.Ended[1] {
 		return nil, fmt.Errorf("connection %d from %s: both directions ended", sc.ID, sc.Client)
 	}
-	c := &conn{
-		id: sc.ID, srv: s, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
-		target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
-		router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
-		cc:     cc, tc: tc, fds: connFDs,
-	}
-	c.session.Store(sc.Session)
+	c := s.adoptedConn(sc, o, cc)
+	c.tc = tc
 	c.newDirs()
 	for i, d := range c.dirs {
 		counts := sc.Up
@@ -371,6 +366,20 @@ func (s *Server) restoreConn(sc SnapshotConn, o *listenerOpts, cc, tc stream) (*
 	s.budget.Charge(c.fds) // open already, whether or not they fit
 	s.track(c)
 	return c, nil
+}
+
+// adoptedConn is the conn that sc describes, with client socket cc and
+// connFDs charged for when it is tracked, before its directions (and
+// target or legs) are rebuilt.
+func (s *Server) adoptedConn(sc SnapshotConn, o *listenerOpts, cc stream) *conn {
+	c := &conn{
+		id: sc.ID, srv: s, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
+		target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
+		router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
+		cc:     cc, fds: connFDs,
+	}
+	c.session.Store(sc.Session)
+	return c
 }
 
 func addrPort(a net.Addr) netip.AddrPort { return socket.AddrPort(a) }

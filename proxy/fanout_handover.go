@@ -73,7 +73,7 @@ func (c *conn) fanoutSettled() bool {
 	if c.resync != nil && c.resync.replay != nil {
 		return false
 	}
-	return c.fan.Settled()
+	return c.fan.Idle()
 }
 
 // snapshotFanout fills sc with fan-out connection c's legs and writes
@@ -247,13 +247,7 @@ func (s *Server) restoreFanout(snap *Snapshot, sc SnapshotConn, o *listenerOpts,
 		return b, nil
 	}
 
-	c := &conn{
-		id: sc.ID, srv: s, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
-		target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
-		router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
-		cc:     cc, fds: connFDs,
-	}
-	c.session.Store(sc.Session)
+	c := s.adoptedConn(sc, o, cc)
 	var socks []stream
 	closeAll := func() {
 		for _, sock := range socks {

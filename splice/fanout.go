@@ -1,6 +1,7 @@
 package splice
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -80,7 +81,7 @@ type Fanout struct {
 	// Owned by Copy.
 	waitSince  time.Time // when the wait for room going on began; zero if none
 	quietSince time.Time // since when, in that wait, no sink wrote a byte
-	demoted    bool      // that wait has demoted the sinks it waited for
+	holdSpent  bool      // that wait has demoted the sinks it waited for
 	src        syscall.RawConn
 	room       int    // the most the next round may hold
 	p          *pipe  // P; held only while a round is in it
@@ -234,7 +235,7 @@ func (f *Fanout) waitRoom() error {
 		if r := f.roomLocked(); r != 0 {
 			f.room = r
 			f.mu.Unlock()
-			f.waitSince, f.demoted = time.Time{}, false
+			f.waitSince, f.holdSpent = time.Time{}, false
 			return nil
 		}
 		if f.progress == nil {
@@ -248,7 +249,7 @@ func (f *Fanout) waitRoom() error {
 		}
 		next := f.quietSince.Add(f.stallAfter)
 		hold := f.waitSince.Add(f.holdMax)
-		if !f.demoted && hold.Before(next) {
+		if !f.holdSpent && hold.Before(next) {
 			next = hold
 		}
 		timer.Reset(max(next.Sub(now), 0))
@@ -258,8 +259,8 @@ func (f *Fanout) waitRoom() error {
 		case <-timer.C:
 			now := time.Now()
 			f.mu.Lock()
-			if !f.demoted && !now.Before(hold) {
-				f.demoted = true // once per wait
+			if !f.holdSpent && !now.Before(hold) {
+				f.holdSpent = true // once per wait
 				f.demoteLocked()
 			}
 			if !now.Before(f.quietSince.Add(f.stallAfter)) {
@@ -461,7 +462,7 @@ func (f *Fanout) Idle() bool {
 // and keeps what it did not write. A writer that has its head or its
 // replay to write goes on to the end of them, so that what a frozen sink
 // has left is bytes only (Unwritten). Freeze has no effect on a Fanout
-// whose source has ended: its sinks finish. Settled reports when every
+// whose source has ended: its sinks finish. Idle reports when every
 // writer has stopped; Thaw undoes Freeze.
 func (f *Fanout) Freeze() {
 	f.mu.Lock()
@@ -473,10 +474,6 @@ func (f *Fanout) Freeze() {
 		}
 	}
 }
-
-// Settled reports whether, after Freeze, no writer runs: every sink has
-// nothing but bytes left (or has ended), and nothing touches its Conn.
-func (f *Fanout) Settled() bool { return f.Idle() }
 
 // Thaw undoes Freeze: the writers of sinks with bytes left start again.
 func (f *Fanout) Thaw() {
@@ -509,7 +506,7 @@ func (s *Sink) Unwritten() ([]byte, error) {
 			m, err := readPipe(s.q, (*c.buf)[:min(len(*c.buf), s.qData)])
 			if err != nil || m <= 0 {
 				f.unref(c)
-				return nil, fmt.Errorf("fan-out: reading a sink's pipe: %w", cmpErr(err, io.ErrNoProgress))
+				return nil, fmt.Errorf("fan-out: reading a sink's pipe: %w", cmp.Or(err, io.ErrNoProgress))
 			}
 			c.n = m
 			front = append(front, piece{c: c, end: m})
@@ -540,13 +537,6 @@ func readPipe(q *pipe, b []byte) (int, error) {
 		}
 		return m, err
 	}
-}
-
-func cmpErr(err, def error) error {
-	if err != nil {
-		return err
-	}
-	return def
 }
 
 // Close ends every sink (Done reports ErrRemoved for those still going)
@@ -821,17 +811,12 @@ func (f *Fanout) readP(b []byte, max int) int {
 	if len(b) > max {
 		b = b[:max]
 	}
-	for {
-		m, err := unix.Read(f.p.r, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0
-		}
-		f.p.data -= m
-		return m
+	m, err := readPipe(f.p, b)
+	if err != nil {
+		return 0
 	}
+	f.p.data -= m
+	return m
 }
 
 // drainP drops the round from P: every sink has it.

@@ -430,7 +430,7 @@ func TestFanoutFreeze(t *testing.T) {
 			}
 			r.in.SetReadDeadline(time.Time{})
 			fo.Freeze()
-			waitfor.True(t, "every writer to stop", fo.Settled)
+			waitfor.True(t, "every writer to stop", fo.Idle)
 			var left [][]byte
 			for i, s := range sinks {
 				u, err := s.Unwritten()
