@@ -378,7 +378,53 @@ type Listener struct {
 	// connects, reconnects or recovers from being cut, so that the router
 	// never notices a collector restart. It needs BMP.
 	Resync bool
+	// Pool, when not nil, is the pool of collectors this listener spreads
+	// its router sessions over, one member each, in place of Targets:
+	// Targets is then empty and Target zero.
+	Pool *Pool
+	// Dial, when not empty, lists routers that wait to be dialed (passive
+	// BMP stations), in place of Listen: each is connected to, and
+	// connected to again with backoff whenever its session ends or it
+	// cannot be reached, and its session is then handled as an accepted
+	// one. Listen is then empty.
+	Dial []netip.AddrPort
 }
+
+// Pool is a listener's pool of collectors (pool: in a file). Each router
+// session goes to one healthy member, chosen by rendezvous hashing of the
+// router's address; a member is one address that a target resolves to.
+type Pool struct {
+	// Targets are host:port each; a name may resolve to many addresses,
+	// each a member. There is at least one, and none is given twice.
+	Targets []Target
+	// ProxyProtocol is the header sent to every member. Unset, it is the
+	// listener's.
+	ProxyProtocol ProxyProtocol
+	// Buffer bounds how far a member may fall behind a router before the
+	// router's leg to it is cut: MinBuffer to MaxBuffer.
+	Buffer ByteSize
+	// TransparentMark is the SO_MARK of a member's socket dialed
+	// transparently. Unset, it is the listener's.
+	TransparentMark uint32
+	// HealthInterval is how often every member is checked: at least
+	// MinPoolInterval.
+	HealthInterval time.Duration
+	// ResolveInterval is how often the targets' names are resolved again:
+	// at least MinPoolInterval.
+	ResolveInterval time.Duration
+	// Rebalance moves, when a member joins or comes back, the routers that
+	// now hash to it, each with a replay; it needs the listener's Resync.
+	// Off, a router stays on its member until that member fails or is
+	// drained.
+	Rebalance bool
+}
+
+// Pool defaults and bounds.
+const (
+	DefaultHealthInterval  = 5 * time.Second
+	DefaultResolveInterval = 30 * time.Second
+	MinPoolInterval        = 100 * time.Millisecond
+)
 
 // Prefixes is a list of address prefixes, as allow lists hold them.
 type Prefixes []netip.Prefix
