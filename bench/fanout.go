@@ -10,7 +10,9 @@ import (
 
 // Fan-out: bmpproxy sends one bulk router stream to n sinks, and its
 // throughput and CPU per GiB are compared with bmpproxy's to one of them,
-// measured in the same run. The sinks are the fan-out sinks (env.fanSinks),
+// measured in the same run, and with the tee floor (refproxy -tee): the
+// fewest system calls that fan a stream out, which shows what the kernel
+// charges per leg. The sinks are the fan-out sinks (env.fanSinks),
 // which discard without copying, so that the load core, which runs the
 // client and every sink, pays for one copy however many legs there are.
 
@@ -44,7 +46,30 @@ func fanoutPeers(n int, rate float64) []*peer {
 			},
 		}
 	}
-	ps := []*peer{mk(1, 0), mk(n, 0)}
+	floor := func(k int) *peer {
+		name := "tee floor, 1 target"
+		if k > 1 {
+			name = fmt.Sprintf("tee floor, %d targets", k)
+		}
+		return &peer{
+			name: name, header: headerV2,
+			start: func(e *env) (*running, error) {
+				if len(e.fanSinks) < k {
+					return nil, fmt.Errorf("%d fan-out sinks, %d needed", len(e.fanSinks), k)
+				}
+				args := []string{"-tee", "-listen", "127.0.0.1:%PORT%"}
+				for _, s := range e.fanSinks[:k] {
+					args = append(args, "-target", s)
+				}
+				r, err := launch(e, fmt.Sprintf("teefloor%d", k), nil, false, e.refproxy, args...)
+				if err == nil {
+					r.sinks = e.fanSinks[:k]
+				}
+				return r, err
+			},
+		}
+	}
+	ps := []*peer{mk(1, 0), mk(n, 0), floor(1), floor(n)}
 	if rate > 0 {
 		ps = append(ps, mk(1, rate), mk(n, rate))
 	}
