@@ -112,16 +112,19 @@ type Config struct {
 
 // MemberStatus is what is known of one member.
 type MemberStatus struct {
-	Addr                                                          netip.AddrPort
-	From                                                          string
-	Healthy, Drained                                              bool
-	Since                                                         time.Time // of the current health state
-	LastError                                                     string    // why it is down, if it is
+	Addr             netip.AddrPort
+	From             string
+	Healthy, Drained bool
+	Since            time.Time // of the current health state
+	LastError        string    // why it is down, if it is
+
+	// Counts since the member became known.
 	Probes, ProbeFailures, DialFailures, LegFailures, HealthChanges uint64
 }
 
-// Pool is a set of members with their health. It is safe for concurrent
-// use; Run, which keeps it current, runs at most once at a time.
+// Pool is a set of members with their health, made by New. It is safe
+// for concurrent use; Run, which keeps it current, runs at most once at a
+// time.
 type Pool struct {
 	changed     chan struct{} // capacity 1: a change since the receiver last looked
 	healthKick  chan struct{} // capacity 1: probe the fresh members, re-read the interval
@@ -156,7 +159,7 @@ type target struct {
 	str  string     // as a member's From shows it
 	key  string     // what tells targets apart: a name in any case is one
 	host string     // a name's host, for the lookup
-	port uint16     //
+	port uint16     // every member's port
 	addr netip.Addr // a literal's address; invalid for a name
 }
 
