@@ -6,6 +6,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/socket"
+	"github.com/bmpproxy/bmpproxy/pool"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,7 +31,15 @@ type Proxy interface {
 	ListenerStats() []proxy.ListenerStats
 	Routers() []proxy.RouterStatus
 	Targets() []proxy.TargetStatus
+	Pools() []proxy.PoolStatus
 	IsReady() bool
+}
+
+// PoolControl drains and undrains pool members; *proxy.Server implements
+// it. An empty listener means every pool that has the member.
+type PoolControl interface {
+	Drain(listener, member string) error
+	Undrain(listener, member string) error
 }
 
 // Server is the admin listener.
@@ -47,6 +57,9 @@ type Server struct {
 	// to the binary at its path and returns the successor's pid and
 	// version. Nil disables the endpoint.
 	Upgrade func(ctx context.Context) (pid int, version string, err error)
+	// Pool, if set, serves POST /pool/drain and POST /pool/undrain. Nil
+	// disables them.
+	Pool PoolControl
 	// Token returns the bearer token that the state-changing endpoints
 	// require. It is called for each of their requests, so the token may
 	// change while serving. A nil func or a nil result means none: they
@@ -68,6 +81,12 @@ type Server struct {
 //     docs/upgrade.md); JSON, the successor's pid and version, or 500 and
 //     the reason, with this process still serving. It is state-changing:
 //     see handleChange.
+//   - POST /pool/drain and POST /pool/undrain, with member=ADDR:PORT and
+//     optionally listener=NAME (query or form): a pool member stops taking
+//     routers and its routers move elsewhere (with resync, replayed;
+//     without, closed to reconnect), or takes them again. JSON, a
+//     PoolResult; 404 for a member or listener that is not there, 400 for
+//     a malformed one. State-changing: see handleChange.
 func (s *Server) Handler() http.Handler {
 	mux := Handler(s.Proxy)
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
@@ -83,7 +102,40 @@ func (s *Server) Handler() http.Handler {
 			writeJSON(w, http.StatusOK, UpgradeResult{Pid: pid, PreviousPid: os.Getpid(), Version: version})
 		})
 	}
+	if s.Pool != nil {
+		for _, drain := range []bool{true, false} {
+			path, f := "/pool/drain", s.Pool.Drain
+			if !drain {
+				path, f = "/pool/undrain", s.Pool.Undrain
+			}
+			s.handleChange(mux, path, func(w http.ResponseWriter, r *http.Request) {
+				res := PoolResult{Listener: r.FormValue("listener"), Member: r.FormValue("member"), Drained: drain}
+				if res.Member == "" {
+					writeJSON(w, http.StatusBadRequest, ErrorResult{Error: path + " needs member=ADDR:PORT, a member as GET /pool lists it"})
+					return
+				}
+				if err := f(res.Listener, res.Member); err != nil {
+					code := http.StatusBadRequest
+					if errors.Is(err, pool.ErrUnknownMember) || errors.Is(err, proxy.ErrNoPool) {
+						code = http.StatusNotFound
+					}
+					writeJSON(w, code, ErrorResult{Error: err.Error()})
+					return
+				}
+				s.Logger.Info().Str("remote", r.RemoteAddr).Str("request", "POST "+path).Str("member", res.Member).
+					Str("listener", res.Listener).Msg("admin request served")
+				writeJSON(w, http.StatusOK, res)
+			})
+		}
+	}
 	return mux
+}
+
+// PoolResult is the answer to POST /pool/drain and /pool/undrain.
+type PoolResult struct {
+	Listener string `json:"listener,omitempty"` // empty: every pool with the member
+	Member   string `json:"member"`
+	Drained  bool   `json:"drained"`
 }
 
 // handleChange registers a state-changing endpoint, POST path, behind the
@@ -183,6 +235,13 @@ func Handler(p Proxy) *http.ServeMux {
 			routers = []proxy.RouterStatus{}
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"routers": routers})
+	})
+	mux.HandleFunc("GET /pool", func(w http.ResponseWriter, r *http.Request) {
+		pools := p.Pools()
+		if pools == nil {
+			pools = []proxy.PoolStatus{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"pools": pools})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")

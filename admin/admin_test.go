@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/pool"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -90,6 +91,7 @@ type fakeProxy struct {
 	listeners []proxy.ListenerStats
 	routers   []proxy.RouterStatus
 	targets   []proxy.TargetStatus
+	pools     []proxy.PoolStatus
 	ready     bool
 }
 
@@ -97,6 +99,7 @@ func (f *fakeProxy) Stats() proxy.Stats                   { return f.stats }
 func (f *fakeProxy) ListenerStats() []proxy.ListenerStats { return f.listeners }
 func (f *fakeProxy) Routers() []proxy.RouterStatus        { return f.routers }
 func (f *fakeProxy) Targets() []proxy.TargetStatus        { return f.targets }
+func (f *fakeProxy) Pools() []proxy.PoolStatus            { return f.pools }
 func (f *fakeProxy) IsReady() bool                        { return f.ready }
 
 // TestAdminTokenMatrix is the guard on state-changing endpoints: every
@@ -315,7 +318,9 @@ func TestMetricsDescribed(t *testing.T) {
 		Name:    "bmp",
 		Refused: map[string]uint64{proxy.ReasonHeader: 3, proxy.ReasonBMP: 2},
 		Legs:    []proxy.LegStats{{Target: "collector:5000", Up: 1}},
-	}}, targets: []proxy.TargetStatus{{Listener: "bmp", Target: "collector:5000", Resolves: true}}}
+	}}, targets: []proxy.TargetStatus{{Listener: "bmp", Target: "collector:5000", Resolves: true}},
+		pools: []proxy.PoolStatus{{Listener: "routers", Moves: map[string]uint64{proxy.MoveFailover: 1},
+			Members: []proxy.MemberStatus{{MemberStatus: pool.MemberStatus{Addr: netip.MustParseAddrPort("198.51.100.12:5000"), Healthy: true}, Routers: 2}}}}}
 	c := newCollector(p)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)

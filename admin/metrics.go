@@ -16,7 +16,9 @@ type collector struct {
 	pipesInUse, pipesIdle, parked, reloads, reloadFailures, acceptErrors,
 	upgrades, upgradeFailures, carriedOver, fdBudget, fdBudgetInUse, targetResolves,
 	legsUp, legCuts, legReconnects, legDialFailures, legReplays, legReplaySeconds, legBytes, legDiscarded,
-	resyncRoutes, resyncBytes, resyncStopped, resyncMemory, resyncMemoryLimit *prometheus.Desc
+	resyncRoutes, resyncBytes, resyncStopped, resyncMemory, resyncMemoryLimit,
+	memberUp, memberDrained, memberRouters, memberHealthChanges, memberProbeFailures, memberDialFailures,
+	memberLegFailures, poolMoves *prometheus.Desc
 }
 
 func newCollector(p Proxy) *collector {
@@ -55,6 +57,14 @@ func newCollector(p Proxy) *collector {
 	d(&c.resyncStopped, "resync_stopped_total", "Router sessions whose state stopped being kept: unkeyable, over resync_memory, or malformed.", "listener")
 	d(&c.resyncMemory, "resync_memory_bytes", "Bytes the resync state of the whole process holds.")
 	d(&c.resyncMemoryLimit, "resync_memory_limit_bytes", "resync_memory: the bound on resync_memory_bytes.")
+	d(&c.memberUp, "pool_member_up", "1 if the pool member is healthy (it accepts a connection within the connect timeout, and its legs are not failing), 0 if not.", "listener", "member")
+	d(&c.memberDrained, "pool_member_drained", "1 if the pool member is drained: it takes no routers.", "listener", "member")
+	d(&c.memberRouters, "pool_member_routers", "Router sessions on the pool member now.", "listener", "member")
+	d(&c.memberHealthChanges, "pool_member_health_changes_total", "Times the pool member went down or came back.", "listener", "member")
+	d(&c.memberProbeFailures, "pool_member_probe_failures_total", "Health checks of the pool member that failed.", "listener", "member")
+	d(&c.memberDialFailures, "pool_member_dial_failures_total", "Dials of router legs to the pool member that failed.", "listener", "member")
+	d(&c.memberLegFailures, "pool_member_leg_failures_total", "Connected router legs to the pool member that failed or were reset.", "listener", "member")
+	d(&c.poolMoves, "pool_moves_total", "Routers moved off a pool member, by reason: failover, drain or rebalance.", "listener", "reason")
 	d(&c.fdBudgetInUse, "fd_budget_in_use", "File descriptors of the budget held now; at the budget, new connections wait in the listen backlog.")
 	return c
 }
@@ -99,6 +109,21 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.resyncStopped, float64(l.ResyncStopped), l.Name)
 		}
 	}
+	for _, p := range c.p.Pools() {
+		for reason, n := range p.Moves {
+			counter(c.poolMoves, float64(n), p.Listener, reason)
+		}
+		for _, m := range p.Members {
+			a := m.Addr.String()
+			gauge(c.memberUp, bool01(m.Healthy), p.Listener, a)
+			gauge(c.memberDrained, bool01(m.Drained), p.Listener, a)
+			gauge(c.memberRouters, float64(m.Routers), p.Listener, a)
+			counter(c.memberHealthChanges, float64(m.HealthChanges), p.Listener, a)
+			counter(c.memberProbeFailures, float64(m.ProbeFailures), p.Listener, a)
+			counter(c.memberDialFailures, float64(m.DialFailures), p.Listener, a)
+			counter(c.memberLegFailures, float64(m.LegFailures), p.Listener, a)
+		}
+	}
 	for _, t := range c.p.Targets() {
 		v := 0.0
 		if t.Resolves {
@@ -120,4 +145,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.resyncMemoryLimit, float64(st.ResyncMemoryLimit))
 	gauge(c.fdBudget, float64(st.FDBudget))
 	gauge(c.fdBudgetInUse, float64(st.FDBudgetInUse))
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

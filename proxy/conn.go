@@ -47,22 +47,24 @@ type conn struct {
 	target   string         // configured target, host:port
 	upstream string         // the address dialed, as resolved; empty until connected
 	start    time.Time
-	bmp      bool        // the BMP pre-check passed
-	router   routerInfo  // from the Initiation message, if it came first
-	session  atomic.Bool // a BMP session reached its target: Routers lists it
-	cc       stream      // client socket; nil if the accepted one is not a stream
+	bmp      bool          // the BMP pre-check passed
+	router   routerInfo    // from the Initiation message, if it came first
+	session  atomic.Bool   // a BMP session reached its target: Routers lists it
+	cc       stream        // client socket; nil if the accepted one is not a stream
+	pool     *listenerPool // the listener's pool, if it has one (pool.go)
 	// fds are charged to the fd budget: setupFDs until the dial, then
 	// connFDs. Set by newConn or restoreConn, changed by setup, given
 	// back by finish or release.
 	fds int
 
 	mu        sync.Mutex
-	tc        stream       // target socket; nil until dialed
-	cause     error        // first reason to end, nil for a clean close
-	stage     stage        // where cause happened
-	aborted   bool         // failing or released: no direction may park or hold
-	dirs      []*direction // up first, then down; set when the target is connected
-	keepAlive bool         // keepalive is set on tc (by the sweep)
+	tc        stream         // target socket; nil until dialed
+	cause     error          // first reason to end, nil for a clean close
+	stage     stage          // where cause happened
+	aborted   bool           // failing or released: no direction may park or hold
+	dirs      []*direction   // up first, then down; set when the target is connected
+	keepAlive bool           // keepalive is set on tc (by the sweep)
+	member    netip.AddrPort // a pool connection's member, without resync; set with tc
 
 	// A fan-out connection (fanout.go) has legs instead of tc, and its
 	// up direction feeds fan. They are set in setup.
@@ -107,6 +109,10 @@ func (c *conn) newDirs() {
 // newConn describes nc, just accepted on o's listener.
 func (s *Server) newConn(o *listenerOpts, nc net.Conn, client, local netip.AddrPort) *conn {
 	cc, _ := nc.(stream)
+	target := o.Target.String()
+	if o.Pool != nil {
+		target = targetsText(&o.Listener) // until setup has a member
+	}
 	return &conn{
 		id:       s.nextID.Add(1),
 		srv:      s,
@@ -114,9 +120,10 @@ func (s *Server) newConn(o *listenerOpts, nc net.Conn, client, local netip.AddrP
 		listener: o.Name,
 		client:   client,
 		local:    local,
-		target:   o.Target.String(),
+		target:   target,
 		start:    time.Now(),
 		cc:       cc,
+		pool:     o.pool,
 		fds:      setupFDs(o),
 	}
 }
@@ -376,7 +383,10 @@ func (s *Server) adoptedConn(sc SnapshotConn, o *listenerOpts, cc stream) *conn 
 		id: sc.ID, srv: s, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
 		target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
 		router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
-		cc:     cc, fds: connFDs,
+		cc:     cc, fds: connFDs, pool: o.pool,
+	}
+	if c.pool != nil {
+		c.member, _ = netip.ParseAddrPort(sc.Target) // a pool connection's target is its member
 	}
 	c.session.Store(sc.Session)
 	return c

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -86,6 +87,12 @@ type leg struct {
 	next     *conf.Leg    // its settings after a reload, for its next dial
 	retry    *time.Timer  // the next dial, with resync
 	watch    *time.Timer  // the next look at a replay's progress
+
+	// A pool router's move (pool.go): the new leg replaces the old one,
+	// which replacedBy points back from, until the new one is live.
+	replaces   *leg
+	replacedBy *leg
+	move       moveReason
 }
 
 // fanout reports whether o's connections fan out: more than one target,
@@ -99,12 +106,15 @@ func (o *listenerOpts) fanout() bool { return len(o.Targets) > 1 || o.Resync }
 // (the leg's own PROXY header) and pre first.
 func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 	o := c.opts
-	c.legs = make([]*leg, len(o.Targets))
+	targets := c.legCfgs()
+	c.legs = make([]*leg, len(targets))
 	var wg sync.WaitGroup
-	socks := make([]stream, len(o.Targets))
-	errs := make([]error, len(o.Targets))
-	for i, lc := range o.Targets {
-		c.legs[i] = &leg{c: c, index: i, cfg: lc, primary: i == 0, ctr: o.state.leg(lc.Target.String())}
+	socks := make([]stream, len(targets))
+	errs := make([]error, len(targets))
+	cfgs := make([]conf.Leg, len(targets))
+	for i, lc := range targets {
+		c.legs[i] = &leg{c: c, index: i, cfg: lc, primary: i == 0}
+		cfgs[i] = lc
 		if i > 0 && !s.budget.TryAcquire(1) {
 			errs[i] = errLegNoFD
 			continue
@@ -113,13 +123,14 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 		wg.Add(1)
 		go func() { // a dial: ended before connectLegs returns
 			defer wg.Done()
-			socks[i], errs[i] = s.dial(ctx, o, lc, c.client)
-			s.noteDial(o, lc.Target, errs[i])
+			socks[i], cfgs[i], errs[i] = s.dialLeg(ctx, c, lc, netip.AddrPort{})
 		}()
 	}
 	wg.Wait()
 	connected := 0
 	for i, l := range c.legs {
+		l.cfg = cfgs[i] // a pool's pick
+		l.ctr = o.state.leg(l.cfg.Target.String())
 		if errs[i] != nil {
 			l.state, l.err = legDown, errs[i]
 			l.sinkDone, l.revDone = true, true
@@ -246,6 +257,15 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 		l.ctr.cuts.Add(1)
 	}
 	parked := c.parkedKeysOf(sock)
+	// A move's leg that fails: the move is off, and the router stays
+	// where it is (or, the old leg failing, the new one takes over).
+	takenOver := l.replacedBy != nil
+	abandoned := l.replaces != nil
+	l.abandonMove()
+	if takenOver {
+		l.replacedBy.replaces = nil
+		l.replacedBy = nil
+	}
 	c.mu.Unlock()
 	if sink != nil {
 		sink.Remove()
@@ -253,9 +273,19 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 	s.closeLegSocket(sock, parked)
 	s.releaseLegFD(l)
 	s.logLeg(l, err)
+	if c.pool != nil {
+		c.pool.pool.LegFailed(l.member(), err)
+	}
 	if c.resync != nil {
 		s.endReplay(l)
 		c.mu.Lock()
+		if abandoned || takenOver {
+			// Not dialed again: the other leg of the move has the router.
+			l.sinkDone, l.revDone = true, true
+			c.mu.Unlock()
+			s.maybeFinishFanout(c)
+			return
+		}
 		if l.sock == sock && !c.aborted && !c.finished && c.up().state != dirEnded {
 			// Dialed again, and replayed, for as long as the session lasts.
 			l.state, l.sock, l.sink = legConnecting, nil, nil
@@ -475,6 +505,8 @@ func (s *Server) logLeg(l *leg, err error) {
 	switch {
 	case errors.Is(err, errRemovedByReload):
 		reason = "removed"
+	case errors.Is(err, errMoved):
+		reason = "moved"
 	case errors.Is(err, splice.ErrLagging):
 		level, reason = zerolog.WarnLevel, "lagging"
 	case err != nil:

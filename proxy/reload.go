@@ -69,6 +69,9 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 		return err
 	}
 	var errs []error
+	if err := s.syncPools(cfg); err != nil {
+		errs = append(errs, err)
+	}
 
 	// Open what is new first: if an address cannot be had, the old
 	// listener of the same name stays.
@@ -89,7 +92,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 				}
 				if !reflect.DeepEqual(prev.Listener, *c) {
 					s.opts.Logger.Info().Str("listener", c.Name).Stringer("addr", l.ln.Addr()).
-						Stringer("target", c.Target).Str("proxy_protocol", string(c.ProxyProtocol)).
+						Str("target", targetsText(c)).Str("proxy_protocol", string(c.ProxyProtocol)).
 						Bool("bmp", c.BMP).Msg("listener updated; new connections use the new settings")
 				}
 				continue
@@ -132,6 +135,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 		s.opts.Logger.Warn().Msg("the admin address changed; it takes effect at the next start")
 	}
 	s.cfg = cfg
+	s.runPools()
 	s.retarget(cfg)
 	s.checkTargets(cfg)
 	s.pruneStates(cfg)

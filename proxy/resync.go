@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/bmp/rib"
@@ -149,17 +150,31 @@ func (s *Server) redial(l *leg) {
 	if l.next != nil {
 		l.cfg, l.next = *l.next, nil
 	}
+	cfg := l.cfg
+	var avoid netip.AddrPort
+	if l.replaces != nil {
+		avoid = l.replaces.member()
+	}
 	c.mu.Unlock()
 	if l.index > 0 && !s.budget.TryAcquire(1) {
 		s.retryLater(l, errLegNoFD)
 		return
 	}
 	ctx := context.Background()
-	sock, err := s.dial(ctx, c.opts, l.cfg, c.client)
-	s.noteDial(c.opts, l.cfg.Target, err)
+	sock, cfg, err := s.dialLeg(ctx, c, cfg, avoid)
+	c.mu.Lock()
+	if cfg.Target != l.cfg.Target {
+		l.cfg, l.ctr = cfg, c.opts.state.leg(cfg.Target.String()) // a pool's pick
+	}
+	moving := l.replaces != nil
+	c.mu.Unlock()
 	if err != nil {
 		if l.index > 0 {
 			s.budget.Release(1)
+		}
+		if moving {
+			s.abandonMove(l, err)
+			return
 		}
 		s.retryLater(l, err)
 		return
@@ -345,6 +360,9 @@ func (s *Server) replayDone(l *leg, sock stream, start time.Time, routes int) {
 			Msg("leg live: its collector was given the router's state and now gets the live stream")
 	}
 	s.endReplay(l)
+	if done && c.pool != nil {
+		s.moveDone(l)
+	}
 }
 
 // endReplay frees the replay slot if l holds it, and starts the next

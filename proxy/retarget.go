@@ -34,7 +34,7 @@ func (s *Server) retarget(cfg *conf.Config) {
 		byName[cfg.Listeners[i].Name] = &cfg.Listeners[i]
 	}
 	for _, c := range s.tracked() {
-		if l := byName[c.listener]; l != nil && c.fan != nil {
+		if l := byName[c.listener]; l != nil && c.fan != nil && c.opts.Pool == nil && l.Pool == nil {
 			s.retargetConn(c, l.Targets)
 		}
 	}
@@ -102,10 +102,13 @@ func (s *Server) retargetConn(c *conn, targets []conf.Leg) {
 	}
 }
 
-// removeLeg closes leg l for good after a reload removed its target. Its
-// sink and socket direction end as a failed leg's do, and it is not
-// dialed again.
-func (s *Server) removeLeg(l *leg) {
+// removeLeg closes leg l for good after a reload removed its target.
+func (s *Server) removeLeg(l *leg) { s.endLeg(l, errRemovedByReload) }
+
+// endLeg closes leg l for good, for why: its target was removed, or its
+// router moved to another pool member. Its sink and socket direction end
+// as a failed leg's do, and it is not dialed again.
+func (s *Server) endLeg(l *leg, why error) {
 	c := l.c
 	c.mu.Lock()
 	prev := l.state
@@ -115,7 +118,8 @@ func (s *Server) removeLeg(l *leg) {
 		c.mu.Unlock()
 		return
 	}
-	l.state, l.err = legRemoved, errRemovedByReload
+	l.state, l.err = legRemoved, why
+	l.abandonMove()
 	if l.retry != nil && l.retry.Stop() {
 		s.live.Done() // it never ran
 	}
@@ -140,6 +144,6 @@ func (s *Server) removeLeg(l *leg) {
 	if c.resync != nil {
 		s.endReplay(l)
 	}
-	s.logLeg(l, errRemovedByReload)
+	s.logLeg(l, why)
 	s.maybeFinishFanout(c)
 }

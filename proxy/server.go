@@ -78,6 +78,9 @@ type Options struct {
 	// LookupHost resolves a target name for the checks at start and on
 	// reload (targets.go). Nil means net.DefaultResolver.LookupHost.
 	LookupHost func(ctx context.Context, host string) ([]string, error)
+	// LookupNetIP resolves a pool's target names into its members
+	// (pool.go). Nil means net.DefaultResolver.LookupNetIP.
+	LookupNetIP func(ctx context.Context, host string) ([]netip.Addr, error)
 	// Takeover is called by Run, with Inherit set, once everything is
 	// adopted and before any byte moves. It returns when this process may
 	// serve, or an error, and then Run releases the inherited sockets
@@ -134,6 +137,9 @@ type Server struct {
 	conns   map[*conn]struct{}
 	states  map[string]*listenerState // per listener name; entries are never removed
 	closing bool                      // the drain timeout has passed; new conns are aborted
+	pools   map[string]*listenerPool  // per pool listener's name; changed by the Run goroutine (pool.go)
+
+	poolRuns sync.WaitGroup // the pools' loops (runPools)
 }
 
 // New builds a Server for cfg, which is complete: from conf.Parse, or
@@ -163,6 +169,7 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		listeners: make(map[netip.AddrPort]*listener),
 		conns:     make(map[*conn]struct{}),
 		states:    make(map[string]*listenerState),
+		pools:     make(map[string]*listenerPool),
 	}
 	if err := s.openBudget(); err != nil {
 		return nil, err
@@ -194,6 +201,7 @@ type listenerOpts struct {
 	conf.Listener
 	log   zerolog.Logger
 	state *listenerState // counters of every listener with this name
+	pool  *listenerPool  // the listener's pool, if it has one
 }
 
 // errRunTwice refuses a second Run.
@@ -226,6 +234,10 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopParking()
+	if err := s.syncPools(s.cfg); err != nil {
+		return err
+	}
+	defer s.stopPools()
 	var inherited inheritedListeners
 	if s.opts.Inherit != nil {
 		if inherited, err = s.adopt(); err != nil {
@@ -266,6 +278,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, l := range lns {
 		s.serve(ctx, connCtx, l)
 	}
+	s.runPools()
 	s.ready.Store(true)
 	if s.opts.Ready != nil {
 		s.opts.Ready(addrs)
@@ -307,7 +320,7 @@ func (s *Server) serve(ctx, connCtx context.Context, l *listener) {
 	s.opts.Logger.Info().
 		Str("listener", o.Name).
 		Stringer("addr", l.ln.Addr()).
-		Stringer("target", o.Target).
+		Str("target", targetsText(&o.Listener)).
 		Str("proxy_protocol", string(o.ProxyProtocol)).
 		Bool("bmp", o.BMP).
 		Msg("listening")
@@ -342,6 +355,9 @@ func (s *Server) newOpts(c *conf.Listener) *listenerOpts {
 		s.states[c.Name] = new(listenerState)
 	}
 	o.state = s.states[c.Name]
+	if c.Pool != nil {
+		o.pool = s.pools[c.Name] // nil only if the pool could not be made, which syncPools reported
+	}
 	s.mu.Unlock()
 	return o
 }
@@ -510,7 +526,7 @@ func (s *Server) refuse(o *listenerOpts, nc net.Conn, client, local netip.AddrPo
 		Str("listener", o.Name).
 		Stringer("client", client).
 		Stringer("local", local).
-		Str("target", o.Target.String()).
+		Str("target", targetsText(&o.Listener)).
 		Int64("bytes_from_client", 0).
 		Int64("bytes_to_client", 0).
 		Stringer("duration", time.Since(start)).

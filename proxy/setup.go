@@ -30,6 +30,7 @@ const (
 	stageClient                // the client socket failed
 	stageShutdown              // closed at the drain timeout
 	stageResync                // a collector needs a replay of a state that is not kept
+	stageMoved                 // its pool member went down or was drained, and there is no resync
 )
 
 // reason is the closing line's "reason".
@@ -49,6 +50,8 @@ func (st stage) reason() string {
 		return "shutdown"
 	case stageResync:
 		return "resync impossible"
+	case stageMoved:
+		return "moved"
 	}
 	return "closed"
 }
@@ -175,15 +178,20 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		s.dialed(c)
 		return nil
 	}
-	primary := o.Targets[0]
-	hdr, err := proxyHeader(primary.ProxyProtocol, c.client, c.local)
-	if err != nil {
-		return stageHeader.fail(err)
+	primary := c.primaryCfg()
+	if _, err := proxyHeader(primary.ProxyProtocol, c.client, c.local); err != nil {
+		return stageHeader.fail(err) // before any dial
 	}
-	tc, err := s.dial(ctx, o, primary, c.client)
-	s.noteDial(o, primary.Target, err)
+	tc, primary, err := s.dialLeg(ctx, c, primary, netip.AddrPort{})
 	if err != nil {
 		return stageDial.fail(err)
+	}
+	hdr, _ := proxyHeader(primary.ProxyProtocol, c.client, c.local) // as above: the mode is the same
+	if c.pool != nil {
+		c.target = primary.Target.String()
+		c.mu.Lock()
+		c.member = legMember(primary)
+		c.mu.Unlock()
 	}
 	c.upstream = socket.AddrPort(tc.RemoteAddr()).String()
 	s.dialed(c)

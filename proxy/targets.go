@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -105,8 +106,12 @@ func (s *Server) checkTargets(cfg *conf.Config) {
 	}
 }
 
-// listenerTargets returns l's targets: every leg's, or its one.
+// listenerTargets returns l's targets: every leg's, or its one. A pool
+// resolves its own (pool.go), and shows them as its members.
 func listenerTargets(l *conf.Listener) []conf.Target {
+	if l.Pool != nil {
+		return nil
+	}
 	if len(l.Targets) == 0 {
 		return []conf.Target{l.Target}
 	}
@@ -158,6 +163,31 @@ func (s *Server) noteResolved(listener, target string, err error) {
 	case err == nil && !prev.Resolves:
 		s.opts.Logger.Info().Str("listener", listener).Str("target", target).Msg("target resolves again")
 	}
+}
+
+// targetsText is what log lines say of l's targets: its one, its list,
+// or its pool's.
+func targetsText(l *conf.Listener) string {
+	var ts []conf.Target
+	switch {
+	case l.Pool != nil:
+		ts = l.Pool.Targets
+	case len(l.Targets) > 1:
+		ts = listenerTargets(l)
+	default:
+		return l.Target.String()
+	}
+	var b strings.Builder
+	if l.Pool != nil {
+		b.WriteString("pool ")
+	}
+	for i, t := range ts {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(t.String())
+	}
+	return b.String()
 }
 
 // noteDial updates listener's target status from a dial's outcome: a

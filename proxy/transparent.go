@@ -15,6 +15,10 @@ import (
 func checkTransparent(cfg *conf.Config) error {
 	var names []string
 	for _, l := range cfg.Listeners {
+		if l.Pool != nil && l.Pool.ProxyProtocol == conf.ProxyTransparent {
+			names = append(names, l.Name)
+			continue
+		}
 		for _, leg := range l.Targets {
 			if leg.ProxyProtocol == conf.ProxyTransparent {
 				names = append(names, l.Name)

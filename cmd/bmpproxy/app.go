@@ -114,6 +114,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			inspectCommand(stdout, stderr),
 			transparentSetupCommand(stdout, stderr),
 			upgradeCommand(stdout, stderr),
+			poolCommand(stdout, stderr),
 			healthcheckCommand(stdout, stderr),
 		},
 		OnUsageError:         onUsageError,

@@ -299,6 +299,7 @@ func (s *serve) adminServer() *admin.Server {
 		Logger:  s.log,
 		Version: versionString(),
 		Upgrade: func(context.Context) (int, string, error) { return s.up.upgrade() },
+		Pool:    s.srv,
 		Token:   s.token.Load,
 		Listen: func(ctx context.Context, a netip.AddrPort) (net.Listener, error) {
 			ln, ok := s.succ.adminListener(a)
