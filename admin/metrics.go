@@ -18,7 +18,7 @@ type collector struct {
 	legsUp, legCuts, legReconnects, legDialFailures, legReplays, legReplaySeconds, legBytes, legDiscarded,
 	resyncRoutes, resyncBytes, resyncStopped, resyncMemory, resyncMemoryLimit,
 	memberUp, memberDrained, memberRouters, memberHealthChanges, memberProbeFailures, memberDialFailures,
-	memberLegFailures, poolMoves *prometheus.Desc
+	memberLegFailures, poolMoves, routerDials, routerDialFailures *prometheus.Desc
 }
 
 func newCollector(p Proxy) *collector {
@@ -64,6 +64,8 @@ func newCollector(p Proxy) *collector {
 	d(&c.memberProbeFailures, "pool_member_probe_failures_total", "Health checks of the pool member that failed.", "listener", "member")
 	d(&c.memberDialFailures, "pool_member_dial_failures_total", "Dials of router legs to the pool member that failed.", "listener", "member")
 	d(&c.memberLegFailures, "pool_member_leg_failures_total", "Connected router legs to the pool member that failed or were reset.", "listener", "member")
+	d(&c.routerDials, "router_dials_total", "Dials of a dial listener's routers (passive BMP stations) that connected.", "listener")
+	d(&c.routerDialFailures, "router_dial_failures_total", "Dials of a dial listener's routers that failed; each is retried with backoff.", "listener")
 	d(&c.poolMoves, "pool_moves_total", "Routers moved off a pool member, by reason: failover, drain or rebalance.", "listener", "reason")
 	d(&c.fdBudgetInUse, "fd_budget_in_use", "File descriptors of the budget held now; at the budget, new connections wait in the listen backlog.")
 	return c
@@ -103,6 +105,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.legBytes, float64(g.BytesToCollector), l.Name, g.Target)
 			counter(c.legDiscarded, float64(g.BytesDiscarded), l.Name, g.Target)
 		}
+		counter(c.routerDials, float64(l.RouterDials), l.Name)
+		counter(c.routerDialFailures, float64(l.RouterDialFails), l.Name)
 		if len(l.Legs) > 0 {
 			gauge(c.resyncRoutes, float64(l.RoutesCached), l.Name)
 			gauge(c.resyncBytes, float64(l.ResyncBytes), l.Name)

@@ -51,6 +51,7 @@ type conn struct {
 	router   routerInfo    // from the Initiation message, if it came first
 	session  atomic.Bool   // a BMP session reached its target: Routers lists it
 	cc       stream        // client socket; nil if the accepted one is not a stream
+	ended    chan struct{} // closed by finish, after the closing line
 	pool     *listenerPool // the listener's pool, if it has one (pool.go)
 	// fds are charged to the fd budget: setupFDs until the dial, then
 	// connFDs. Set by newConn or restoreConn, changed by setup, given
@@ -124,6 +125,7 @@ func (s *Server) newConn(o *listenerOpts, nc net.Conn, client, local netip.AddrP
 		start:    time.Now(),
 		cc:       cc,
 		pool:     o.pool,
+		ended:    make(chan struct{}),
 		fds:      setupFDs(o),
 	}
 }
@@ -215,6 +217,7 @@ func (s *Server) finish(c *conn) {
 		s.routers.ended(r, c.client.Addr(), now)
 	}
 	c.logClosed(reason, cause, at != stageShutdown)
+	close(c.ended)
 }
 
 // logClosed writes c's closing line: at warn for a failure, at info for a
@@ -383,7 +386,7 @@ func (s *Server) adoptedConn(sc SnapshotConn, o *listenerOpts, cc stream) *conn 
 		id: sc.ID, srv: s, opts: o, listener: sc.Listener, via: sc.Via, client: sc.Client, local: sc.Local,
 		target: sc.Target, upstream: sc.Upstream, start: sc.Start, bmp: sc.BMP,
 		router: routerInfo{SysName: sc.SysName, SysDescr: sc.SysDescr, TermReason: sc.Term},
-		cc:     cc, fds: connFDs, pool: o.pool,
+		cc:     cc, fds: connFDs, pool: o.pool, ended: make(chan struct{}),
 	}
 	if c.pool != nil {
 		c.member, _ = netip.ParseAddrPort(sc.Target) // a pool connection's target is its member

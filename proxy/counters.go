@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,9 @@ type listenerState struct {
 	refused         [numRefusals]atomic.Uint64
 	// resyncStopped counts router sessions whose state stopped being kept.
 	resyncStopped atomic.Uint64
+	// routerDials and routerDialFailures count the dials of a dial
+	// listener's routers that connected, and that failed (dialout.go).
+	routerDials, routerDialFailures atomic.Uint64
 	// Totals of ended connections; open ones are added at snapshot time.
 	fromClient, toClient, spliced, copied atomic.Int64
 
@@ -120,14 +124,16 @@ func (lc *legCounters) restore(st LegStats) {
 // which the successor counts again as it adopts the connections.
 func (ls *listenerState) saved() SnapshotCounts {
 	sc := SnapshotCounts{
-		Accepted:        ls.accepted.Load(),
-		ConnectFailures: ls.connectFailures.Load(),
-		Refused:         make(map[string]uint64, numRefusals),
-		FromClient:      ls.fromClient.Load(),
-		ToClient:        ls.toClient.Load(),
-		Spliced:         ls.spliced.Load(),
-		Copied:          ls.copied.Load(),
-		ResyncStopped:   ls.resyncStopped.Load(),
+		Accepted:           ls.accepted.Load(),
+		ConnectFailures:    ls.connectFailures.Load(),
+		Refused:            make(map[string]uint64, numRefusals),
+		FromClient:         ls.fromClient.Load(),
+		ToClient:           ls.toClient.Load(),
+		Spliced:            ls.spliced.Load(),
+		Copied:             ls.copied.Load(),
+		ResyncStopped:      ls.resyncStopped.Load(),
+		RouterDials:        ls.routerDials.Load(),
+		RouterDialFailures: ls.routerDialFailures.Load(),
 	}
 	for r := range refusal(numRefusals) {
 		sc.Refused[r.label()] = ls.refused[r].Load()
@@ -153,6 +159,8 @@ func (ls *listenerState) restore(sc SnapshotCounts) {
 	ls.spliced.Store(sc.Spliced)
 	ls.copied.Store(sc.Copied)
 	ls.resyncStopped.Store(sc.ResyncStopped)
+	ls.routerDials.Store(sc.RouterDials)
+	ls.routerDialFailures.Store(sc.RouterDialFailures)
 	for _, st := range sc.Legs {
 		ls.leg(st.Target).restore(st)
 	}
@@ -175,6 +183,9 @@ type ListenerStats struct {
 	RoutesCached  int64      // routes kept for resync, over its router sessions
 	ResyncBytes   int64      // bytes that state holds
 	ResyncStopped uint64     // router sessions whose state stopped being kept
+	// A dial listener's routers (dialout.go): dials that connected, and
+	// that failed.
+	RouterDials, RouterDialFails uint64
 }
 
 // legStatsOf returns ls's LegStats for target, adding it.
@@ -197,10 +208,7 @@ func (s *Server) ListenerStats() []ListenerStats {
 	defer s.mu.Unlock()
 	byName := make(map[string]*ListenerStats, len(s.states))
 	s.targets.mu.Lock()
-	configured := make(map[string]bool, len(s.targets.byName))
-	for k := range s.targets.byName {
-		configured[k.listener] = true
-	}
+	configured := maps.Clone(s.targets.names)
 	s.targets.mu.Unlock()
 	for name, st := range s.states {
 		if !configured[name] && st.active.Load() == 0 {
@@ -219,6 +227,8 @@ func (s *Server) ListenerStats() []ListenerStats {
 			BytesCopied:     sv.Copied,
 			Legs:            sv.Legs,
 			ResyncStopped:   sv.ResyncStopped,
+			RouterDials:     sv.RouterDials,
+			RouterDialFails: sv.RouterDialFailures,
 		}
 	}
 	for c := range s.conns {

@@ -19,6 +19,7 @@ func (s *Server) freeze(ctx context.Context) (*Snapshot, error) {
 		l.setDeadline(time.Unix(1, 0)) // wakes Accept now; see acceptLoop
 		l.stopAccepting()              // and a loop waiting for fds
 	}
+	s.stopDialouts()
 	s.accepting.Wait()
 
 	w := s.watcher.Load()

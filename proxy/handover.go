@@ -88,6 +88,7 @@ func (s *Server) thaw(ctx, connCtx context.Context) {
 		l.setDeadline(time.Time{})
 		s.startAccepting(ctx, connCtx, l)
 	}
+	s.thawDialouts(ctx, connCtx)
 }
 
 // resumeHeld resumes every held direction, each on a fresh goroutine

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/pool"
@@ -525,8 +526,18 @@ type PoolStatus struct {
 
 // MemberStatus is one member of a pool, with the router sessions it has.
 type MemberStatus struct {
-	pool.MemberStatus
-	Routers int `json:"routers"`
+	Addr          netip.AddrPort `json:"member"`
+	From          string         `json:"from"` // the target it was resolved from
+	Healthy       bool           `json:"healthy"`
+	Drained       bool           `json:"drained"`
+	Since         time.Time      `json:"since"` // of its health state
+	LastError     string         `json:"last_error,omitempty"`
+	Routers       int            `json:"routers"`
+	Probes        uint64         `json:"probes"`
+	ProbeFailures uint64         `json:"probe_failures"`
+	DialFailures  uint64         `json:"dial_failures"`
+	LegFailures   uint64         `json:"leg_failures"`
+	HealthChanges uint64         `json:"health_changes"`
 }
 
 // Pools describes every pool listener's pool, by listener name.
@@ -546,7 +557,9 @@ func (s *Server) Pools() []PoolStatus {
 			ps.Moves[r.String()] = lp.moves[r].Load()
 		}
 		for _, m := range lp.pool.Members() {
-			ps.Members = append(ps.Members, MemberStatus{MemberStatus: m, Routers: routers[memberKey{lp, m.Addr}]})
+			ps.Members = append(ps.Members, MemberStatus{Addr: m.Addr, From: m.From, Healthy: m.Healthy, Drained: m.Drained,
+				Since: m.Since, LastError: m.LastError, Routers: routers[memberKey{lp, m.Addr}], Probes: m.Probes,
+				ProbeFailures: m.ProbeFailures, DialFailures: m.DialFailures, LegFailures: m.LegFailures, HealthChanges: m.HealthChanges})
 		}
 		out = append(out, ps)
 	}

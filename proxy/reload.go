@@ -136,6 +136,7 @@ func (s *Server) apply(ctx, connCtx context.Context, cfg *conf.Config) error {
 	}
 	s.cfg = cfg
 	s.runPools()
+	s.syncDialouts(ctx, connCtx, cfg)
 	s.retarget(cfg)
 	s.checkTargets(cfg)
 	s.pruneStates(cfg)

@@ -139,6 +139,8 @@ type Server struct {
 	closing bool                      // the drain timeout has passed; new conns are aborted
 	pools   map[string]*listenerPool  // per pool listener's name; changed by the Run goroutine (pool.go)
 
+	dialouts map[dialoutKey]*dialout // routers that wait to be dialed; owned by the Run goroutine (dialout.go)
+
 	poolRuns sync.WaitGroup // the pools' loops (runPools)
 }
 
@@ -170,6 +172,7 @@ func New(cfg *conf.Config, opts Options) (*Server, error) {
 		conns:     make(map[*conn]struct{}),
 		states:    make(map[string]*listenerState),
 		pools:     make(map[string]*listenerPool),
+		dialouts:  make(map[dialoutKey]*dialout),
 	}
 	if err := s.openBudget(); err != nil {
 		return nil, err
@@ -279,6 +282,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.serve(ctx, connCtx, l)
 	}
 	s.runPools()
+	s.syncDialouts(ctx, connCtx, s.cfg)
 	s.ready.Store(true)
 	if s.opts.Ready != nil {
 		s.opts.Ready(addrs)

@@ -84,15 +84,17 @@ type SnapshotConn struct {
 
 // SnapshotCounts are one listener name's counters of ended connections.
 type SnapshotCounts struct {
-	Accepted        uint64            `json:"accepted"`
-	ConnectFailures uint64            `json:"connect_failures"`
-	Refused         map[string]uint64 `json:"refused"`
-	FromClient      int64             `json:"bytes_from_client"`
-	ToClient        int64             `json:"bytes_to_client"`
-	Spliced         int64             `json:"bytes_spliced"`
-	Copied          int64             `json:"bytes_copied"`
-	ResyncStopped   uint64            `json:"resync_stopped,omitempty"`
-	Legs            []LegStats        `json:"legs,omitempty"`
+	Accepted           uint64            `json:"accepted"`
+	ConnectFailures    uint64            `json:"connect_failures"`
+	Refused            map[string]uint64 `json:"refused"`
+	FromClient         int64             `json:"bytes_from_client"`
+	ToClient           int64             `json:"bytes_to_client"`
+	Spliced            int64             `json:"bytes_spliced"`
+	Copied             int64             `json:"bytes_copied"`
+	ResyncStopped      uint64            `json:"resync_stopped,omitempty"`
+	RouterDials        uint64            `json:"router_dials,omitempty"`
+	RouterDialFailures uint64            `json:"router_dial_failures,omitempty"`
+	Legs               []LegStats        `json:"legs,omitempty"`
 }
 
 // snapshot describes the frozen server. The descriptors are the live

@@ -36,6 +36,7 @@ type TargetStatus struct {
 type targetTable struct {
 	mu     sync.Mutex
 	byName map[targetKey]TargetStatus
+	names  map[string]bool // every configured listener, with targets or a pool
 }
 
 // targetKey names one target of one listener.
@@ -60,7 +61,9 @@ func (t *targetTable) reset(cfg *conf.Config) {
 	defer t.mu.Unlock()
 	old := t.byName
 	t.byName = make(map[targetKey]TargetStatus, len(cfg.Listeners))
+	t.names = make(map[string]bool, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
+		t.names[l.Name] = true
 		for _, tg := range listenerTargets(&l) {
 			k := targetKey{l.Name, tg.String()}
 			st := TargetStatus{Listener: l.Name, Target: k.target, Resolves: true}

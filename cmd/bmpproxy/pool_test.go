@@ -1,0 +1,539 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bmpproxy/bmpproxy/internal/bmpcheck"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
+	"github.com/bmpproxy/bmpproxy/pool"
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// poolCollector is a pool member on a fixed loopback address that keeps
+// each router's sessions, by the router address its PROXY v2 header
+// carries, and counts the health checks (LOCAL headers) apart. It can be
+// stopped and started again on the same address.
+type poolCollector struct {
+	t    *testing.T
+	addr string
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    map[net.Conn]bool
+	sessions map[netip.Addr][]*poolSession // by router, oldest first
+	probes   int
+}
+
+// poolSession is one router session a member got.
+type poolSession struct {
+	bytes []byte
+	open  bool
+}
+
+func newPoolCollector(t *testing.T) *poolCollector {
+	c := &poolCollector{t: t, addr: "127.0.0.1:0", conns: map[net.Conn]bool{}, sessions: map[netip.Addr][]*poolSession{}}
+	c.start()
+	t.Cleanup(func() { c.stop(); c.wg.Wait() })
+	return c
+}
+
+func (c *poolCollector) start() {
+	c.t.Helper()
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.ln, c.addr = ln, ln.Addr().String()
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.mu.Lock()
+			c.conns[nc] = true
+			c.mu.Unlock()
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.serve(nc)
+			}()
+		}
+	}()
+}
+
+func (c *poolCollector) serve(nc net.Conn) {
+	defer func() {
+		c.mu.Lock()
+		delete(c.conns, nc)
+		c.mu.Unlock()
+		nc.Close()
+	}()
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(nc)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		return
+	}
+	nc.SetReadDeadline(time.Time{})
+	if h.Command == proxyproto.LOCAL {
+		c.mu.Lock()
+		c.probes++
+		c.mu.Unlock()
+		return
+	}
+	router := h.SourceAddr.(*net.TCPAddr).AddrPort().Addr().Unmap()
+	s := &poolSession{open: true}
+	c.mu.Lock()
+	c.sessions[router] = append(c.sessions[router], s)
+	c.mu.Unlock()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := br.Read(buf)
+		c.mu.Lock()
+		s.bytes = append(s.bytes, buf[:n]...)
+		if err != nil {
+			s.open = false
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// stop closes the listener and every connection: a collector that dies.
+func (c *poolCollector) stop() {
+	c.mu.Lock()
+	ln := c.ln
+	c.ln = nil
+	for nc := range c.conns {
+		nc.Close()
+	}
+	c.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+}
+
+// open returns the routers with a session open here now.
+func (c *poolCollector) open() []netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []netip.Addr
+	for r, ss := range c.sessions {
+		if len(ss) > 0 && ss[len(ss)-1].open {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// count is how many sessions router had here.
+func (c *poolCollector) count(router netip.Addr) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sessions[router])
+}
+
+// holds reports whether router's latest session here is open and parses
+// to want.
+func (c *poolCollector) holds(router netip.Addr, want *bmpcheck.State) bool {
+	c.mu.Lock()
+	ss := c.sessions[router]
+	var b []byte
+	open := false
+	if len(ss) > 0 {
+		b, open = slices.Clone(ss[len(ss)-1].bytes), ss[len(ss)-1].open
+	}
+	c.mu.Unlock()
+	if !open {
+		return false
+	}
+	got, err := bmpcheck.Parse(bmpcheck.Whole(b))
+	return err == nil && got.Equal(want)
+}
+
+// poolRouter is a test router: one BMP session from its own loopback
+// address, its stream in three parts with the state after each.
+type poolRouter struct {
+	addr   netip.Addr
+	conn   *net.TCPConn
+	parts  [][]byte
+	states []*bmpcheck.State
+}
+
+// newPoolRouters makes n routers, 127.0.0.10 onward, each with a stream
+// of its own.
+func newPoolRouters(t *testing.T, n int) []*poolRouter {
+	t.Helper()
+	var rs []*poolRouter
+	for i := range n {
+		msgs := bmpcheck.Generate(bmpcheck.GenConfig{Seed: uint64(i + 1), Prefixes: 200, AttrSets: 8})
+		third := len(msgs) / 3
+		r := &poolRouter{addr: netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)})}
+		var stream []byte
+		for _, p := range [][]bmpcheck.Message{msgs[:third], msgs[third : 2*third], msgs[2*third:]} {
+			b := bmpcheck.Encode(p)
+			stream = append(stream, b...)
+			st, err := bmpcheck.Parse(stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.parts, r.states = append(r.parts, b), append(r.states, st)
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// connect dials the proxy at addr from r's address.
+func (r *poolRouter) connect(t *testing.T, addr string) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(r.addr, 0)), Timeout: 5 * time.Second}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("router %s: %v", r.addr, err)
+	}
+	r.conn = nc.(*net.TCPConn)
+	t.Cleanup(func() { r.conn.Close() })
+}
+
+// send writes part i of r's stream.
+func (r *poolRouter) send(t *testing.T, i int) {
+	t.Helper()
+	if _, err := r.conn.Write(r.parts[i]); err != nil {
+		t.Fatalf("router %s: part %d: %v", r.addr, i, err)
+	}
+}
+
+// alive reports whether r's session is still open: nothing to read, and
+// no EOF, within a short poll.
+func (r *poolRouter) alive() bool {
+	r.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	var b [1]byte
+	_, err := r.conn.Read(b[:])
+	r.conn.SetReadDeadline(time.Time{})
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// placement is, for each router, the member holding its open session.
+func placement(members []*poolCollector) map[netip.Addr]int {
+	out := map[netip.Addr]int{}
+	for i, m := range members {
+		for _, r := range m.open() {
+			if _, dup := out[r]; dup {
+				out[r] = -1 // on two members
+				continue
+			}
+			out[r] = i
+		}
+	}
+	return out
+}
+
+// expectedPlacement is package pool's pick for each router over members.
+func expectedPlacement(t *testing.T, members []*poolCollector, routers []*poolRouter, skip ...int) map[netip.Addr]int {
+	t.Helper()
+	var targets []string
+	index := map[netip.AddrPort]int{}
+	for i, m := range members {
+		if slices.Contains(skip, i) {
+			continue
+		}
+		targets = append(targets, m.addr)
+		index[netip.MustParseAddrPort(m.addr)] = i
+	}
+	p, err := pool.New(pool.Config{Targets: targets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Addr]int{}
+	for _, r := range routers {
+		m, ok := p.Pick(r.addr)
+		if !ok {
+			t.Fatalf("no pick for %s", r.addr)
+		}
+		out[r.addr] = index[m.Addr]
+	}
+	return out
+}
+
+// poolConfig is a config with one pool listener over members.
+func poolConfig(t *testing.T, members []*poolCollector, resync, rebalance bool) string {
+	t.Helper()
+	var addrs []string
+	for _, m := range members {
+		addrs = append(addrs, fmt.Sprintf("%q", m.addr))
+	}
+	return writeConfig(t, t.TempDir(), fmt.Sprintf(`
+admin: "127.0.0.1:0"
+listeners:
+  - name: routers
+    listen: "127.0.0.1:0"
+    bmp: true
+    resync: %t
+    pool:
+      targets: [%s]
+      proxy_protocol: v2
+      health_interval: 200ms
+      rebalance: %t
+`, resync, strings.Join(addrs, ", "), rebalance))
+}
+
+// poolStatus is GET /pool.
+type poolStatus struct {
+	Pools []struct {
+		Listener string            `json:"listener"`
+		Moves    map[string]uint64 `json:"moves"`
+		Members  []struct {
+			Addr    string `json:"member"`
+			Healthy bool   `json:"healthy"`
+			Drained bool   `json:"drained"`
+			Routers int    `json:"routers"`
+		} `json:"members"`
+	} `json:"pools"`
+}
+
+func getPool(t *testing.T, admin string) poolStatus {
+	t.Helper()
+	_, body := httpGet(t, admin+"/pool")
+	var ps poolStatus
+	if err := json.Unmarshal([]byte(body), &ps); err != nil || len(ps.Pools) != 1 {
+		t.Fatalf("/pool: %v\n%s", err, body)
+	}
+	return ps
+}
+
+// memberHealthy reports whether /pool shows member addr healthy.
+func memberHealthy(t *testing.T, admin, addr string) bool {
+	for _, m := range getPool(t, admin).Pools[0].Members {
+		if m.Addr == addr {
+			return m.Healthy
+		}
+	}
+	return false
+}
+
+// waitPlaced waits until every router's open session is on exactly the
+// member want says, holding state i of its stream.
+func waitPlaced(t *testing.T, what string, members []*poolCollector, routers []*poolRouter, want map[netip.Addr]int, i int) {
+	t.Helper()
+	waitfor.Within(t, binaryWait, what, func() bool {
+		got := placement(members)
+		for _, r := range routers {
+			m, ok := got[r.addr]
+			if !ok || m != want[r.addr] || !members[m].holds(r.addr, r.states[i]) {
+				return false
+			}
+		}
+		return len(got) == len(routers)
+	})
+}
+
+// TestPoolPlacement: 30 routers from distinct addresses over a pool of
+// 3. Each router is on exactly one member, package pool's pick for its
+// address, and every member is used; the placement is the same after a
+// restart of bmpproxy and on a second bmpproxy with the same pool.
+func TestPoolPlacement(t *testing.T) {
+	members := []*poolCollector{newPoolCollector(t), newPoolCollector(t), newPoolCollector(t)}
+	routers := newPoolRouters(t, 30)
+	want := expectedPlacement(t, members, routers)
+	used := map[int]int{}
+	for _, m := range want {
+		used[m]++
+	}
+	if len(used) != 3 {
+		t.Fatalf("the pool's placement uses %d of 3 members (%v): pick other addresses", len(used), used)
+	}
+	path := poolConfig(t, members, false, false)
+	run := func(what string) {
+		p := start(t, 1, "--config", path)
+		addr := listenerAddrs(p)["routers"]
+		for _, r := range routers {
+			r.connect(t, addr)
+			r.send(t, 0)
+		}
+		waitPlaced(t, what+": each router on its pick", members, routers, want, 0)
+		for _, r := range routers {
+			r.conn.Close()
+		}
+		waitfor.Within(t, binaryWait, what+": every session closed", func() bool { return len(placement(members)) == 0 })
+		p.stop(t, syscall.SIGTERM, binaryWait)
+	}
+	run("first bmpproxy")
+	run("after a restart")
+	// A second instance, at once beside another one.
+	other := start(t, 1, "--config", poolConfig(t, members, false, false))
+	defer other.stop(t, syscall.SIGTERM, binaryWait)
+	run("beside a second instance")
+	addr := listenerAddrs(other)["routers"]
+	for _, r := range routers {
+		r.connect(t, addr)
+		r.send(t, 0)
+	}
+	waitPlaced(t, "the second instance: each router on the same pick", members, routers, want, 0)
+}
+
+// TestPoolFailover: with resync, one member dies mid-session. Only its
+// routers move, each replayed on its next pick with its exact state, and
+// no router session is reset; the others are not touched. The member
+// comes back: nothing moves. With rebalance, exactly the routers that
+// hash to it move back, replayed.
+func TestPoolFailover(t *testing.T) {
+	for _, rebalance := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rebalance=%t", rebalance), func(t *testing.T) {
+			members := []*poolCollector{newPoolCollector(t), newPoolCollector(t), newPoolCollector(t)}
+			routers := newPoolRouters(t, 30)
+			want := expectedPlacement(t, members, routers)
+			p := start(t, 1, "--config", poolConfig(t, members, true, rebalance))
+			admin := "http://" + p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
+			addr := listenerAddrs(p)["routers"]
+			for _, r := range routers {
+				r.connect(t, addr)
+				r.send(t, 0)
+			}
+			waitPlaced(t, "each router on its pick", members, routers, want, 0)
+
+			dead := want[routers[0].addr]
+			members[dead].stop()
+			after := expectedPlacement(t, members, routers, dead)
+			for _, r := range routers {
+				if want[r.addr] != dead && after[r.addr] != want[r.addr] {
+					t.Fatalf("the pool's placement moves %s off a live member", r.addr)
+				}
+			}
+			for _, r := range routers {
+				r.send(t, 1)
+			}
+			waitPlaced(t, "the dead member's routers on their next pick, replayed", members, routers, after, 1)
+			moved := 0
+			for _, r := range routers {
+				if !r.alive() {
+					t.Errorf("router %s: its session was closed", r.addr)
+				}
+				switch {
+				case want[r.addr] == dead:
+					moved++
+					if n := members[after[r.addr]].count(r.addr); n != 1 {
+						t.Errorf("router %s: %d sessions on its new member, want 1", r.addr, n)
+					}
+				case members[want[r.addr]].count(r.addr) != 1:
+					t.Errorf("router %s on a live member: %d sessions there, want the first one only", r.addr, members[want[r.addr]].count(r.addr))
+				}
+			}
+			if moved == 0 {
+				t.Fatal("no router was on the dead member")
+			}
+			if n := len(p.logs.match("connection closed")); n != 0 {
+				t.Errorf("%d closing lines; want every router session open", n)
+			}
+
+			members[dead].start()
+			waitfor.Within(t, binaryWait, "the member back up in /pool", func() bool { return memberHealthy(t, admin, members[dead].addr) })
+			final := after
+			if rebalance {
+				final = want
+			}
+			for _, r := range routers {
+				r.send(t, 2)
+			}
+			waitPlaced(t, "the routers where they belong once it is back", members, routers, final, 2)
+			for _, r := range routers {
+				if !r.alive() {
+					t.Errorf("router %s: its session was closed", r.addr)
+				}
+				back := rebalance && want[r.addr] == dead
+				if n := members[dead].count(r.addr); back && n != 2 || !back && want[r.addr] == dead && n != 1 {
+					t.Errorf("router %s: %d sessions on the member that came back (rebalance %t)", r.addr, n, rebalance)
+				}
+			}
+			ps := getPool(t, admin).Pools[0]
+			if got := ps.Moves["failover"]; got != uint64(moved) {
+				t.Errorf("/pool moves failover = %d, want %d", got, moved)
+			}
+			if got, wantBack := ps.Moves["rebalance"], map[bool]int{true: moved}[rebalance]; got != uint64(wantBack) {
+				t.Errorf("/pool moves rebalance = %d, want %d", got, wantBack)
+			}
+		})
+	}
+}
+
+// TestPoolDrain drains a member under load with `bmpproxy pool drain`:
+// it ends with no routers, none reset, every moved router's state exact;
+// undrain lets it take new routers again.
+func TestPoolDrain(t *testing.T) {
+	members := []*poolCollector{newPoolCollector(t), newPoolCollector(t), newPoolCollector(t)}
+	routers := newPoolRouters(t, 30)
+	want := expectedPlacement(t, members, routers)
+	p := start(t, 1, "--config", poolConfig(t, members, true, false))
+	adminAddr := p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
+	addr := listenerAddrs(p)["routers"]
+	for _, r := range routers {
+		r.connect(t, addr)
+		r.send(t, 0)
+	}
+	waitPlaced(t, "each router on its pick", members, routers, want, 0)
+
+	drained := want[routers[0].addr]
+	// Under load: every router sends while the drain runs.
+	var wg sync.WaitGroup
+	for _, r := range routers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.conn.Write(r.parts[1])
+		}()
+	}
+	out, err := exec.Command(binPath(), "pool", "drain", "--admin", adminAddr, members[drained].addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bmpproxy pool drain: %v\n%s", err, out)
+	}
+	wg.Wait()
+	after := expectedPlacement(t, members, routers, drained)
+	waitPlaced(t, "the drained member's routers moved, replayed", members, routers, after, 1)
+	if got := members[drained].open(); len(got) != 0 {
+		t.Errorf("the drained member still has routers %v", got)
+	}
+	for _, r := range routers {
+		if !r.alive() {
+			t.Errorf("router %s: its session was closed", r.addr)
+		}
+	}
+	for _, m := range getPool(t, "http://"+adminAddr).Pools[0].Members {
+		if m.Addr == members[drained].addr && (!m.Drained || m.Routers != 0) {
+			t.Errorf("/pool: drained member %+v, want drained with no routers", m)
+		}
+	}
+	out, err = exec.Command(binPath(), "pool", "undrain", "--admin", adminAddr, members[drained].addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bmpproxy pool undrain: %v\n%s", err, out)
+	}
+	// Undrained, it takes new routers again: a reconnecting router that
+	// hashes to it lands there.
+	r := routers[0]
+	r.conn.Close()
+	r.connect(t, addr)
+	r.send(t, 0)
+	waitfor.Within(t, binaryWait, "a new session of a router that hashes to it on the undrained member", func() bool {
+		return members[drained].holds(r.addr, r.states[0])
+	})
+}
