@@ -114,12 +114,12 @@ func TestDefaultsAndValidate(t *testing.T) {
 log.level: unknown level "loud" (want one of trace, debug, info, warn, error, disabled)
 splice.max_pipes: must be positive, got -1
 listeners[0].listen[1]: [::]:5000 is already used by listeners[0].listen[0]
-listeners[0].target: missing
+listeners[0].target: missing (a listener needs target, targets or pool)
 listeners[0].proxy_protocol: unknown proxy protocol "v9" (want v2, v1, none or transparent)
 listeners[0].connect_timeout: must be positive, got -1s
 listeners[1].name: "bmp" is already used by listeners[0]
 listeners[1].listen: at least one address is required
-listeners[1].target: missing`
+listeners[1].target: missing (a listener needs target, targets or pool)`
 	if err := bad.Validate(); err == nil || err.Error() != want {
 		t.Fatalf("Validate() =\n%v\nwant\n%s", err, want)
 	}

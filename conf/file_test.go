@@ -40,7 +40,7 @@ listeners:
 		target: collector:5000
 		proxy_protocl: v2
 `),
-			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
+			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, dial, listen, log, max_connections, name, pool, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
 		},
 		{
 			name: "unknown top-level key",
@@ -138,7 +138,7 @@ listeners:
 	- name: bmp
 		listen: "[::]:5000"
 `),
-			want: `line 2: listeners[0].target: missing`,
+			want: `line 2: listeners[0].target: missing (a listener needs target, targets or pool)`,
 		},
 		{
 			name: "proxy_protocol v3",
@@ -186,7 +186,7 @@ listeners:
 line 3: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)
 line 6: quote IPv6 addresses: "[2001:db8::1]:5001", not [2001:db8::1]:5001 (YAML reads [ ] as a list)
 line 4: listeners[0].target: missing port in "collector"
-line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)
+line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, dial, listen, log, max_connections, name, pool, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)
 line 7: listeners[1].target: too many colons in "::1:5001" (write an IPv6 address with a port in brackets: "[::1]:5001")
 line 8: listeners[1].connect_timeout: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")`,
 		},
@@ -367,7 +367,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 	f.WriteString("listeners:\n  - listen: \"[::]:5000\"\n")
 	f.Close()
-	want := "config " + f.Name() + ":\nline 2: listeners[0].target: missing"
+	want := "config " + f.Name() + ":\nline 2: listeners[0].target: missing (a listener needs target, targets or pool)"
 	if _, err := Load(f.Name()); err == nil || err.Error() != want {
 		t.Errorf("Load = %v, want %q", err, want)
 	}
@@ -564,7 +564,7 @@ listeners:
 		{
 			name:    "no target in the list under target",
 			in:      "listeners: [{listen: ':5000', target: []}]\n",
-			wantErr: `line 1: listeners[0].target: missing`,
+			wantErr: `line 1: listeners[0].target: missing (a listener needs target, targets or pool)`,
 		},
 		{
 			name:    "a target without its address",
