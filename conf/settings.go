@@ -244,8 +244,8 @@ func (c *Config) ApplyDefaults() {
 
 // Complete applies the defaults derived from other settings, a listener's
 // name from its place, its log settings from the top level's and its
-// targets' and pool's from its own, and then validates c. Parse does it after
-// decoding; a Config built from flags needs it too.
+// targets' and pool's from its own, and then validates c. Parse does it
+// after decoding; a Config built from flags needs it too.
 func (c *Config) Complete() error {
 	c.derive()
 	return c.Validate()
