@@ -247,6 +247,47 @@ func ParseListen(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a.Unmap(), p), nil
 }
 
+// parseDial parses the address of a router to dial: an IP literal with a
+// port, "198.51.100.9:5000" or "[2001:db8::1]:5000", never a name (a
+// router's address is not looked up) nor an unspecified address or port 0.
+// IPv4-mapped IPv6 addresses are unmapped.
+func parseDial(s string) (netip.AddrPort, error) {
+	host, port, err := splitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%w in %q", err, s)
+	}
+	if host == "" {
+		return netip.AddrPort{}, fmt.Errorf("missing address in %q (a router to dial is given by its address)", s)
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address in %q (a router to dial is given by its address, not a name)", host, s)
+	}
+	ap := netip.AddrPortFrom(a.Unmap(), p)
+	if err := checkDial(ap, strconv.Quote(s)); err != nil {
+		return netip.AddrPort{}, err
+	}
+	return ap, nil
+}
+
+// checkDial reports what makes a no router's address to dial; in is how
+// the error names it.
+func checkDial(a netip.AddrPort, in string) error {
+	switch {
+	case !a.IsValid():
+		return errors.New("invalid address")
+	case a.Addr().IsUnspecified():
+		return fmt.Errorf("unspecified address in %s: a router to dial is given by its own address", in)
+	case a.Port() == 0:
+		return fmt.Errorf("port 0 in %s: a router to dial needs a real port", in)
+	}
+	return nil
+}
+
 // splitHostPort is net.SplitHostPort with errors that quote s and, for an
 // IPv6 address written without brackets, give the bracketed form: an
 // address with a port, "2001:db8::1:5000" becomes "[2001:db8::1]:5000",
@@ -530,10 +571,8 @@ func (c *Config) Validate() error {
 		}
 		marks := map[uint32]bool{}
 		for _, l := range c.Listeners {
-			for _, leg := range l.Targets {
-				if leg.ProxyProtocol == ProxyTransparent {
-					marks[leg.TransparentMark] = true
-				}
+			for _, m := range l.transparentMarks() {
+				marks[m] = true
 			}
 		}
 		switch {
@@ -554,7 +593,9 @@ func (c *Config) Validate() error {
 			add(p+".name", "%q is already used by listeners[%d]", l.Name, j)
 		}
 		names[l.Name] = i
-		if len(l.Listen) == 0 {
+		if l.Dial != nil {
+			checkDialer(p, l, add)
+		} else if len(l.Listen) == 0 {
 			add(p+".listen", "at least one address is required")
 		}
 		for k, a := range l.Listen {
@@ -623,11 +664,52 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkTargets reports the problems of l's targets, at p, l's path.
+// checkDialer reports the problems of l, which dials its routers, at p,
+// l's path. The addresses to dial are checked within l only: two
+// listeners may dial one router, and none of them is a port of this host.
+func checkDialer(p string, l Listener, add func(path, format string, args ...any)) {
+	if len(l.Listen) > 0 {
+		add(p+".dial", "excludes listen; a listener either accepts routers or dials them: give each its own listener")
+	}
+	if len(l.Dial) == 0 {
+		add(p+".dial", "at least one address is required")
+	}
+	seen := map[netip.AddrPort]int{}
+	for k, a := range l.Dial {
+		dp := fmt.Sprintf("%s.dial[%d]", p, k)
+		if err := checkDial(a, a.String()); err != nil {
+			add(dp, "%v", err)
+		} else if j, dup := seen[a]; dup {
+			add(dp, "%s is already %s.dial[%d]; list each router once", a, p, j)
+		} else {
+			seen[a] = k
+		}
+	}
+	if len(l.AcceptProxyFrom) > 0 {
+		add(p+".accept_proxy_from", "refused with dial: a dialed router speaks first-hand; accept_proxy_from is for listeners")
+	}
+	// Refused rather than ignored: every router dialed is one of dial's,
+	// so allow could only refuse a router that dial asks for, or nothing,
+	// and an allow list that silently filters nothing misleads whoever
+	// reads the file.
+	if len(l.Allow) > 0 {
+		add(p+".allow", "refused with dial: the routers dialed are the ones under dial, which allow would not filter")
+	}
+}
+
+// checkTargets reports the problems of l's targets, or of its pool, at p,
+// l's path.
 func checkTargets(p string, l Listener, add func(path, format string, args ...any)) {
+	if l.Pool != nil {
+		if len(l.Targets) > 0 || !l.Target.IsZero() {
+			add(p+".pool", "excludes target and targets; a pool's collectors go under pool.targets")
+		}
+		checkPool(p+".pool", l, add)
+		return
+	}
 	switch {
 	case l.Targets == nil && l.Target.IsZero():
-		add(p+".target", "missing")
+		add(p+".target", "missing (a listener needs target, targets or pool)")
 	case len(l.Targets) == 0 && l.Target.IsZero():
 		add(p+".targets", "at least one target is required") // targets: []
 	case len(l.Targets) == 0:
@@ -654,6 +736,46 @@ func checkTargets(p string, l Listener, add func(path, format string, args ...an
 		if leg.TransparentMark < 1 {
 			add(lp+".transparent_mark", "must be 1-4294967295, got 0")
 		}
+	}
+}
+
+// checkPool reports the problems of l's pool, at p, its path.
+func checkPool(p string, l Listener, add func(path, format string, args ...any)) {
+	pl := l.Pool
+	switch {
+	case pl.Targets == nil:
+		add(p+".targets", "missing")
+	case len(pl.Targets) == 0:
+		add(p+".targets", "at least one target is required")
+	}
+	seen := map[Target]int{}
+	for k, t := range pl.Targets {
+		tp := fmt.Sprintf("%s.targets[%d]", p, k)
+		if t.IsZero() {
+			add(tp, "missing")
+		} else if j, dup := seen[t.key()]; dup {
+			add(tp, "%s is already %s.targets[%d]; list each target once", t, p, j)
+		} else {
+			seen[t.key()] = k
+		}
+	}
+	if _, err := ParseProxyProtocol(string(pl.ProxyProtocol)); err != nil {
+		add(p+".proxy_protocol", "%v", err)
+	}
+	if pl.Buffer < MinBuffer || pl.Buffer > MaxBuffer {
+		add(p+".buffer", "must be at least %s and at most %s, got %s", MinBuffer, MaxBuffer, pl.Buffer)
+	}
+	if pl.TransparentMark < 1 {
+		add(p+".transparent_mark", "must be 1-4294967295, got 0")
+	}
+	if pl.HealthInterval < MinPoolInterval {
+		add(p+".health_interval", "must be at least %s, got %s", MinPoolInterval, pl.HealthInterval)
+	}
+	if pl.ResolveInterval < MinPoolInterval {
+		add(p+".resolve_interval", "must be at least %s, got %s", MinPoolInterval, pl.ResolveInterval)
+	}
+	if pl.Rebalance && !l.Resync {
+		add(p+".rebalance", "refused without resync: true; a router moved without resync would be reset (set resync: true, or rebalance: false)")
 	}
 }
 
@@ -702,14 +824,28 @@ func parseLevel(s string) (int, error) {
 }
 
 // TransparentMark returns the mark of the targets dialed transparently,
-// for TransparentSetup; Validate makes sure they share one.
+// a pool's members included, for TransparentSetup; Validate makes sure
+// they share one.
 func (c *Config) TransparentMark() uint32 {
 	for _, l := range c.Listeners {
-		for _, leg := range l.Targets {
-			if leg.ProxyProtocol == ProxyTransparent {
-				return leg.TransparentMark
-			}
+		if ms := l.transparentMarks(); len(ms) > 0 {
+			return ms[0]
 		}
 	}
 	return DefaultTransparentMark
+}
+
+// transparentMarks returns the marks of l's legs dialed transparently, and
+// of its pool when its members are, in order.
+func (l *Listener) transparentMarks() []uint32 {
+	var ms []uint32
+	for _, leg := range l.Targets {
+		if leg.ProxyProtocol == ProxyTransparent {
+			ms = append(ms, leg.TransparentMark)
+		}
+	}
+	if l.Pool != nil && l.Pool.ProxyProtocol == ProxyTransparent {
+		ms = append(ms, l.Pool.TransparentMark)
+	}
+	return ms
 }

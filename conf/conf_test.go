@@ -114,12 +114,12 @@ func TestDefaultsAndValidate(t *testing.T) {
 log.level: unknown level "loud" (want one of trace, debug, info, warn, error, disabled)
 splice.max_pipes: must be positive, got -1
 listeners[0].listen[1]: [::]:5000 is already used by listeners[0].listen[0]
-listeners[0].target: missing
+listeners[0].target: missing (a listener needs target, targets or pool)
 listeners[0].proxy_protocol: unknown proxy protocol "v9" (want v2, v1, none or transparent)
 listeners[0].connect_timeout: must be positive, got -1s
 listeners[1].name: "bmp" is already used by listeners[0]
 listeners[1].listen: at least one address is required
-listeners[1].target: missing`
+listeners[1].target: missing (a listener needs target, targets or pool)`
 	if err := bad.Validate(); err == nil || err.Error() != want {
 		t.Fatalf("Validate() =\n%v\nwant\n%s", err, want)
 	}
@@ -233,5 +233,68 @@ listeners[1].resync: refused without bmp: true; add bmp: true (resync keeps each
 	const first = `listeners[0].targets: missing, though target is a:1 (Complete or ApplyDefaults makes target a list of one)`
 	if err := bad.Validate(); err == nil || strings.SplitN(err.Error(), "\n", 2)[0] != first {
 		t.Fatalf("Validate() without ApplyDefaults = %v, want first %q", err, first)
+	}
+}
+
+// TestDefaultsPoolAndDial: in Go, ApplyDefaults fills a pool's zero
+// settings with the defaults and its unset ones with the listener's, as a
+// file's absent keys get, invents no targets, and Validate finds what a
+// file's decoder would.
+func TestDefaultsPoolAndDial(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	n := Target{Host: "collectors.bmp.svc", Port: 5000}
+	c := Config{Listeners: []Listener{
+		{Name: "routers", Listen: []netip.AddrPort{ap("[::]:5000")}, ProxyProtocol: ProxyNone, TransparentMark: 7,
+			Pool: &Pool{Targets: []Target{n}}},
+		{Name: "passive", Dial: []netip.AddrPort{ap("198.51.100.9:5000")}, Target: n},
+	}}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := &Pool{Targets: []Target{n}, ProxyProtocol: ProxyNone, Buffer: DefaultBuffer, TransparentMark: 7,
+		HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval}
+	if l := c.Listeners[0]; !reflect.DeepEqual(l.Pool, want) || l.Targets != nil || !l.Target.IsZero() {
+		t.Errorf("routers: pool %+v, target %v, targets %+v; want pool %+v and no target", l.Pool, l.Target, l.Targets, want)
+	}
+	parsed, err := Parse([]byte("listeners:\n  - {name: routers, listen: '[::]:5000', proxy_protocol: none, transparent_mark: 7, pool: {targets: 'collectors.bmp.svc:5000'}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(parsed.Listeners[0].Pool, want) {
+		t.Errorf("parsed pool %+v, want %+v", parsed.Listeners[0].Pool, want)
+	}
+	if l := c.Listeners[1]; l.Listen != nil || len(l.Targets) != 1 {
+		t.Errorf("passive: listen %v, targets %+v", l.Listen, l.Targets)
+	}
+
+	bad := Config{Listeners: []Listener{
+		{Name: "both", Listen: []netip.AddrPort{ap("[::]:5000")}, Target: n,
+			Pool: &Pool{Targets: []Target{n, {Host: "Collectors.BMP.svc", Port: 5000}, {}}, ProxyProtocol: "v3",
+				HealthInterval: time.Millisecond, Rebalance: true}},
+		{Name: "empty", Listen: []netip.AddrPort{ap("[::]:5001")}, Pool: &Pool{}},
+		{Name: "dialer", Listen: []netip.AddrPort{ap("[::]:5002")}, Target: n,
+			Dial:            []netip.AddrPort{ap("198.51.100.9:5000"), ap("198.51.100.9:5000"), ap("198.51.100.9:0"), ap("[::]:5000"), {}},
+			AcceptProxyFrom: Prefixes{netip.MustParsePrefix("203.0.113.0/24")}, Allow: Prefixes{netip.MustParsePrefix("198.51.100.0/24")}},
+		{Name: "no dial", Dial: []netip.AddrPort{}, Target: n},
+	}}
+	bad.ApplyDefaults()
+	wantErr := `listeners[0].pool: excludes target and targets; a pool's collectors go under pool.targets
+listeners[0].pool.targets[1]: Collectors.BMP.svc:5000 is already listeners[0].pool.targets[0]; list each target once
+listeners[0].pool.targets[2]: missing
+listeners[0].pool.proxy_protocol: unknown proxy protocol "v3" (want v2, v1, none or transparent)
+listeners[0].pool.health_interval: must be at least 100ms, got 1ms
+listeners[0].pool.rebalance: refused without resync: true; a router moved without resync would be reset (set resync: true, or rebalance: false)
+listeners[1].pool.targets: missing
+listeners[2].dial: excludes listen; a listener either accepts routers or dials them: give each its own listener
+listeners[2].dial[1]: 198.51.100.9:5000 is already listeners[2].dial[0]; list each router once
+listeners[2].dial[2]: port 0 in 198.51.100.9:0: a router to dial needs a real port
+listeners[2].dial[3]: unspecified address in [::]:5000: a router to dial is given by its own address
+listeners[2].dial[4]: invalid address
+listeners[2].accept_proxy_from: refused with dial: a dialed router speaks first-hand; accept_proxy_from is for listeners
+listeners[2].allow: refused with dial: the routers dialed are the ones under dial, which allow would not filter
+listeners[3].dial: at least one address is required`
+	if err := bad.Validate(); err == nil || err.Error() != wantErr {
+		t.Fatalf("Validate() =\n%v\nwant\n%s", err, wantErr)
 	}
 }

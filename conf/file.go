@@ -209,9 +209,15 @@ func syntaxError(err error, data []byte) error {
 type decoder struct {
 	errs  []error
 	lines map[string]int // path → line of its value
+	// covered holds the paths, besides those of errs, whose Validate
+	// errors an error in errs says already.
+	covered map[string]bool
 }
 
-func newDecoder() *decoder { return &decoder{lines: map[string]int{}} }
+func newDecoder() *decoder { return &decoder{lines: map[string]int{}, covered: map[string]bool{}} }
+
+// cover leaves Validate's errors at path out: one of d's says the same.
+func (d *decoder) cover(path string) { d.covered[path] = true }
 
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
 	d.errs = append(d.errs, &FieldError{Line: n.Line, Path: path, Err: fmt.Errorf(format, args...)})
@@ -232,7 +238,7 @@ func (d *decoder) locate(err error) {
 	for _, e := range unjoin(err) {
 		var fe *FieldError
 		if errors.As(e, &fe) {
-			if failed[fe.Path] {
+			if failed[fe.Path] || d.covered[fe.Path] {
 				continue
 			}
 			if fe.Line == 0 {
@@ -353,6 +359,27 @@ func (d *decoder) duration(n *yaml.Node, path string, dst *time.Duration) {
 	*dst = v
 }
 
+// targetList returns n, one target address or a list of them, each once,
+// in order, after reporting every one that is not a target or is given
+// again (a name in any case is the same name); nil when none is.
+func (d *decoder) targetList(n *yaml.Node, path string) []Target {
+	var ts []Target
+	seen := map[Target]bool{}
+	d.list(n, path, func(v *yaml.Node, p string) {
+		t, ok := d.target(v, p)
+		if !ok {
+			return
+		}
+		if seen[t.key()] {
+			d.fail(v, p, "%s is given twice; give each target once", t)
+			return
+		}
+		seen[t.key()] = true
+		ts = append(ts, t)
+	})
+	return ts
+}
+
 // target returns n as a target address, or false after reporting why it
 // is not one.
 func (d *decoder) target(n *yaml.Node, path string) (Target, bool) {
@@ -383,9 +410,10 @@ func (d *decoder) byteSize(n *yaml.Node, path string, dst *ByteSize) {
 
 // exclusive reports the keys a and b of the mapping n when both are
 // there, naming the line of each, at the second; fix says what to write.
-func (d *decoder) exclusive(n *yaml.Node, path, a, b, fix string) {
+// It reports whether it did.
+func (d *decoder) exclusive(n *yaml.Node, path, a, b, fix string) bool {
 	if n.Kind != yaml.MappingNode {
-		return
+		return false
 	}
 	var ka, kb *yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -397,10 +425,11 @@ func (d *decoder) exclusive(n *yaml.Node, path, a, b, fix string) {
 		}
 	}
 	if ka == nil || kb == nil {
-		return
+		return false
 	}
 	second := max(ka.Line, kb.Line)
 	d.fail(&yaml.Node{Line: second}, path, "%s (line %d) and %s (line %d) exclude each other; %s", a, ka.Line, b, kb.Line, fix)
+	return true
 }
 
 func (d *decoder) integer(n *yaml.Node, path string, dst *int) {

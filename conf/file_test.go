@@ -40,7 +40,7 @@ listeners:
 		target: collector:5000
 		proxy_protocl: v2
 `),
-			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
+			want: `line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, dial, listen, log, max_connections, name, pool, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
 		},
 		{
 			name: "unknown top-level key",
@@ -138,7 +138,7 @@ listeners:
 	- name: bmp
 		listen: "[::]:5000"
 `),
-			want: `line 2: listeners[0].target: missing`,
+			want: `line 2: listeners[0].target: missing (a listener needs target, targets or pool)`,
 		},
 		{
 			name: "proxy_protocol v3",
@@ -186,7 +186,7 @@ listeners:
 line 3: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)
 line 6: quote IPv6 addresses: "[2001:db8::1]:5001", not [2001:db8::1]:5001 (YAML reads [ ] as a list)
 line 4: listeners[0].target: missing port in "collector"
-line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)
+line 5: listeners[0]: unknown field "proxy_protocl" (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, dial, listen, log, max_connections, name, pool, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)
 line 7: listeners[1].target: too many colons in "::1:5001" (write an IPv6 address with a port in brackets: "[::1]:5001")
 line 8: listeners[1].connect_timeout: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")`,
 		},
@@ -367,7 +367,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 	f.WriteString("listeners:\n  - listen: \"[::]:5000\"\n")
 	f.Close()
-	want := "config " + f.Name() + ":\nline 2: listeners[0].target: missing"
+	want := "config " + f.Name() + ":\nline 2: listeners[0].target: missing (a listener needs target, targets or pool)"
 	if _, err := Load(f.Name()); err == nil || err.Error() != want {
 		t.Errorf("Load = %v, want %q", err, want)
 	}
@@ -386,6 +386,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("resync_memory: 64MiB\nlisteners:\n  - listen: ':1'\n    bmp: true\n    resync: true\n    targets:\n      - target: a:1\n      - {target: 'b:2', proxy_protocol: none, buffer: 8MiB, transparent_mark: 3}\n"))
 	f.Add([]byte("listeners: [{listen: ':1', target: [a:1, b:2], proxy_protocol: v1}]\n"))
 	f.Add([]byte("admin: [::1]:1 x: [::]:2\nlisteners:\n  - listen: [::]:5000\n\t  target: c\n"))
+	f.Add([]byte("listeners:\n  - listen: ':1'\n    bmp: true\n    resync: true\n    pool: {targets: [a:1, '[2001:db8::1]:2'], buffer: 8MiB, health_interval: 1s, rebalance: true}\n"))
+	f.Add([]byte("listeners: [{dial: ['198.51.100.9:5000', '[2001:db8::1]:5000'], target: c:1}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
@@ -564,7 +566,7 @@ listeners:
 		{
 			name:    "no target in the list under target",
 			in:      "listeners: [{listen: ':5000', target: []}]\n",
-			wantErr: `line 1: listeners[0].target: missing`,
+			wantErr: `line 1: listeners[0].target: missing (a listener needs target, targets or pool)`,
 		},
 		{
 			name:    "a target without its address",
@@ -757,6 +759,364 @@ listeners:
 				transparent_mark: 5
 `)))
 	if want := `line 1: transparent_setup: the transparent listeners must share one transparent_mark`; err == nil || err.Error() != want {
+		t.Fatalf("Parse error %v, want %q", err, want)
+	}
+}
+
+// TestPool covers pool: its forms, what it inherits from its listener and
+// gets by default, that it prints as it was read, and every error, in its
+// exact words.
+func TestPool(t *testing.T) {
+	a := Target{Host: "2001:db8::11", Port: 5000}
+	b := Target{Host: "198.51.100.12", Port: 5000}
+	n := Target{Host: "collectors.bmp.svc", Port: 5000}
+	tests := []struct {
+		name, in string
+		want     *Pool // the first listener's
+		wantErr  string
+	}{
+		{
+			name: "every key",
+			in: yml(`
+listeners:
+	- name: routers
+		listen: "[::]:5000"
+		bmp: true
+		resync: true
+		pool:
+			targets: ["[2001:db8::11]:5000", "198.51.100.12:5000", "collectors.bmp.svc:5000"]
+			proxy_protocol: none
+			buffer: 8MiB
+			transparent_mark: 7
+			health_interval: 1s
+			resolve_interval: 100ms
+			rebalance: true
+`),
+			want: &Pool{Targets: []Target{a, b, n}, ProxyProtocol: ProxyNone, Buffer: 8 * MiB, TransparentMark: 7,
+				HealthInterval: time.Second, ResolveInterval: MinPoolInterval, Rebalance: true},
+		},
+		{
+			name: "the defaults, and the listener's settings",
+			in:   "listeners: [{listen: ':5000', proxy_protocol: v1, transparent_mark: 3, pool: {targets: ['collectors.bmp.svc:5000']}}]\n",
+			want: &Pool{Targets: []Target{n}, ProxyProtocol: ProxyV1, Buffer: DefaultBuffer, TransparentMark: 3,
+				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval},
+		},
+		{
+			name: "one address for targets",
+			in:   "listeners: [{listen: ':5000', pool: {targets: 'collectors.bmp.svc:5000'}}]\n",
+			want: &Pool{Targets: []Target{n}, ProxyProtocol: ProxyV2, Buffer: DefaultBuffer, TransparentMark: 1,
+				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval},
+		},
+		{
+			name: "a pool without resync",
+			in:   "listeners: [{listen: ':5000', bmp: true, pool: {targets: ['[2001:db8::11]:5000'], rebalance: false}}]\n",
+			want: &Pool{Targets: []Target{a}, ProxyProtocol: ProxyV2, Buffer: DefaultBuffer, TransparentMark: 1,
+				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval},
+		},
+		{
+			name: "pool and target",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		target: c:1
+		pool:
+			targets: c:2
+`),
+			wantErr: `line 4: listeners[0]: target (line 3) and pool (line 4) exclude each other; a pool's collectors go under pool.targets`,
+		},
+		{
+			name: "targets and pool",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		pool: {targets: c:2}
+		targets:
+			- target: c:1
+`),
+			wantErr: `line 4: listeners[0]: targets (line 4) and pool (line 3) exclude each other; a pool's collectors go under pool.targets`,
+		},
+		{
+			name:    "no targets",
+			in:      "listeners:\n  - listen: ':5000'\n    pool: {health_interval: 1s}\n",
+			wantErr: `line 3: listeners[0].pool.targets: missing`,
+		},
+		{
+			name:    "an empty list of targets",
+			in:      "listeners:\n  - listen: ':5000'\n    pool: {targets: []}\n",
+			wantErr: `line 3: listeners[0].pool.targets: at least one target is required`,
+		},
+		{
+			name:    "a list for pool",
+			in:      "listeners:\n  - listen: ':5000'\n    pool: [c:1, c:2]\n",
+			wantErr: `line 3: listeners[0].pool: want a mapping such as {targets: ["collector:5000"]}, got a list`,
+		},
+		{
+			name:    "nothing for pool",
+			in:      "listeners:\n  - listen: ':5000'\n    pool:\n",
+			wantErr: `line 3: listeners[0].pool: want a mapping such as {targets: ["collector:5000"]}, got nothing`,
+		},
+		{
+			name: "the problems of a pool",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		bmp: true
+		pool:
+			targets:
+				- collector
+				- c:1
+				- C:1
+				- "[2001:db8::11]:0"
+			proxy_protocol: v3
+			buffer: 32KiB
+			transparent_mark: 0
+			health_interval: 10ms
+			resolve_interval: 5
+			rebalance: true
+			drain: true
+`),
+			wantErr: `line 6: listeners[0].pool.targets[0]: missing port in "collector"
+line 8: listeners[0].pool.targets[2]: C:1 is given twice; give each target once
+line 9: listeners[0].pool.targets[3]: port 0 in "[2001:db8::11]:0": a target needs a real port
+line 10: listeners[0].pool.proxy_protocol: unknown proxy protocol "v3" (want v2, v1, none or transparent)
+line 12: listeners[0].pool.transparent_mark: must be 1-4294967295, got 0
+line 14: listeners[0].pool.resolve_interval: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")
+line 16: listeners[0].pool: unknown field "drain" (known: buffer, health_interval, proxy_protocol, rebalance, resolve_interval, targets, transparent_mark)
+line 11: listeners[0].pool.buffer: must be at least 64KiB and at most 1GiB, got 32KiB
+line 13: listeners[0].pool.health_interval: must be at least 100ms, got 10ms
+line 15: listeners[0].pool.rebalance: refused without resync: true; a router moved without resync would be reset (set resync: true, or rebalance: false)`,
+		},
+		{
+			name:    "buffer too large, resolve_interval too short",
+			in:      "listeners:\n  - listen: ':5000'\n    pool: {targets: c:1, buffer: 2GiB, resolve_interval: 99ms}\n",
+			wantErr: "line 3: listeners[0].pool.buffer: must be at least 64KiB and at most 1GiB, got 2GiB\nline 3: listeners[0].pool.resolve_interval: must be at least 100ms, got 99ms",
+		},
+		{
+			name:    "rebalance with resync: false",
+			in:      "listeners: [{listen: ':5000', bmp: true, resync: false, pool: {targets: c:1, rebalance: true}}]\n",
+			wantErr: `line 1: listeners[0].pool.rebalance: refused without resync: true; a router moved without resync would be reset (set resync: true, or rebalance: false)`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("Parse error:\n%v\nwant:\n%s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := c.Listeners[0]
+			if !reflect.DeepEqual(l.Pool, tt.want) {
+				t.Fatalf("pool %+v\nwant %+v", l.Pool, tt.want)
+			}
+			if l.Targets != nil || !l.Target.IsZero() {
+				t.Fatalf("a pooled listener has target %v, targets %+v", l.Target, l.Targets)
+			}
+			checkRoundTrip(t, c)
+		})
+	}
+}
+
+// TestDial covers dial: the forms, and every error, in its exact words.
+func TestDial(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	tests := []struct {
+		name, in string
+		want     []netip.AddrPort // the first listener's
+		wantErr  string
+	}{
+		{
+			name: "a list",
+			in:   "listeners: [{dial: ['[2001:db8::1]:5000', '198.51.100.9:5000', '[::ffff:198.51.100.10]:5000', '[fe80::1%eth0]:5000'], target: c:1}]\n",
+			want: []netip.AddrPort{ap("[2001:db8::1]:5000"), ap("198.51.100.9:5000"), ap("198.51.100.10:5000"), ap("[fe80::1%eth0]:5000")},
+		},
+		{
+			name: "one address",
+			in:   "listeners: [{dial: '198.51.100.9:5000', target: c:1}]\n",
+			want: []netip.AddrPort{ap("198.51.100.9:5000")},
+		},
+		{
+			name: "two listeners dial one router, and another listens on its port",
+			in: yml(`
+listeners:
+	- name: a
+		dial: "198.51.100.9:5000"
+		target: c:1
+	- name: b
+		dial: "198.51.100.9:5000"
+		target: c:2
+	- name: c
+		listen: "[::]:5000"
+		target: c:3
+`),
+			want: []netip.AddrPort{ap("198.51.100.9:5000")},
+		},
+		{
+			name: "listen and dial",
+			in: yml(`
+listeners:
+	- listen: "[::]:5000"
+		dial: "198.51.100.9:5000"
+		target: c:1
+`),
+			wantErr: `line 3: listeners[0]: listen (line 2) and dial (line 3) exclude each other; a listener either accepts routers or dials them: give each its own listener`,
+		},
+		{
+			name:    "an empty list",
+			in:      "listeners:\n  - dial: []\n    target: c:1\n",
+			wantErr: `line 2: listeners[0].dial: at least one address is required`,
+		},
+		{
+			name: "the problems of dial",
+			in: yml(`
+listeners:
+	- dial:
+			- router1.example:5000
+			- "198.51.100.9:0"
+			- "[::]:5000"
+			- ":5000"
+			- "198.51.100.9"
+			- "2001:db8::1:5000"
+			- "198.51.100.9:5000"
+			- "[::ffff:198.51.100.9]:5000"
+			- [1]
+		target: c:1
+		accept_proxy_from: 203.0.113.10
+		allow: 198.51.100.0/24
+`),
+			wantErr: `line 3: listeners[0].dial[0]: "router1.example" is not an IP address in "router1.example:5000" (a router to dial is given by its address, not a name)
+line 4: listeners[0].dial[1]: port 0 in "198.51.100.9:0": a router to dial needs a real port
+line 5: listeners[0].dial[2]: unspecified address in "[::]:5000": a router to dial is given by its own address
+line 6: listeners[0].dial[3]: missing address in ":5000" (a router to dial is given by its address)
+line 7: listeners[0].dial[4]: missing port in "198.51.100.9"
+line 8: listeners[0].dial[5]: too many colons in "2001:db8::1:5000" (write an IPv6 address with a port in brackets: "[2001:db8::1]:5000")
+line 10: listeners[0].dial[7]: 198.51.100.9:5000 is given twice; give each router once
+line 11: listeners[0].dial[8]: want a router's address such as "[2001:db8::1]:5000", got a list (quote IPv6 addresses: "[::]:5000")
+line 13: listeners[0].accept_proxy_from: refused with dial: a dialed router speaks first-hand; accept_proxy_from is for listeners
+line 14: listeners[0].allow: refused with dial: the routers dialed are the ones under dial, which allow would not filter`,
+		},
+		{
+			name:    "neither listen nor dial",
+			in:      "listeners: [{target: c:1}]\n",
+			wantErr: `line 1: listeners[0].listen: at least one address is required`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("Parse error:\n%v\nwant:\n%s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := c.Listeners[0]
+			if !reflect.DeepEqual(l.Dial, tt.want) || l.Listen != nil {
+				t.Fatalf("dial %v, listen %v; want dial %v", l.Dial, l.Listen, tt.want)
+			}
+			checkRoundTrip(t, c)
+		})
+	}
+}
+
+// TestPoolAndDialPrint: the listeners of the file syntax's example print
+// a pool as a mapping with every key and no target, and dial with no
+// listen, and the printout parses back to them.
+func TestPoolAndDialPrint(t *testing.T) {
+	c, err := Parse([]byte(yml(`
+listeners:
+	- name: routers
+		listen: "[::]:5000"
+		bmp: true
+		resync: true
+		pool:
+			targets: ["[2001:db8::11]:5000", "198.51.100.12:5000", "collectors.bmp.svc:5000"]
+			buffer: 8MiB
+	- name: passive
+		dial: ["[2001:db8::1]:5000", "198.51.100.9:5000"]
+		bmp: true
+		target: collector:5000
+`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRoundTrip(t, c)
+	text, err := c.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pool = `  - name: routers
+    listen:
+      - '[::]:5000'
+    pool:
+      targets:
+        - '[2001:db8::11]:5000'
+        - 198.51.100.12:5000
+        - collectors.bmp.svc:5000
+      proxy_protocol: v2
+      buffer: 8MiB
+      transparent_mark: 1
+      health_interval: 5s
+      resolve_interval: 30s
+      rebalance: false
+    proxy_protocol: v2
+`
+	const dial = `  - name: passive
+    dial:
+      - '[2001:db8::1]:5000'
+      - 198.51.100.9:5000
+    target: collector:5000
+    proxy_protocol: v2
+`
+	if !strings.Contains(string(text), pool) || !strings.Contains(string(text), dial) {
+		t.Fatalf("printed\n%s\nwant in it\n%s\nand\n%s", text, pool, dial)
+	}
+	routers, passive, _ := strings.Cut(string(text), "  - name: passive\n")
+	if strings.Contains(routers, "\n    target") || strings.Contains(passive, "listen") {
+		t.Fatalf("a pool printed target or targets, or dial printed listen:\n%s", text)
+	}
+}
+
+// TestTransparentPool: a pool dialed transparently needs the return
+// routing as a transparent leg does, and shares its mark.
+func TestTransparentPool(t *testing.T) {
+	c, err := Parse([]byte(yml(`
+transparent_setup: loopback
+listeners:
+	- listen: "[::]:5000"
+		pool:
+			targets: c:1
+			proxy_protocol: transparent
+			transparent_mark: 5
+`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := c.TransparentMark(); m != 5 {
+		t.Fatalf("TransparentMark() = %d, want 5", m)
+	}
+	_, err = Parse([]byte(yml(`
+transparent_setup: loopback
+listeners:
+	- listen: "[::]:5000"
+		proxy_protocol: transparent
+		target: c:1
+	- listen: "[::]:5001"
+		proxy_protocol: transparent
+		pool: {targets: c:2, transparent_mark: 5}
+`)))
+	if want := `line 1: transparent_setup: the transparent listeners must share one transparent_mark`; err == nil || err.Error() != want {
+		t.Fatalf("Parse error %v, want %q", err, want)
+	}
+	_, err = Parse([]byte("transparent_setup: loopback\nlisteners: [{listen: ':5000', proxy_protocol: transparent, pool: {targets: c:1, proxy_protocol: v2}}]\n"))
+	if want := `line 1: transparent_setup: set, but no listener has proxy_protocol: transparent`; err == nil || err.Error() != want {
 		t.Fatalf("Parse error %v, want %q", err, want)
 	}
 }

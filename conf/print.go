@@ -7,7 +7,8 @@ import (
 )
 
 // YAML returns c in the configuration file format, every setting spelled
-// out, an unset one as what unsets it in a file (admin: none, allow: []).
+// out, an unset one as what unsets it in a file (admin: none, allow: []),
+// but for pool and dial, which are left out when unset.
 // Parsing the result gives c back, and printing that gives the same text.
 func (c *Config) YAML() ([]byte, error) {
 	var b bytes.Buffer

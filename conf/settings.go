@@ -124,12 +124,14 @@ func listenerSettings() section[Listener] {
 			usage: "address to accept on; repeat for more. '[::]:P' (or ':P') is dual-stack and accepts IPv4 and IPv6, " +
 				"'0.0.0.0:P' is IPv4 only, any other address listens on itself only",
 		}),
+		dialEntry(),
 		targetEntry().withFlag(flagSpec{
 			name: "target", aliases: []string{"t"}, env: "BMPPROXY_TARGET", example: "collector:5000", repeated: true,
 			usage: "collector address as host:port; a name is resolved again for every connection (required). " +
 				"Repeat it to send every router session to each collector; only the first one's replies reach the router",
 		}),
 		targetsEntry(),
+		poolEntry(),
 		proxyProtocolEntry(string(ProxyV2), func(l *Listener) *ProxyProtocol { return &l.ProxyProtocol }).withFlag(flagSpec{
 			name: "proxy-protocol", env: "BMPPROXY_PROXY_PROTOCOL",
 			usage: "header sent to each target before any payload: v2, v1, none, or transparent " +
@@ -179,6 +181,22 @@ func legSettings() section[Leg] {
 	}
 }
 
+// poolSettings describes a listener's pool. The unset proxy_protocol and
+// transparent_mark are the listener's (derive).
+func poolSettings() section[Pool] {
+	return section[Pool]{
+		poolTargetsEntry(),
+		proxyProtocolEntry("", func(pl *Pool) *ProxyProtocol { return &pl.ProxyProtocol }),
+		byteSizeEntry("buffer", DefaultBuffer.String(), func(pl *Pool) *ByteSize { return &pl.Buffer }),
+		transparentMarkEntry("", func(pl *Pool) *uint32 { return &pl.TransparentMark }),
+		durationEntry("health_interval", DefaultHealthInterval.String(),
+			func(pl *Pool) *time.Duration { return &pl.HealthInterval }),
+		durationEntry("resolve_interval", DefaultResolveInterval.String(),
+			func(pl *Pool) *time.Duration { return &pl.ResolveInterval }),
+		boolEntry("rebalance", "false", func(pl *Pool) *bool { return &pl.Rebalance }),
+	}
+}
+
 // Default returns a configuration with every top-level default and no
 // listeners.
 func Default() *Config {
@@ -206,15 +224,19 @@ func defaultLeg() Leg {
 // ApplyDefaults is for a Config built in Go, where a zero field means
 // unset: it gives every zero field that has a default that default, except
 // DrainTimeout, whose zero closes connections at once, and then the
-// derived defaults (see Complete). A parsed Config needs none of this.
+// derived defaults (see Complete). A listener's Pool, when not nil, is
+// filled in place. A parsed Config needs none of this.
 func (c *Config) ApplyDefaults() {
 	configSettings().fillZeros(c)
-	ls, gs := listenerSettings(), legSettings()
+	ls, gs, ps := listenerSettings(), legSettings(), poolSettings()
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
 		ls.fillZeros(l)
 		for k := range l.Targets {
 			gs.fillZeros(&l.Targets[k])
+		}
+		if l.Pool != nil {
+			ps.fillZeros(l.Pool)
 		}
 	}
 	c.derive()
@@ -222,8 +244,8 @@ func (c *Config) ApplyDefaults() {
 
 // Complete applies the defaults derived from other settings, a listener's
 // name from its place, its log settings from the top level's and its
-// targets' from its own, and then validates c. Parse does it after
-// decoding; a Config built from flags needs it too.
+// targets' and pool's from its own, and then validates c. Parse does it
+// after decoding; a Config built from flags needs it too.
 func (c *Config) Complete() error {
 	c.derive()
 	return c.Validate()
@@ -246,7 +268,17 @@ func (c *Config) derive() {
 		if l.Log.Format == "" {
 			l.Log.Format = c.Log.Format
 		}
-		if len(l.Targets) == 0 && !l.Target.IsZero() {
+		if pl := l.Pool; pl != nil {
+			if pl.ProxyProtocol == "" {
+				pl.ProxyProtocol = l.ProxyProtocol
+			}
+			if pl.TransparentMark == 0 {
+				pl.TransparentMark = l.TransparentMark
+			}
+		}
+		// A pooled listener has no targets; one that sets both is
+		// Validate's to report, not this to mend.
+		if len(l.Targets) == 0 && !l.Target.IsZero() && l.Pool == nil {
 			g := defaultLeg()
 			g.Target = l.Target
 			l.Targets = []Leg{g}
@@ -340,7 +372,8 @@ func (sec section[S]) nested(d *decoder, n *yaml.Node, path, prefix string, s *S
 }
 
 // print returns s as a mapping, every setting spelled out, in the order
-// of sec, but for a key that another one prints in its stead.
+// of sec, but for a key that another one prints in its stead, or that is
+// absent when unset (pool, dial).
 func (sec section[S]) print(s *S) *yaml.Node {
 	root := &yaml.Node{Kind: yaml.MappingNode}
 	maps := map[string]*yaml.Node{}
@@ -527,6 +560,15 @@ func listenersEntry() entry[Config] {
 				ls.defaults(l)
 				ls.decode(d, v, p, l)
 				d.exclusive(v, p, "target", "targets", "list every target under targets")
+				// The key reported is dropped, so that Validate does not
+				// report it again; the pool, or dial, is kept.
+				const poolFix = "a pool's collectors go under pool.targets"
+				if d.exclusive(v, p, "target", "pool", poolFix) || d.exclusive(v, p, "targets", "pool", poolFix) {
+					l.Targets, l.Target = nil, Target{}
+				}
+				if d.exclusive(v, p, "listen", "dial", "a listener either accepts routers or dials them: give each its own listener") {
+					l.Listen = nil
+				}
 			})
 		},
 		print: func(c *Config) *yaml.Node {
@@ -562,9 +604,53 @@ func listenEntry() entry[Listener] {
 			})
 		},
 		print: func(l *Listener) *yaml.Node {
+			if len(l.Dial) > 0 {
+				return nil // dial says where the routers are
+			}
 			var items []string
 			for _, a := range l.Listen {
 				items = append(items, a.String())
+			}
+			return listNode(items)
+		},
+	}
+}
+
+// dialEntry is the routers to dial, each an IP address with a port (see
+// parseDial), in place of listen. Absent, it is nil and prints nothing.
+func dialEntry() entry[Listener] {
+	return entry[Listener]{
+		key: "dial", field: fieldOf(func(l *Listener) *[]netip.AddrPort { return &l.Dial }),
+		decode: func(d *decoder, n *yaml.Node, p string, l *Listener) {
+			// Not nil, even when nothing decodes, so that Validate's error
+			// is about dial, and not about a missing listen.
+			l.Dial = []netip.AddrPort{}
+			seen := map[netip.AddrPort]bool{}
+			d.list(n, p, func(v *yaml.Node, p string) {
+				s, ok := d.scalar(v, p, `a router's address such as "[2001:db8::1]:5000"`)
+				if !ok {
+					return
+				}
+				a, err := parseDial(s)
+				if err != nil {
+					d.fail(v, p, "%v", err)
+					return
+				}
+				if seen[a] {
+					d.fail(v, p, "%s is given twice; give each router once", a)
+					return
+				}
+				seen[a] = true
+				l.Dial = append(l.Dial, a)
+			})
+		},
+		print: func(l *Listener) *yaml.Node {
+			if len(l.Dial) == 0 {
+				return nil
+			}
+			items := make([]string, len(l.Dial))
+			for k, a := range l.Dial {
+				items[k] = a.String()
 			}
 			return listNode(items)
 		},
@@ -580,21 +666,11 @@ func targetEntry() entry[Listener] {
 		key: "target", field: fieldOf(func(l *Listener) *Target { return &l.Target }),
 		decode: func(d *decoder, n *yaml.Node, p string, l *Listener) {
 			l.Targets, l.Target = nil, Target{}
-			seen := map[Target]bool{}
-			d.list(n, p, func(v *yaml.Node, p string) {
-				t, ok := d.target(v, p)
-				if !ok {
-					return
-				}
-				if seen[t.key()] {
-					d.fail(v, p, "%s is given twice; give each target once", t)
-					return
-				}
-				seen[t.key()] = true
+			for _, t := range d.targetList(n, p) {
 				g := defaultLeg()
 				g.Target = t
 				l.Targets = append(l.Targets, g)
-			})
+			}
 			if len(l.Targets) > 0 {
 				l.Target = l.Targets[0].Target
 			}
@@ -634,7 +710,7 @@ func targetsEntry() entry[Listener] {
 			}
 		},
 		print: func(l *Listener) *yaml.Node {
-			if oneTarget(l) {
+			if oneTarget(l) || l.Pool != nil {
 				return nil
 			}
 			gs := legSettings()
@@ -646,6 +722,52 @@ func targetsEntry() entry[Listener] {
 				n.Content = append(n.Content, gs.print(&l.Targets[k]))
 			}
 			return n
+		},
+	}
+}
+
+// poolEntry is a listener's pool, a mapping of poolSettings. Absent, it
+// is nil and prints nothing.
+func poolEntry() entry[Listener] {
+	return entry[Listener]{
+		key: "pool", field: fieldOf(func(l *Listener) **Pool { return &l.Pool }),
+		decode: func(d *decoder, n *yaml.Node, p string, l *Listener) {
+			ps := poolSettings()
+			pl := &Pool{}
+			ps.defaults(pl)
+			l.Pool = pl
+			if n.Kind != yaml.MappingNode {
+				d.fail(n, p, `want a mapping such as {targets: ["collector:5000"]}, got %s`, kind(n))
+				d.cover(p + ".targets") // not "missing" too
+				return
+			}
+			ps.decode(d, n, p, pl)
+		},
+		print: func(l *Listener) *yaml.Node {
+			if l.Pool == nil {
+				return nil
+			}
+			return poolSettings().print(l.Pool)
+		},
+	}
+}
+
+// poolTargetsEntry is one address, or a list of them, each a target of
+// the pool.
+func poolTargetsEntry() entry[Pool] {
+	return entry[Pool]{
+		key: "targets", field: fieldOf(func(pl *Pool) *[]Target { return &pl.Targets }),
+		decode: func(d *decoder, n *yaml.Node, p string, pl *Pool) {
+			// Not nil, even when nothing decodes: an empty list is not a
+			// missing one.
+			pl.Targets = append([]Target{}, d.targetList(n, p)...)
+		},
+		print: func(pl *Pool) *yaml.Node {
+			items := make([]string, len(pl.Targets))
+			for k, t := range pl.Targets {
+				items[k] = t.String()
+			}
+			return listNode(items)
 		},
 	}
 }

@@ -76,6 +76,14 @@ func TestEverySettingDescribed(t *testing.T) {
 		}
 		check(t, reflect.ValueOf(&g).Elem(), fields)
 	})
+	t.Run("Pool", func(t *testing.T) {
+		var pl Pool
+		var fields []any
+		for _, e := range poolSettings() {
+			fields = append(fields, e.field(&pl))
+		}
+		check(t, reflect.ValueOf(&pl).Elem(), fields)
+	})
 }
 
 // TestDefaultsAreData checks that the defaults a file gets for absent
@@ -415,16 +423,33 @@ func genConfig(r *rand.Rand) *Config {
 			l.TransparentMark = mark
 		}
 		l.Resync = l.BMP && r.IntN(2) == 0
-		l.Targets = g.legs(l)
-		if transparent && i == 0 {
-			l.Targets[0].ProxyProtocol = ProxyTransparent
-		}
-		for k := range l.Targets {
-			if transparent && l.Targets[k].ProxyProtocol == ProxyTransparent {
-				l.Targets[k].TransparentMark = mark
+		if r.IntN(4) == 0 {
+			// A pool in place of targets: Targets empty, Target zero.
+			l.Pool = g.pool(l)
+			if transparent && i == 0 {
+				l.Pool.ProxyProtocol = ProxyTransparent
 			}
+			if transparent && l.Pool.ProxyProtocol == ProxyTransparent {
+				l.Pool.TransparentMark = mark
+			}
+		} else {
+			l.Targets = g.legs(l)
+			if transparent && i == 0 {
+				l.Targets[0].ProxyProtocol = ProxyTransparent
+			}
+			for k := range l.Targets {
+				if transparent && l.Targets[k].ProxyProtocol == ProxyTransparent {
+					l.Targets[k].TransparentMark = mark
+				}
+			}
+			l.Target = l.Targets[0].Target
 		}
-		l.Target = l.Targets[0].Target
+		dial := r.IntN(4) == 0
+		if dial {
+			// Routers to dial in place of listen; neither allow nor
+			// accept_proxy_from goes with them.
+			l.Allow, l.AcceptProxyFrom = nil, nil
+		}
 		if len(l.AcceptProxyFrom) > 0 {
 			l.ProxyHeaderTimeout = MinProxyHeaderTimeout + g.duration(0)
 		}
@@ -435,7 +460,13 @@ func genConfig(r *rand.Rand) *Config {
 			ka.Idle, ka.Interval, ka.Count = time.Second+g.duration(0), time.Second+g.duration(0), 1+r.IntN(127)
 		}
 		for range 1 + r.IntN(3) {
-			l.Listen = append(l.Listen, netip.AddrPortFrom(g.addr(), g.port()))
+			if dial {
+				// Unique ports make unique addresses; a dial address is
+				// no port of this host, so any would do.
+				l.Dial = append(l.Dial, netip.AddrPortFrom(g.routerAddr(), g.port()))
+			} else {
+				l.Listen = append(l.Listen, netip.AddrPortFrom(g.addr(), g.port()))
+			}
 		}
 		c.Listeners = append(c.Listeners, l)
 	}
@@ -483,6 +514,16 @@ func (g gen) addr() netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// routerAddr is an address a router may have: any of addr's but the
+// unspecified ones.
+func (g gen) routerAddr() netip.Addr {
+	for {
+		if a := g.addr(); !a.IsUnspecified() {
+			return a
+		}
+	}
+}
+
 func (g gen) prefixes() Prefixes {
 	var ps Prefixes
 	for range g.r.IntN(4) {
@@ -526,6 +567,39 @@ func (g gen) legs(l Listener) []Leg {
 		legs = append(legs, leg)
 	}
 	return legs
+}
+
+// pool is one to three targets, none the same, and each setting the
+// listener's or the default, or its own; rebalance only with resync.
+func (g gen) pool(l Listener) *Pool {
+	pl := &Pool{
+		ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark,
+		HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval,
+	}
+	seen := map[Target]bool{}
+	for range 1 + g.r.IntN(3) {
+		if t := g.target(); !seen[t.key()] {
+			seen[t.key()] = true
+			pl.Targets = append(pl.Targets, t)
+		}
+	}
+	if g.r.IntN(2) == 0 {
+		pl.ProxyProtocol = ProxyProtocol(g.pick("v2", "v1", "none", "transparent"))
+	}
+	if g.r.IntN(2) == 0 {
+		pl.Buffer = g.size(MinBuffer, MaxBuffer)
+	}
+	if g.r.IntN(2) == 0 {
+		pl.TransparentMark = 1 + g.r.Uint32N(1<<31)
+	}
+	if g.r.IntN(2) == 0 {
+		pl.HealthInterval = g.duration(MinPoolInterval)
+	}
+	if g.r.IntN(2) == 0 {
+		pl.ResolveInterval = g.duration(MinPoolInterval)
+	}
+	pl.Rebalance = l.Resync && g.r.IntN(2) == 0
+	return pl
 }
 
 // size is lo to hi: a whole number of some unit, or any number of bytes.
@@ -611,8 +685,21 @@ func TestGenConfigCoversEveryField(t *testing.T) {
 					set["listeners."+e.key] = true
 				}
 			}
-			if !oneTarget(l) {
+			if !oneTarget(l) && l.Pool == nil {
 				set["listeners.targets (printed)"] = true
+			}
+			if pl := l.Pool; pl != nil {
+				// A pool's own setting: one that differs from what it
+				// would inherit or default to; targets always.
+				inherited := Pool{
+					Targets: pl.Targets, ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark,
+					HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval,
+				}
+				for _, e := range poolSettings() {
+					if !reflect.DeepEqual(e.field(pl), e.field(&inherited)) || e.key == "targets" {
+						set["listeners.pool."+e.key] = true
+					}
+				}
 			}
 			for k := range l.Targets {
 				g := &l.Targets[k]
@@ -641,6 +728,11 @@ func TestGenConfigCoversEveryField(t *testing.T) {
 	for _, e := range legSettings() {
 		if !set["listeners.targets."+e.key] {
 			missing = append(missing, "listeners.targets."+e.key)
+		}
+	}
+	for _, e := range poolSettings() {
+		if !set["listeners.pool."+e.key] {
+			missing = append(missing, "listeners.pool."+e.key)
 		}
 	}
 	if !set["listeners.targets (printed)"] {

@@ -337,7 +337,7 @@ func TestReloadErrorConsole(t *testing.T) {
 		` ERR reload failed; the running configuration stays in force error="config ` + path + `:"`,
 		`    line 2: quote IPv6 addresses: "[::]:5000", not [::]:5000 (YAML reads [ ] as a list)`,
 		`    line 3: listeners[0].target: missing port in "collector"`,
-		last + ` (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, listen, log, max_connections, name, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
+		last + ` (known: accept_proxy_from, allow, bmp, bmp_timeout, connect_timeout, dial, listen, log, max_connections, name, pool, proxy_header_timeout, proxy_protocol, resync, target, targets, tcp_keepalive, transparent_mark)`,
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("reload failure:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
