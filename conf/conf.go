@@ -453,6 +453,11 @@ type Pool struct {
 	// ResolveInterval is how often the targets' names are resolved again:
 	// at least MinPoolInterval.
 	ResolveInterval time.Duration
+	// HoldDown is how long a member whose router legs keep failing (three
+	// within a minute) is kept down, even if it accepts connections:
+	// doubled on each repeat, up to ten times as long. At least
+	// MinPoolInterval.
+	HoldDown time.Duration
 	// Rebalance moves, when a member joins or comes back, the routers that
 	// now hash to it, each with a replay; it needs the listener's Resync.
 	// Off, a router stays on its member until that member fails or is
@@ -464,6 +469,7 @@ type Pool struct {
 const (
 	DefaultHealthInterval  = 5 * time.Second
 	DefaultResolveInterval = 30 * time.Second
+	DefaultHoldDown        = 30 * time.Second
 	MinPoolInterval        = 100 * time.Millisecond
 )
 
@@ -773,6 +779,9 @@ func checkPool(p string, l Listener, add func(path, format string, args ...any))
 	}
 	if pl.ResolveInterval < MinPoolInterval {
 		add(p+".resolve_interval", "must be at least %s, got %s", MinPoolInterval, pl.ResolveInterval)
+	}
+	if pl.HoldDown < MinPoolInterval {
+		add(p+".hold_down", "must be at least %s, got %s", MinPoolInterval, pl.HoldDown)
 	}
 	if pl.Rebalance && !l.Resync {
 		add(p+".rebalance", "refused without resync: true; a router moved without resync would be reset (set resync: true, or rebalance: false)")

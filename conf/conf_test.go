@@ -253,7 +253,7 @@ func TestDefaultsPoolAndDial(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Pool{Targets: []Target{n}, ProxyProtocol: ProxyNone, Buffer: DefaultBuffer, TransparentMark: 7,
-		HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval}
+		HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval, HoldDown: DefaultHoldDown}
 	if l := c.Listeners[0]; !reflect.DeepEqual(l.Pool, want) || l.Targets != nil || !l.Target.IsZero() {
 		t.Errorf("routers: pool %+v, target %v, targets %+v; want pool %+v and no target", l.Pool, l.Target, l.Targets, want)
 	}

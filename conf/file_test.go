@@ -793,25 +793,25 @@ listeners:
 			rebalance: true
 `),
 			want: &Pool{Targets: []Target{a, b, n}, ProxyProtocol: ProxyNone, Buffer: 8 * MiB, TransparentMark: 7,
-				HealthInterval: time.Second, ResolveInterval: MinPoolInterval, Rebalance: true},
+				HealthInterval: time.Second, ResolveInterval: MinPoolInterval, HoldDown: DefaultHoldDown, Rebalance: true},
 		},
 		{
 			name: "the defaults, and the listener's settings",
 			in:   "listeners: [{listen: ':5000', proxy_protocol: v1, transparent_mark: 3, pool: {targets: ['collectors.bmp.svc:5000']}}]\n",
 			want: &Pool{Targets: []Target{n}, ProxyProtocol: ProxyV1, Buffer: DefaultBuffer, TransparentMark: 3,
-				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval},
+				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval, HoldDown: DefaultHoldDown},
 		},
 		{
 			name: "one address for targets",
 			in:   "listeners: [{listen: ':5000', pool: {targets: 'collectors.bmp.svc:5000'}}]\n",
 			want: &Pool{Targets: []Target{n}, ProxyProtocol: ProxyV2, Buffer: DefaultBuffer, TransparentMark: 1,
-				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval},
+				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval, HoldDown: DefaultHoldDown},
 		},
 		{
 			name: "a pool without resync",
 			in:   "listeners: [{listen: ':5000', bmp: true, pool: {targets: ['[2001:db8::11]:5000'], rebalance: false}}]\n",
 			want: &Pool{Targets: []Target{a}, ProxyProtocol: ProxyV2, Buffer: DefaultBuffer, TransparentMark: 1,
-				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval},
+				HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval, HoldDown: DefaultHoldDown},
 		},
 		{
 			name: "pool and target",
@@ -881,7 +881,7 @@ line 9: listeners[0].pool.targets[3]: port 0 in "[2001:db8::11]:0": a target nee
 line 10: listeners[0].pool.proxy_protocol: unknown proxy protocol "v3" (want v2, v1, none or transparent)
 line 12: listeners[0].pool.transparent_mark: must be 1-4294967295, got 0
 line 14: listeners[0].pool.resolve_interval: invalid duration "5" (want a number with a unit, such as "5s" or "1m30s")
-line 16: listeners[0].pool: unknown field "drain" (known: buffer, health_interval, proxy_protocol, rebalance, resolve_interval, targets, transparent_mark)
+line 16: listeners[0].pool: unknown field "drain" (known: buffer, health_interval, hold_down, proxy_protocol, rebalance, resolve_interval, targets, transparent_mark)
 line 11: listeners[0].pool.buffer: must be at least 64KiB and at most 1GiB, got 32KiB
 line 13: listeners[0].pool.health_interval: must be at least 100ms, got 10ms
 line 15: listeners[0].pool.rebalance: refused without resync: true; a router moved without resync would be reset (set resync: true, or rebalance: false)`,
@@ -1065,6 +1065,7 @@ listeners:
       transparent_mark: 1
       health_interval: 5s
       resolve_interval: 30s
+      hold_down: 30s
       rebalance: false
     proxy_protocol: v2
 `

@@ -193,6 +193,7 @@ func poolSettings() section[Pool] {
 			func(pl *Pool) *time.Duration { return &pl.HealthInterval }),
 		durationEntry("resolve_interval", DefaultResolveInterval.String(),
 			func(pl *Pool) *time.Duration { return &pl.ResolveInterval }),
+		durationEntry("hold_down", DefaultHoldDown.String(), func(pl *Pool) *time.Duration { return &pl.HoldDown }),
 		boolEntry("rebalance", "false", func(pl *Pool) *bool { return &pl.Rebalance }),
 	}
 }

@@ -574,7 +574,7 @@ func (g gen) legs(l Listener) []Leg {
 func (g gen) pool(l Listener) *Pool {
 	pl := &Pool{
 		ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark,
-		HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval,
+		HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval, HoldDown: DefaultHoldDown,
 	}
 	seen := map[Target]bool{}
 	for range 1 + g.r.IntN(3) {
@@ -597,6 +597,9 @@ func (g gen) pool(l Listener) *Pool {
 	}
 	if g.r.IntN(2) == 0 {
 		pl.ResolveInterval = g.duration(MinPoolInterval)
+	}
+	if g.r.IntN(2) == 0 {
+		pl.HoldDown = g.duration(MinPoolInterval)
 	}
 	pl.Rebalance = l.Resync && g.r.IntN(2) == 0
 	return pl
@@ -693,7 +696,7 @@ func TestGenConfigCoversEveryField(t *testing.T) {
 				// would inherit or default to; targets always.
 				inherited := Pool{
 					Targets: pl.Targets, ProxyProtocol: l.ProxyProtocol, Buffer: DefaultBuffer, TransparentMark: l.TransparentMark,
-					HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval,
+					HealthInterval: DefaultHealthInterval, ResolveInterval: DefaultResolveInterval, HoldDown: DefaultHoldDown,
 				}
 				for _, e := range poolSettings() {
 					if !reflect.DeepEqual(e.field(pl), e.field(&inherited)) || e.key == "targets" {

@@ -93,6 +93,7 @@ type leg struct {
 	replaces   *leg
 	replacedBy *leg
 	move       moveReason
+	moving     bool // made by a move that has not yet counted: it counts once live
 }
 
 // fanout reports whether o's connections fan out: more than one target,

@@ -99,6 +99,8 @@ func (s *Server) poolConfig(l *conf.Listener) pool.Config {
 		HealthInterval:  l.Pool.HealthInterval,
 		ResolveInterval: l.Pool.ResolveInterval,
 		ConnectTimeout:  l.ConnectTimeout,
+		DownFor:         l.Pool.HoldDown,
+		DownForMax:      10 * l.Pool.HoldDown,
 		Probe:           func(ctx context.Context, a netip.AddrPort) error { return s.probe(ctx, pp, a) },
 		LookupNetIP:     s.opts.LookupNetIP,
 		Logger:          s.opts.Logger,
@@ -298,7 +300,7 @@ func (s *Server) checkPlacement(c *conn) {
 	}
 	c.pruneLegs()
 	nl := &leg{c: c, index: c.nextLeg(), cfg: s.memberCfg(c.opts, want.Addr), ctr: c.opts.state.leg(want.Addr.String()),
-		state: legConnecting, revDone: true, replaces: cur, move: why}
+		state: legConnecting, revDone: true, replaces: cur, move: why, moving: true}
 	cur.replacedBy = nl
 	c.legs = append(c.legs, nl)
 	s.scheduleDial(nl, 0)
@@ -477,16 +479,18 @@ func poolSummary(p *pool.Pool) string {
 func (s *Server) moveDone(l *leg) {
 	c := l.c
 	c.mu.Lock()
-	old, why := l.replaces, l.move
-	l.replaces = nil
+	old, why, counts := l.replaces, l.move, l.moving
+	l.replaces, l.moving = nil, false
 	if old != nil {
 		old.replacedBy = nil
 	}
 	c.mu.Unlock()
-	if old == nil {
-		return
+	if counts {
+		c.pool.moves[why].Add(1)
 	}
-	c.pool.moves[why].Add(1)
+	if old == nil {
+		return // it failed meanwhile: this leg took over already
+	}
 	s.endLeg(old, fmt.Errorf("%w (%s): %s took over", errMoved, why, l.cfg.Target))
 }
 

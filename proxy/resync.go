@@ -163,11 +163,18 @@ func (s *Server) redial(l *leg) {
 	ctx := context.Background()
 	sock, cfg, err := s.dialLeg(ctx, c, cfg, avoid)
 	c.mu.Lock()
-	if cfg.Target != l.cfg.Target {
+	prev := l.cfg.Target
+	if cfg.Target != prev {
 		l.cfg, l.ctr = cfg, c.opts.state.leg(cfg.Target.String()) // a pool's pick
 	}
 	moving := l.replaces != nil
 	c.mu.Unlock()
+	if err == nil && c.pool != nil && !moving && !prev.IsZero() && cfg.Target != prev {
+		// Its member failed, and the router's next pick took the leg.
+		c.pool.moves[moveFailover].Add(1)
+		c.logger(&c.opts.log).Info().Str("member", prev.String()).Str("to", cfg.Target.String()).Str("move", MoveFailover).
+			Msg("moving router to another pool member: its leg there is replayed")
+	}
 	if err != nil {
 		if l.index > 0 {
 			s.budget.Release(1)

@@ -295,6 +295,7 @@ listeners:
       targets: [%s]
       proxy_protocol: v2
       health_interval: 200ms
+      hold_down: 1s
       rebalance: %t
 `, resync, strings.Join(addrs, ", "), rebalance))
 }
