@@ -153,7 +153,7 @@ func podSpec(obj any) (*corev1.PodTemplateSpec, bool) {
 // accepts (checkConf).
 func TestKubernetesManifests(t *testing.T) {
 	files, _ := filepath.Glob("../kubernetes/*.yaml")
-	if len(files) < 2 {
+	if len(files) < 3 {
 		t.Fatalf("manifests: %v", files)
 	}
 	for _, f := range files {
