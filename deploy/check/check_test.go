@@ -18,6 +18,7 @@ import (
 	yamlv2 "go.yaml.in/yaml/v2"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -109,6 +110,12 @@ func strict(doc []byte) (any, error) {
 		obj = &appsv1.DaemonSet{}
 	case "apps/v1 Deployment":
 		obj = &appsv1.Deployment{}
+	case "apps/v1 StatefulSet":
+		obj = &appsv1.StatefulSet{}
+	case "policy/v1 PodDisruptionBudget":
+		obj = &policyv1.PodDisruptionBudget{}
+	case "v1 Namespace":
+		obj = &corev1.Namespace{}
 	case "v1 Pod":
 		obj = &corev1.Pod{}
 	case "v1 Service":
@@ -128,6 +135,8 @@ func podSpec(obj any) (*corev1.PodTemplateSpec, bool) {
 		return &o.Spec.Template, true
 	case *appsv1.Deployment:
 		return &o.Spec.Template, true
+	case *appsv1.StatefulSet:
+		return &o.Spec.Template, true
 	}
 	return nil, false
 }
@@ -136,32 +145,28 @@ func podSpec(obj any) (*corev1.PodTemplateSpec, bool) {
 // types (kubeconform fetches its schemas over the network; this needs
 // none), and checks what the examples promise: probes on /healthz and
 // /readyz, resource requests, the Prometheus annotations, the least
-// privilege for each bmpproxy container (checkPrivileges), and an admin
+// privilege for each bmpproxy container (checkPrivileges), an admin
 // token from a Secret for an admin listener off loopback
-// (checkAdminToken).
+// (checkAdminToken), cluster DNS on the host network (checkDNS), room
+// for the resync state (checkMemory), and a --config file that comes
+// from a ConfigMap of the same manifest and that bmpproxy's own loader
+// accepts (checkConf).
 func TestKubernetesManifests(t *testing.T) {
 	files, _ := filepath.Glob("../kubernetes/*.yaml")
-	if len(files) < 2 {
+	if len(files) < 3 {
 		t.Fatalf("manifests: %v", files)
 	}
 	for _, f := range files {
+		m := loadManifest(t, f)
 		var sawProxy bool
-		for i, doc := range documents(t, f) {
-			obj, err := strict(doc)
-			if err != nil {
-				t.Errorf("%s document %d: %v", f, i+1, err)
-				continue
-			}
-			tmpl, ok := podSpec(obj)
-			if !ok {
-				continue
-			}
+		for _, w := range m.workloads() {
+			tmpl := w.tmpl
 			for _, c := range tmpl.Spec.InitContainers {
 				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
 					t.Errorf("%s: init container %s has no cpu and memory requests", f, c.Name)
 				}
-				if strings.HasPrefix(c.Image, "bmpproxy") {
-					if err := checkPrivileges(c); err != nil {
+				if isProxy(c) {
+					if err := checkPrivileges(c, argsSettings(c)); err != nil {
 						t.Errorf("%s: init container %s: %v", f, c.Name, err)
 					}
 				}
@@ -170,7 +175,7 @@ func TestKubernetesManifests(t *testing.T) {
 				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
 					t.Errorf("%s: container %s has no cpu and memory requests", f, c.Name)
 				}
-				if !strings.HasPrefix(c.Image, "bmpproxy") {
+				if !isProxy(c) {
 					continue
 				}
 				sawProxy = true
@@ -183,11 +188,25 @@ func TestKubernetesManifests(t *testing.T) {
 				if a := tmpl.Annotations; a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] == "" {
 					t.Errorf("%s: no Prometheus scrape annotations: %v", f, a)
 				}
-				if err := checkPrivileges(c); err != nil {
+				if err := checkDNS(tmpl.Spec); err != nil {
+					t.Errorf("%s: %s: %v", f, w, err)
+				}
+				s, err := containerSettings(m, w, c)
+				if err != nil {
+					t.Errorf("%s: container %s: %v", f, c.Name, err)
+					continue
+				}
+				if err := checkPrivileges(c, s); err != nil {
 					t.Errorf("%s: container %s: %v", f, c.Name, err)
 				}
-				if err := checkAdminToken(tmpl, c); err != nil {
+				if err := checkAdminToken(tmpl, c, s); err != nil {
 					t.Errorf("%s: container %s: %v", f, c.Name, err)
+				}
+				if err := checkMemory(c, s); err != nil {
+					t.Errorf("%s: container %s: %v", f, c.Name, err)
+				}
+				if s.config != nil {
+					t.Run(filepath.Base(f)+"/"+w.name+"/conf", func(t *testing.T) { checkConf(t, s) })
 				}
 			}
 		}
@@ -201,20 +220,21 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 }
 
+// isProxy reports whether c runs bmpproxy.
+func isProxy(c corev1.Container) bool { return strings.HasPrefix(c.Image, "bmpproxy") }
+
 // checkPrivileges: a bmpproxy container runs with the least it needs. One
-// that dials transparently (--proxy-protocol transparent) or sets up the
-// return routing (transparent-setup) needs NET_ADMIN, which Kubernetes
-// gives to root only, and ip from the image's transparent target: it runs
-// as root with only NET_ADMIN. Any other runs non-root with only
-// NET_BIND_SERVICE.
-func checkPrivileges(c corev1.Container) error {
-	args := append(append([]string(nil), c.Command...), c.Args...)
-	transparent := argValue(args, "--proxy-protocol") == "transparent" || slices.Contains(args, "transparent-setup")
+// that dials transparently (proxy_protocol transparent, in its arguments
+// or its config) or sets up the return routing (transparent-setup) needs
+// NET_ADMIN, which Kubernetes gives to root only, and ip from the image's
+// transparent target: it runs as root with only NET_ADMIN. Any other runs
+// non-root with only NET_BIND_SERVICE.
+func checkPrivileges(c corev1.Container, s proxySettings) error {
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		return fmt.Errorf("bmpproxy must drop ALL capabilities: %+v", sc)
 	}
-	if !transparent {
+	if !s.transparent {
 		if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_BIND_SERVICE"}) {
 			return fmt.Errorf("bmpproxy must run non-root with only NET_BIND_SERVICE: %+v", sc)
 		}
@@ -247,22 +267,22 @@ func argValue(args []string, flag string) string {
 }
 
 // checkAdminToken: an admin listener that is not on loopback serves POST
-// /upgrade only with --admin-token-file (README: the admin listener). The
-// file must come from a Secret volume, mounted read-only with defaultMode
-// 0400; for a non-root container, the Pod's fsGroup must be its group, as
-// the kubelet then makes the file root:fsGroup 0440, which bmpproxy
-// accepts and that group can read.
-func checkAdminToken(tmpl *corev1.PodTemplateSpec, c corev1.Container) error {
-	addr := argValue(c.Args, "--admin-listen")
-	if addr == "" {
+// /upgrade only with a token file (--admin-token-file, admin_token_file;
+// README: the admin listener). The file must come from a Secret volume,
+// mounted read-only with defaultMode 0400; for a non-root container, the
+// Pod's fsGroup must be its group, as the kubelet then makes the file
+// root:fsGroup 0440, which bmpproxy accepts and that group can read.
+func checkAdminToken(tmpl *corev1.PodTemplateSpec, c corev1.Container, s proxySettings) error {
+	addr := s.admin
+	if addr == "" || addr == "none" {
 		return nil
 	}
 	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Unmap().IsLoopback() {
 		return nil
 	}
-	file := argValue(c.Args, "--admin-token-file")
+	file := s.tokenFile
 	if file == "" {
-		return fmt.Errorf("the admin listener is on %s but there is no --admin-token-file: POST /upgrade would be refused", addr)
+		return fmt.Errorf("the admin listener is on %s but there is no admin token file: POST /upgrade would be refused", addr)
 	}
 	var mount *corev1.VolumeMount
 	for i, m := range c.VolumeMounts {
@@ -314,11 +334,12 @@ func TestCheckAdminToken(t *testing.T) {
 		}
 		return tmpl, c
 	}
-	if err := checkAdminToken(good()); err != nil {
+	tmpl, c := good()
+	if err := checkAdminToken(tmpl, c, argsSettings(c)); err != nil {
 		t.Fatalf("the good example: %v", err)
 	}
 	loopback := corev1.Container{Args: []string{"--admin-listen", "127.0.0.1:9180"}}
-	if err := checkAdminToken(&corev1.PodTemplateSpec{}, loopback); err != nil {
+	if err := checkAdminToken(&corev1.PodTemplateSpec{}, loopback, argsSettings(loopback)); err != nil {
 		t.Errorf("a loopback admin listener without a token: %v", err)
 	}
 	loose := int32(0o444)
@@ -334,7 +355,7 @@ func TestCheckAdminToken(t *testing.T) {
 	} {
 		tmpl, c := good()
 		spoil(tmpl, &c)
-		if err := checkAdminToken(tmpl, c); err == nil {
+		if err := checkAdminToken(tmpl, c, argsSettings(c)); err == nil {
 			t.Errorf("%s: passed", name)
 		}
 	}
@@ -368,7 +389,7 @@ func TestCheckPrivileges(t *testing.T) {
 		{"transparent without ip", corev1.Container{Image: "bmpproxy:latest", Args: transparent, SecurityContext: sc(false, &root, "NET_ADMIN")}, false},
 		{"no security context", corev1.Container{Image: "bmpproxy:latest", Args: plain}, false},
 	} {
-		if err := checkPrivileges(tt.c); (err == nil) != tt.valid {
+		if err := checkPrivileges(tt.c, argsSettings(tt.c)); (err == nil) != tt.valid {
 			t.Errorf("%s: %v, want valid %v", tt.name, err, tt.valid)
 		}
 	}
