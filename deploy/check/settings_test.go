@@ -275,23 +275,8 @@ func checkMemory(c corev1.Container, s proxySettings) error {
 // checkConf parses the container's config file with bmpproxy's own loader
 // and checks that the settings the other checks read from it are the
 // ones bmpproxy reads.
-//
-// Until package conf decodes pool:, a file with pools is parsed with each
-// pool in place of a target (its first) instead, so that the rest is
-// checked, and the test is skipped.
-// TODO(lead): remove the guard (the unknownPool branch) once conf decodes pool:.
 func checkConf(t *testing.T, s proxySettings) {
 	cfg, err := conf.Parse(s.config)
-	if err != nil && unknownPool(err) {
-		alt, aerr := poolsAsTargets(s.config)
-		if aerr != nil {
-			t.Fatalf("--config %s: %v", s.configPath, aerr)
-		}
-		if _, err := conf.Parse(alt); err != nil {
-			t.Fatalf("--config %s, with each pool as a target: %v", s.configPath, err)
-		}
-		t.Skip("conf has no pool yet: the file parses with each pool as a target")
-	}
 	if err != nil {
 		t.Fatalf("--config %s: %v", s.configPath, err)
 	}
@@ -329,59 +314,6 @@ func checkConf(t *testing.T, s proxySettings) {
 	}) {
 		t.Errorf("--config %s: bmpproxy's pools are %+v; the checks read %+v", s.configPath, pools, read)
 	}
-}
-
-// unknownPool reports whether err, from conf.Parse, is about a pool:
-// that conf does not decode: an unknown field "pool", and the listener's
-// target, which the pool stands for, missing.
-func unknownPool(err error) bool {
-	var unknown bool
-	for _, e := range joined(err) {
-		msg := e.Error()
-		switch {
-		case strings.Contains(msg, `unknown field "pool"`):
-			unknown = true
-		case strings.HasSuffix(msg, ".target: missing"):
-		default:
-			return false
-		}
-	}
-	return unknown
-}
-
-// joined returns the errors that errors.Join put together in err.
-func joined(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
-}
-
-// poolsAsTargets returns the config data with each listener's pool
-// replaced by its first target, with the pool's proxy_protocol.
-func poolsAsTargets(data []byte) ([]byte, error) {
-	var doc map[string]any
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, err
-	}
-	ls, _ := doc["listeners"].([]any)
-	for i, l := range ls {
-		lm, _ := l.(map[string]any)
-		p, ok := lm["pool"].(map[string]any)
-		if !ok {
-			continue
-		}
-		delete(lm, "pool")
-		tgs, _ := p["targets"].([]any)
-		if len(tgs) == 0 {
-			return nil, fmt.Errorf("listeners[%d].pool: no targets", i)
-		}
-		lm["target"] = tgs[0]
-		if pp, ok := p["proxy_protocol"]; ok {
-			lm["proxy_protocol"] = pp
-		}
-	}
-	return yaml.Marshal(doc)
 }
 
 // TestCheckDNS: checkDNS refuses the host network without cluster DNS.
@@ -423,28 +355,5 @@ func TestCheckMemory(t *testing.T) {
 		if err := checkMemory(limited(tt.limit), tt.s); (err == nil) != tt.valid {
 			t.Errorf("limit %s, %+v: %v, want valid %v", tt.limit, tt.s, err, tt.valid)
 		}
-	}
-}
-
-// TestUnknownPool: the guard of checkConf skips for pool: alone.
-func TestUnknownPool(t *testing.T) {
-	pool := []byte("listeners:\n  - listen: \"[::]:5000\"\n    pool: {targets: [\"c.bmp.svc:5000\"]}\n")
-	_, err := conf.Parse(pool)
-	if err == nil {
-		t.Skip("conf decodes pool: the guard is not needed")
-	}
-	if !unknownPool(err) {
-		t.Errorf("a file with a pool: %v: not recognised as an unknown pool", err)
-	}
-	_, err = conf.Parse([]byte("listeners:\n  - listen: \"[::]:5000\"\n    pool: {targets: [\"c.bmp.svc:5000\"]}\n    proxy_protocl: v2\n"))
-	if err == nil || unknownPool(err) {
-		t.Errorf("a pool and a misspelt key: %v: taken for an unknown pool alone", err)
-	}
-	alt, err := poolsAsTargets(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conf.Parse(alt); err != nil {
-		t.Errorf("the pool as a target: %v\n%s", err, alt)
 	}
 }
