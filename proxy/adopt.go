@@ -70,6 +70,7 @@ func (s *Server) adopt() (inheritedListeners, error) {
 	if snap.Format != SnapshotFormat && snap.Format != 1 {
 		return fail(fmt.Errorf("the predecessor's state is format %d; this binary reads formats 1 and %d", snap.Format, SnapshotFormat))
 	}
+	s.adoptDrains(snap.Drained)
 	for _, sl := range snap.Listeners {
 		ln, err := snap.listener(sl)
 		if err != nil {

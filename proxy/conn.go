@@ -293,6 +293,7 @@ func (c *conn) routerStatus() RouterStatus {
 	from, to, _, _ := c.bytes()
 	legs := c.legStatuses()
 	rs := c.resync
+	member := c.currentMember()
 	c.mu.Unlock()
 	var resync *ResyncStatus
 	if rs != nil {
@@ -310,6 +311,9 @@ func (c *conn) routerStatus() RouterStatus {
 		BytesToRouter:   to,
 		Legs:            legs,
 		Resync:          resync,
+	}
+	if member.IsValid() {
+		r.Member = member.String()
 	}
 	if c.via.IsValid() {
 		r.Via = c.via.String()

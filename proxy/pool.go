@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,6 +65,9 @@ type listenerPool struct {
 	rebalance atomic.Bool
 	moves     [numMoveReasons]atomic.Uint64
 	stop      context.CancelFunc // nil until run
+
+	pendingMu sync.Mutex
+	pending   []netip.AddrPort // drains a predecessor handed over, for members not known yet
 }
 
 // moveReason indexes the move reasons.
@@ -181,11 +185,36 @@ func (s *Server) syncPools(cfg *conf.Config) error {
 	return errors.Join(errs...)
 }
 
-// poolOf returns the pool of listener name, or nil.
-func (s *Server) poolOf(name string) *listenerPool {
+// adoptDrains drains again the members a predecessor had drained, in
+// the pools that still have them. A member from a name is not known until
+// the name is resolved: its drain waits in the pool's pending drains,
+// which the placement loop applies before it places anything.
+func (s *Server) adoptDrains(drained map[string][]netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.pools[name]
+	for name, members := range drained {
+		if lp := s.pools[name]; lp != nil {
+			lp.pendingMu.Lock()
+			lp.pending = append(lp.pending, members...)
+			lp.pendingMu.Unlock()
+			s.applyPendingDrains(lp)
+		}
+	}
+}
+
+// applyPendingDrains drains the pending members lp now knows.
+func (s *Server) applyPendingDrains(lp *listenerPool) {
+	lp.pendingMu.Lock()
+	defer lp.pendingMu.Unlock()
+	kept := lp.pending[:0]
+	for _, m := range lp.pending {
+		if err := lp.pool.Drain(m); err != nil {
+			kept = append(kept, m) // not known yet
+			continue
+		}
+		s.opts.Logger.Info().Str("listener", lp.name).Stringer("member", m).Msg("pool member drained, as the predecessor had it")
+	}
+	lp.pending = kept
 }
 
 // runPools starts, for every pool not yet running, its health and
@@ -224,19 +253,21 @@ func (s *Server) stopPools() {
 	s.poolRuns.Wait()
 }
 
-// placementLoop re-checks lp's router sessions at every change of its
-// pool, until ctx is done.
+// placementLoop re-checks lp's router sessions at once (sessions a
+// predecessor handed over included) and at every change of its pool,
+// until ctx is done.
 func (s *Server) placementLoop(ctx context.Context, lp *listenerPool) {
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-lp.pool.Changed():
-		}
+		s.applyPendingDrains(lp)
 		for _, c := range s.tracked() {
 			if c.pool == lp {
 				s.checkPlacement(c)
 			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-lp.pool.Changed():
 		}
 	}
 }
@@ -268,6 +299,13 @@ func (s *Server) checkPlacement(c *conn) {
 	if cur == nil || cur.replacedBy != nil {
 		c.mu.Unlock()
 		return // no leg to move, or a move under way
+	}
+	if stale := c.staleLegs(cur); len(stale) > 0 {
+		c.mu.Unlock()
+		for _, l := range stale {
+			s.endLeg(l, fmt.Errorf("%w: a move an upgrade cut short is finished: %s has the router", errMoved, cur.cfg.Target))
+		}
+		return // the next change looks again
 	}
 	m := cur.member()
 	want, ok := lp.pool.Pick(c.client.Addr())
@@ -307,6 +345,26 @@ func (s *Server) checkPlacement(c *conn) {
 	c.mu.Unlock()
 	c.logger(&c.opts.log).Info().Str("member", m.String()).Str("to", want.Addr.String()).Str("move", why.String()).
 		Msg("moving router to another pool member: its new leg is replayed, then the old one closed")
+}
+
+// staleLegs returns the legs of c, other than cur, its live member leg,
+// that are connected with no move linking them to cur: a move that an
+// upgrade cut short, whose links the successor does not know. The newest
+// leg, cur, has the router; the others are ended. c.mu is held.
+func (c *conn) staleLegs(cur *leg) []*leg {
+	if cur.state != legLive {
+		return nil
+	}
+	var out []*leg
+	for _, l := range c.legs {
+		switch l.state {
+		case legWaiting, legReplaying, legLive:
+			if l != cur && l.replaces == nil && l.replacedBy == nil {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
 }
 
 // moveReasonFor is why a router leaves member m, which is not eligible.
@@ -576,6 +634,21 @@ type memberKey struct {
 	m  netip.AddrPort
 }
 
+// currentMember is the pool member c's router is on, or zero: not a pool
+// connection, or not connected to one now. c.mu is held.
+func (c *conn) currentMember() netip.AddrPort {
+	if c.pool == nil {
+		return netip.AddrPort{}
+	}
+	if c.fan == nil {
+		return c.member
+	}
+	if l := c.memberLeg(); l != nil && l.state != legConnecting {
+		return l.member()
+	}
+	return netip.AddrPort{}
+}
+
 // routersByMember counts the open router sessions on each pool member.
 func (s *Server) routersByMember() map[memberKey]int {
 	out := map[memberKey]int{}
@@ -584,13 +657,7 @@ func (s *Server) routersByMember() map[memberKey]int {
 			continue
 		}
 		c.mu.Lock()
-		m := c.member
-		if c.fan != nil {
-			m = netip.AddrPort{}
-			if l := c.memberLeg(); l != nil && l.state != legConnecting {
-				m = l.member()
-			}
-		}
+		m := c.currentMember()
 		c.mu.Unlock()
 		if m.IsValid() {
 			out[memberKey{c.pool, m}]++

@@ -32,6 +32,8 @@ type RouterStatus struct {
 	// TermReason is the router's Termination reason, when seen; see
 	// routerInfo.
 	TermReason string `json:"termination_reason,omitempty"`
+	// Member is the pool member a pool listener's session is on.
+	Member string `json:"member,omitempty"`
 	// Legs are the collectors of a fan-out listener's session, the
 	// primary first.
 	Legs []LegStatus `json:"legs,omitempty"`

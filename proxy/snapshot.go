@@ -27,6 +27,9 @@ type Snapshot struct {
 	// LastEnd is when each router's last session ended.
 	LastEnd map[netip.Addr]time.Time `json:"last_session_end"`
 	NextID  uint64                   `json:"next_conn_id"`
+	// Drained are the drained members of each pool listener's pool: a
+	// drain outlives an upgrade.
+	Drained map[string][]netip.AddrPort `json:"pool_drained,omitempty"`
 	// Extra are listening sockets the caller adds, such as the admin
 	// listener; Run neither makes nor reads them.
 	Extra []SnapshotListener `json:"extra_listeners,omitempty"`
@@ -107,6 +110,18 @@ func (s *Server) snapshot() (*Snapshot, error) {
 		NextID: s.nextID.Load(),
 		Server: s.stats.saved(),
 	}
+	s.mu.Lock()
+	for name, lp := range s.pools {
+		for _, m := range lp.pool.Members() {
+			if m.Drained {
+				if snap.Drained == nil {
+					snap.Drained = map[string][]netip.AddrPort{}
+				}
+				snap.Drained[name] = append(snap.Drained[name], m.Addr)
+			}
+		}
+	}
+	s.mu.Unlock()
 	addrs := make([]netip.AddrPort, 0, len(s.listeners))
 	for a := range s.listeners {
 		addrs = append(addrs, a)

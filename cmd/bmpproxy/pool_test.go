@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,155 +14,32 @@ import (
 	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/bmpcheck"
+	"github.com/bmpproxy/bmpproxy/internal/testtarget"
 	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"github.com/bmpproxy/bmpproxy/pool"
-	proxyproto "github.com/pires/go-proxyproto"
 )
 
-// poolCollector is a pool member on a fixed loopback address that keeps
-// each router's sessions, by the router address its PROXY v2 header
-// carries, and counts the health checks (LOCAL headers) apart. It can be
-// stopped and started again on the same address.
+// poolCollector is a pool member (testtarget.Member) that checks a
+// router's state.
 type poolCollector struct {
-	t    *testing.T
+	*testtarget.Member
 	addr string
-	wg   sync.WaitGroup
-
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    map[net.Conn]bool
-	sessions map[netip.Addr][]*poolSession // by router, oldest first
-	probes   int
-}
-
-// poolSession is one router session a member got.
-type poolSession struct {
-	bytes []byte
-	open  bool
 }
 
 func newPoolCollector(t *testing.T) *poolCollector {
-	c := &poolCollector{t: t, addr: "127.0.0.1:0", conns: map[net.Conn]bool{}, sessions: map[netip.Addr][]*poolSession{}}
-	c.start()
-	t.Cleanup(func() { c.stop(); c.wg.Wait() })
-	return c
+	m := testtarget.NewMember(t, "127.0.0.1:0")
+	return &poolCollector{Member: m, addr: m.Addr()}
 }
 
-func (c *poolCollector) start() {
-	c.t.Helper()
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.mu.Lock()
-	c.ln, c.addr = ln, ln.Addr().String()
-	c.mu.Unlock()
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.mu.Lock()
-			c.conns[nc] = true
-			c.mu.Unlock()
-			c.wg.Add(1)
-			go func() {
-				defer c.wg.Done()
-				c.serve(nc)
-			}()
-		}
-	}()
-}
-
-func (c *poolCollector) serve(nc net.Conn) {
-	defer func() {
-		c.mu.Lock()
-		delete(c.conns, nc)
-		c.mu.Unlock()
-		nc.Close()
-	}()
-	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(nc)
-	h, err := proxyproto.Read(br)
-	if err != nil {
-		return
-	}
-	nc.SetReadDeadline(time.Time{})
-	if h.Command == proxyproto.LOCAL {
-		c.mu.Lock()
-		c.probes++
-		c.mu.Unlock()
-		return
-	}
-	router := h.SourceAddr.(*net.TCPAddr).AddrPort().Addr().Unmap()
-	s := &poolSession{open: true}
-	c.mu.Lock()
-	c.sessions[router] = append(c.sessions[router], s)
-	c.mu.Unlock()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := br.Read(buf)
-		c.mu.Lock()
-		s.bytes = append(s.bytes, buf[:n]...)
-		if err != nil {
-			s.open = false
-		}
-		c.mu.Unlock()
-		if err != nil {
-			return
-		}
-	}
-}
-
-// stop closes the listener and every connection: a collector that dies.
-func (c *poolCollector) stop() {
-	c.mu.Lock()
-	ln := c.ln
-	c.ln = nil
-	for nc := range c.conns {
-		nc.Close()
-	}
-	c.mu.Unlock()
-	if ln != nil {
-		ln.Close()
-	}
-}
-
-// open returns the routers with a session open here now.
-func (c *poolCollector) open() []netip.Addr {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []netip.Addr
-	for r, ss := range c.sessions {
-		if len(ss) > 0 && ss[len(ss)-1].open {
-			out = append(out, r)
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
-}
-
-// count is how many sessions router had here.
-func (c *poolCollector) count(router netip.Addr) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.sessions[router])
-}
+func (c *poolCollector) stop()                       { c.Stop() }
+func (c *poolCollector) start()                      { c.Start() }
+func (c *poolCollector) open() []netip.Addr          { return c.Open() }
+func (c *poolCollector) count(router netip.Addr) int { return c.Count(router) }
 
 // holds reports whether router's latest session here is open and parses
 // to want.
 func (c *poolCollector) holds(router netip.Addr, want *bmpcheck.State) bool {
-	c.mu.Lock()
-	ss := c.sessions[router]
-	var b []byte
-	open := false
-	if len(ss) > 0 {
-		b, open = slices.Clone(ss[len(ss)-1].bytes), ss[len(ss)-1].open
-	}
-	c.mu.Unlock()
+	b, open := c.Latest(router)
 	if !open {
 		return false
 	}
