@@ -126,6 +126,13 @@ func workloads(o *options) []workload {
 			run:     func(t target, o *options) (metrics, error) { return idle(t, o.idleConns) },
 		},
 		{
+			key: "pool3", title: fmt.Sprintf("Pool of 3 members: one stream of %s, no resync", size(o.bulkSize)),
+			columns: bulkCols, own: poolPeers(), sinks: 3,
+			note: "The members are the listeners of one sink process on the load core, the same as the one target's. " +
+				"The pool probes each member every second (a PROXY v2 LOCAL header), and picks a member once per router session.",
+			run: func(t target, o *options) (metrics, error) { return bulk(t, 1, o.bulkSize) },
+		},
+		{
 			key: "fanout2", title: fmt.Sprintf("Fan-out: one stream of %s to 2 collectors, no resync", size(o.bulkSize)),
 			columns: fanCols, own: fanoutPeers(2, o.fanRate*1e9), sinks: 2, note: fanoutNote,
 			run: func(t target, o *options) (metrics, error) { return fanBulk(t, o.bulkSize) },

@@ -114,7 +114,7 @@ func main() {
 	flag.BoolVar(&o.smoke, "smoke", false, "every peer and workload with small sizes and one run (for CI)")
 	flag.StringVar(&o.out, "out", "bench/RESULTS.md", "results file")
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; each row reports the median, min and max")
-	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity,fanout2,fanout4,resync,ribcache); empty: all")
+	flag.StringVar(&o.only, "only", "", "comma-separated workload keys to run (bulk1,bulk8,many,rr,short,idle,capacity,pool3,fanout2,fanout4,resync,ribcache); empty: all")
 	flag.StringVar(&o.peers, "peers", "", "comma-separated substrings; only peers whose name contains one run (for iterating)")
 	o.sizeFlags(flag.CommandLine)
 	flag.Parse()

@@ -156,6 +156,8 @@ func goals(o *options) []goal {
 		ratioGoal("Short connections: proxy CPU per connection ≤ 1.0× nginx", "short", "cpu_per_conn_us", "bmpproxy", "nginx stream", false, 1.0),
 		ratioGoal("Short connections: connections/s ≥ 1.0× docker-proxy", "short", "conns_per_s", "bmpproxy", "docker-proxy", true, 1.0),
 		ratioGoal("Request/response: p50 ≤ 1.0× docker-proxy", "rr", "p50_us", "bmpproxy", "docker-proxy", false, 1.0),
+		ratioGoal("Pool of 3: bulk throughput ≥ 0.95× one target", "pool3", "gbps", "bmpproxy, pool of 3", "bmpproxy, 1 target", true, 0.95),
+		ratioGoal("Pool of 3: proxy CPU per GiB ≤ 1.05× one target", "pool3", "cpu_per_gib", "bmpproxy, pool of 3", "bmpproxy, 1 target", false, 1.05),
 		fanGoal("Fan-out to 2: throughput ≥ 0.8× one target, every leg intact", "fanout2", "gbps", "bmpproxy, 2 targets", "bmpproxy, 1 target", 2, true, 0.8),
 		fanGoal("Fan-out to 2: proxy CPU per GiB ≤ 1.5× one target, every leg intact", "fanout2", "cpu_per_gib", "bmpproxy, 2 targets", "bmpproxy, 1 target", 2, false, 1.5),
 		fanGoal("Fan-out to 2, router paced: proxy CPU per GiB ≤ 1.5× one target, every leg intact", "fanout2", "cpu_per_gib",
