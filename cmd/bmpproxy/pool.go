@@ -39,7 +39,7 @@ func poolCommand(stdout, stderr io.Writer) *cli.Command {
 		return &cli.Command{
 			Name:         verb,
 			Usage:        usage,
-			UsageText:    "bmpproxy pool " + verb + " MEMBER --admin HOST:PORT [--listener NAME] [--token-file FILE]",
+			UsageText:    "bmpproxy pool " + verb + " --admin HOST:PORT [--listener NAME] [--token-file FILE] MEMBER",
 			Description:  "MEMBER is the member's address and port, as 'bmpproxy pool status' lists it.",
 			Flags:        flags(),
 			OnUsageError: onUsageError,

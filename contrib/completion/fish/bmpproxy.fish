@@ -4,7 +4,7 @@
 
 function __fish_bmpproxy_no_subcommand --description 'Test if there has been any subcommand yet'
     for i in (commandline -opc)
-        if contains -- $i check inspect transparent-setup upgrade healthcheck
+        if contains -- $i check inspect transparent-setup upgrade pool status drain undrain healthcheck
             return 1
         end
     end
@@ -51,6 +51,26 @@ complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l pid -r -d 'p
 complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l admin -r -d 'admin listener address of the process to upgrade, host:port'
 complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l token-file -r -d 'with --admin: file (mode 0600) with the bearer token of the process\'s --admin-token-file'
 complete -c bmpproxy -n '__fish_seen_subcommand_from upgrade' -f -l timeout -r -d 'how long to wait for the handover'
+complete -c bmpproxy -n '__fish_seen_subcommand_from pool' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'pool' -d 'show a running bmpproxy\'s collector pools, or drain and undrain a member'
+complete -c bmpproxy -n '__fish_seen_subcommand_from status' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_seen_subcommand_from pool' -a 'status' -d 'list every pool member: health, drain, routers'
+complete -c bmpproxy -n '__fish_seen_subcommand_from status' -f -l admin -r -d 'admin listener address of the running bmpproxy, host:port'
+complete -c bmpproxy -n '__fish_seen_subcommand_from status' -f -l listener -r -d 'the pool listener\'s name; unset: every pool that has the member'
+complete -c bmpproxy -n '__fish_seen_subcommand_from status' -f -l token-file -r -d 'file (mode 0600) with the bearer token of the process\'s --admin-token-file'
+complete -c bmpproxy -n '__fish_seen_subcommand_from status' -f -l timeout -r -d 'how long to wait for the answer'
+complete -c bmpproxy -n '__fish_seen_subcommand_from drain' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_seen_subcommand_from pool' -a 'drain' -d 'stop sending routers to a pool member and move its routers elsewhere (with resync, replayed; without, closed so they reconnect)'
+complete -c bmpproxy -n '__fish_seen_subcommand_from drain' -f -l admin -r -d 'admin listener address of the running bmpproxy, host:port'
+complete -c bmpproxy -n '__fish_seen_subcommand_from drain' -f -l listener -r -d 'the pool listener\'s name; unset: every pool that has the member'
+complete -c bmpproxy -n '__fish_seen_subcommand_from drain' -f -l token-file -r -d 'file (mode 0600) with the bearer token of the process\'s --admin-token-file'
+complete -c bmpproxy -n '__fish_seen_subcommand_from drain' -f -l timeout -r -d 'how long to wait for the answer'
+complete -c bmpproxy -n '__fish_seen_subcommand_from undrain' -f -l help -s h -d 'show help'
+complete -r -c bmpproxy -n '__fish_seen_subcommand_from pool' -a 'undrain' -d 'let a drained pool member take routers again; the routers moved away stay where they are unless the pool rebalances'
+complete -c bmpproxy -n '__fish_seen_subcommand_from undrain' -f -l admin -r -d 'admin listener address of the running bmpproxy, host:port'
+complete -c bmpproxy -n '__fish_seen_subcommand_from undrain' -f -l listener -r -d 'the pool listener\'s name; unset: every pool that has the member'
+complete -c bmpproxy -n '__fish_seen_subcommand_from undrain' -f -l token-file -r -d 'file (mode 0600) with the bearer token of the process\'s --admin-token-file'
+complete -c bmpproxy -n '__fish_seen_subcommand_from undrain' -f -l timeout -r -d 'how long to wait for the answer'
 complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l help -s h -d 'show help'
 complete -r -c bmpproxy -n '__fish_bmpproxy_no_subcommand' -a 'healthcheck' -d 'ask a running bmpproxy\'s admin listener for /healthz (for a container HEALTHCHECK)'
 complete -c bmpproxy -n '__fish_seen_subcommand_from healthcheck' -f -l url -r -d 'admin URL to GET; use /readyz to also require every listener open'
