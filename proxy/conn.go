@@ -194,7 +194,11 @@ func (s *Server) finish(c *conn) {
 	c.mu.Lock()
 	from, to, spliced, copied := c.bytes()
 	cause, at := c.cause, c.stage
+	member := c.member
 	c.mu.Unlock()
+	if at == stageTarget && c.pool != nil && member.IsValid() {
+		c.pool.pool.LegFailed(member, cause) // without resync its one leg is the session
+	}
 	st.fromClient.Add(from)
 	st.toClient.Add(to)
 	st.spliced.Add(spliced)
