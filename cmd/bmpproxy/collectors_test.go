@@ -158,10 +158,14 @@ func configHop(rel string) invocation {
 }
 
 // configOf returns the repository file an invocation runs with --config,
-// or "".
+// or "": for a ConfigMap's config, the manifest that defines it, whose
+// declaration is the config's.
 func configOf(inv invocation) string {
 	for i, a := range inv.args {
 		if i > 0 && (inv.args[i-1] == "--config" || inv.args[i-1] == "-c") {
+			if f, ok := inv.configMaps[a]; ok {
+				return f.manifest
+			}
 			return inv.files[a]
 		}
 	}
@@ -292,21 +296,28 @@ func standInTarget(t *testing.T, target string) string {
 	return net.JoinHostPort(netns.Col4, port)
 }
 
-// standInConfig writes a copy of the config file rel in which every
-// listener's target is standInTarget's and accept_proxy_from trusts the
-// hub's addresses on the collector's link, where the first hop dials
-// from, and returns the copy's path. Nothing else changes.
-func standInConfig(t *testing.T, rel string) string {
+// standInConfig writes a copy of the config file path (from the
+// repository's root, or absolute) in which every collector address is
+// standInTarget's: each listener's target, each of its targets' target,
+// and each of its pool's targets (a pool of names becomes a pool of the
+// stand-in's addresses, one member each: a name resolves nowhere in the
+// test's namespaces), and accept_proxy_from trusts the hub's addresses on
+// the collector's link, where the first hop dials from; it returns the
+// copy's path. Nothing else changes.
+func standInConfig(t *testing.T, path string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(deployRoot, rel))
+	b, err := os.ReadFile(repoFile(path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatalf("%s: %v", rel, err)
+		t.Fatalf("%s: %v", path, err)
 	}
 	value := func(m *yaml.Node, key string) *yaml.Node {
+		if m == nil || m.Kind != yaml.MappingNode {
+			return nil
+		}
 		for i := 0; i+1 < len(m.Content); i += 2 {
 			if m.Content[i].Value == key {
 				return m.Content[i+1]
@@ -314,14 +325,38 @@ func standInConfig(t *testing.T, rel string) string {
 		}
 		return nil
 	}
+	scalar := func(v string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Value: v} }
 	for _, l := range value(doc.Content[0], "listeners").Content {
 		if v := value(l, "target"); v != nil {
 			v.Value = standInTarget(t, v.Value)
 		}
+		if v := value(l, "targets"); v != nil {
+			for _, leg := range v.Content {
+				if v := value(leg, "target"); v != nil {
+					v.Value = standInTarget(t, v.Value)
+				}
+			}
+		}
+		if v := value(value(l, "pool"), "targets"); v != nil {
+			// One address or a list; the copy's is a list, with each
+			// stand-in once (two targets may move to one address).
+			targets := []*yaml.Node{v}
+			if v.Kind == yaml.SequenceNode {
+				targets = v.Content
+			}
+			var members []*yaml.Node
+			seen := map[string]bool{}
+			for _, tg := range targets {
+				if a := standInTarget(t, tg.Value); !seen[a] {
+					seen[a] = true
+					members = append(members, scalar(a))
+				}
+			}
+			*v = yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle, Content: members}
+		}
 		if v := value(l, "accept_proxy_from"); v != nil {
 			v.Kind, v.Style, v.Content = yaml.SequenceNode, yaml.FlowStyle, []*yaml.Node{
-				{Kind: yaml.ScalarNode, Value: netns.HubC4 + "/32"},
-				{Kind: yaml.ScalarNode, Value: netns.HubC6 + "/128"},
+				scalar(netns.HubC4 + "/32"), scalar(netns.HubC6 + "/128"),
 			}
 		}
 	}
@@ -329,7 +364,7 @@ func standInConfig(t *testing.T, rel string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(t.TempDir(), filepath.Base(rel))
+	p := filepath.Join(t.TempDir(), filepath.Base(path))
 	if err := os.WriteFile(p, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -359,12 +394,15 @@ func loadArgs(t *testing.T, args []string) *conf.Config {
 // version, pmacct 1.7's IPv4-only header, or a PROXY v2 reader), with the
 // bmpproxies of its chain as shipped, in network namespaces: the first in
 // the proxy host's, a second (two hops) in the collector's. Only targets
-// move, to the stand-in or the next hop, and accept_proxy_from, to the
-// first hop's address; a Kubernetes Secret's file is a stand-in with the
-// kubelet's mode. A router sends a BMP session over IPv6 and one over
-// IPv4 to each BMP listener, and the collector must record each under
-// the router's own address and port, from the header or from
-// getpeername. A listener that is not BMP must send no header.
+// move (a listener's, its legs', its pool's), to the stand-in or the next
+// hop, and accept_proxy_from, to the first hop's address; a Kubernetes
+// ConfigMap's config is its data from the manifest, and a Secret's file a
+// stand-in with the kubelet's mode. A router sends a BMP session over
+// IPv6 and one over IPv4 to each BMP listener, and the collector must
+// record each under the router's own address and port, from the header
+// or from getpeername. A listener that is not BMP must send no header. A
+// pool that sends v2 checks its members with a LOCAL header alone, which
+// the collector must take for the proxy's own connection.
 func TestShippedCollectors(t *testing.T) {
 	chains := shippedChains(t)
 	if os.Geteuid() != 0 {
@@ -404,9 +442,11 @@ func runChain(t *testing.T, c chain) {
 		}
 		hops[i] = hop{spaces[i], args, loadArgs(t, args)}
 		for _, l := range hops[i].cfg.Listeners {
-			if !l.BMP && l.ProxyProtocol != conf.ProxyNone {
-				t.Errorf("%s: listener %q has no BMP pre-check, so it is not for BMP, but sends %s to %s: the collector's other services read no header",
-					inv.where, l.Name, l.ProxyProtocol, l.Target)
+			for tg, pp := range collectorTargets(l) {
+				if !l.BMP && pp != conf.ProxyNone {
+					t.Errorf("%s: listener %q has no BMP pre-check, so it is not for BMP, but sends %s to %s: the collector's other services read no header",
+						inv.where, l.Name, pp, tg)
+				}
 			}
 		}
 	}
@@ -415,29 +455,33 @@ func runChain(t *testing.T, c chain) {
 	last := hops[len(hops)-1]
 	var lns []net.Listener
 	listening := map[string]bool{}
+	checked := false
 	for _, l := range last.cfg.Listeners {
 		if !l.BMP {
 			continue
 		}
-		host, port, _ := net.SplitHostPort(l.Target.String())
-		ns, addrs := tp.Col, []string{netns.Col4, netns.Col6}
-		if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
-			ns, addrs = last.ns, []string{"127.0.0.1", "::1"}
-		}
-		for _, a := range addrs {
-			addr := net.JoinHostPort(a, port)
-			if listening[ns+addr] {
-				continue
+		// A pool that sends v2 checks each member with a LOCAL header.
+		checked = checked || (l.Pool != nil && l.Pool.ProxyProtocol == conf.ProxyV2)
+		for tg := range collectorTargets(l) {
+			ns, addrs := tp.Col, []string{netns.Col4, netns.Col6}
+			if a, err := netip.ParseAddr(tg.Host); err == nil && a.IsLoopback() {
+				ns, addrs = last.ns, []string{"127.0.0.1", "::1"}
 			}
-			listening[ns+addr] = true
-			netns.Do(t, ns, func() {
-				ln, err := net.Listen("tcp", addr)
-				if err != nil {
-					t.Errorf("stand-in collector on %s: %v", addr, err)
-					return
+			for _, a := range addrs {
+				addr := net.JoinHostPort(a, fmt.Sprint(tg.Port))
+				if listening[ns+addr] {
+					continue
 				}
-				lns = append(lns, ln)
-			})
+				listening[ns+addr] = true
+				netns.Do(t, ns, func() {
+					ln, err := net.Listen("tcp", addr)
+					if err != nil {
+						t.Errorf("stand-in collector on %s: %v", addr, err)
+						return
+					}
+					lns = append(lns, ln)
+				})
+			}
 		}
 	}
 	if len(lns) == 0 {
@@ -500,4 +544,37 @@ func runChain(t *testing.T, c chain) {
 			}
 		}
 	}
+
+	// A pool checks each member every health_interval, the first time at
+	// once, with only a PROXY v2 LOCAL header; the collector must take
+	// it for the proxy's own connection: not drop it, and see no router.
+	if checked {
+		for _, rec := range coll.WaitForLocalOnly(t, binaryWait, 1) {
+			if seen, err := c.kind.Records(rec); err != nil {
+				t.Errorf("%s: a pool's health check (%s): %v", c.name, rec, err)
+			} else {
+				t.Logf("%s: a pool's health check (%s): %s takes it for the proxy's own connection, %s (from %s)", c.name, rec, c.kind, seen.Addr, seen.From)
+			}
+		}
+	}
+}
+
+// collectorTargets returns where listener l dials for a router session,
+// with the PROXY header each gets: its targets, or its pool's (each
+// literal a member; a name's members are what it resolves to).
+func collectorTargets(l conf.Listener) map[conf.Target]conf.ProxyProtocol {
+	out := map[conf.Target]conf.ProxyProtocol{}
+	if l.Pool != nil {
+		for _, tg := range l.Pool.Targets {
+			out[tg] = l.Pool.ProxyProtocol
+		}
+		return out
+	}
+	for _, leg := range l.Targets {
+		out[leg.Target] = leg.ProxyProtocol
+	}
+	if len(out) == 0 && !l.Target.IsZero() {
+		out[l.Target] = l.ProxyProtocol
+	}
+	return out
 }

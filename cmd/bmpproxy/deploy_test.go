@@ -7,16 +7,26 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/bmp"
+	"github.com/bmpproxy/bmpproxy/conf"
+	"github.com/bmpproxy/bmpproxy/internal/netns"
+	"github.com/bmpproxy/bmpproxy/internal/waitfor"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -26,31 +36,128 @@ type invocation struct {
 	args   []string          // the arguments after the program
 	health []string          // the health check's arguments, if the file has one
 	files  map[string]string // config paths in the container → files in the repository
-	// secrets are the arguments that name a file of a Kubernetes Secret
-	// volume, with the file's mode and group as the kubelet makes them.
-	secrets map[string]secretFile
+	// configMaps are the files that Kubernetes ConfigMap volumes of the
+	// manifest provide, by their path in the container.
+	configMaps map[string]configMapFile
+	// secretMounts are the mount paths of Kubernetes Secret volumes, with
+	// the mode and group the kubelet gives their files.
+	secretMounts map[string]secretFile
 	// before are the arguments of bmpproxy commands that run first, to
 	// completion, in the same network namespace: a Pod's init containers.
 	before [][]string
 }
 
+// configMapFile is a file of a ConfigMap volume: a key of a ConfigMap
+// that the manifest defines.
+type configMapFile struct {
+	manifest string // the manifest, from the repository's root
+	name     string // "ConfigMap/NAME key KEY", for messages
+	data     string
+}
+
+// repoFile returns the file at p: a path from the repository's root, or
+// an absolute one (a file the test wrote).
+func repoFile(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(deployRoot, p)
+}
+
 // resolve returns inv's arguments with each config path replaced by
-// config(the repository file the deployment puts there), and each Secret's
-// file by a stand-in with the owner and mode the kubelet gives it. A
-// --config that names no file the deployment provides fails t.
-func (inv invocation) resolve(t *testing.T, config func(rel string) string) []string {
+// config(the file the deployment puts there: a repository file, or a
+// ConfigMap's data written to a temporary file), and each Secret's file
+// by a stand-in with the owner and mode the kubelet gives it. In a
+// ConfigMap's config, a value that names a Secret's file or another
+// ConfigMap file is mapped the same way. A --config that names no file
+// the deployment provides fails t.
+func (inv invocation) resolve(t *testing.T, config func(path string) string) []string {
 	t.Helper()
 	args := append([]string(nil), inv.args...)
 	for i, a := range args {
 		if f, ok := inv.files[a]; ok {
 			args[i] = config(f)
-		} else if s, ok := inv.secrets[a]; ok {
-			args[i] = s.write(t, t.TempDir(), filepath.Base(a))
+		} else if _, ok := inv.configMaps[a]; ok && i > 0 && (args[i-1] == "--config" || args[i-1] == "-c") {
+			args[i] = config(inv.writeConfig(t, a))
+		} else if p, ok := inv.provided(t, a); ok {
+			args[i] = p
 		} else if i > 0 && (args[i-1] == "--config" || args[i-1] == "-c") {
-			t.Fatalf("%s: --config %s is not a file the deployment provides (%v)", inv.where, a, inv.files)
+			t.Fatalf("%s: --config %s is not a file the deployment provides (%s)", inv.where, a, inv.providedList())
 		}
 	}
 	return args
+}
+
+// provided writes a stand-in for the file at path in the container, if a
+// Secret or a ConfigMap volume provides it, and returns its path.
+func (inv invocation) provided(t *testing.T, path string) (string, bool) {
+	t.Helper()
+	if f, ok := inv.configMaps[path]; ok {
+		p := filepath.Join(t.TempDir(), filepath.Base(path))
+		if err := os.WriteFile(p, []byte(f.data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p, true
+	}
+	for dir, s := range inv.secretMounts {
+		if strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/") {
+			return s.write(t, t.TempDir(), filepath.Base(path)), true
+		}
+	}
+	return "", false
+}
+
+// writeConfig writes the ConfigMap file at path, a bmpproxy config, with
+// every value that names a file a Secret or ConfigMap volume provides
+// replaced by provided's stand-in, and returns the copy's path.
+func (inv invocation) writeConfig(t *testing.T, path string) string {
+	t.Helper()
+	f := inv.configMaps[path]
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(f.data), &doc); err != nil {
+		t.Fatalf("%s: %s %s (at %s): %v", inv.where, f.manifest, f.name, path, err)
+	}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n.Kind == yaml.ScalarNode {
+			if p, ok := inv.provided(t, n.Value); ok {
+				n.Value = p
+			}
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(&doc)
+	out, err := yaml.Marshal(&doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), filepath.Base(path))
+	if err := os.WriteFile(p, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// providedList describes the files inv's deployment provides, for an
+// error.
+func (inv invocation) providedList() string {
+	var l []string
+	for p, f := range inv.files {
+		l = append(l, p+" ("+f+")")
+	}
+	for p, f := range inv.configMaps {
+		l = append(l, p+" ("+f.name+")")
+	}
+	for dir := range inv.secretMounts {
+		l = append(l, dir+"/* (a Secret)")
+	}
+	if len(l) == 0 {
+		return "it provides none"
+	}
+	slices.Sort(l)
+	return "it provides " + strings.Join(l, ", ")
 }
 
 // secretFile is a file of a Secret volume: the kubelet writes it as root
@@ -237,7 +344,10 @@ func composeInvocations(t *testing.T) []invocation {
 	return out
 }
 
-// kubernetesInvocations reads command and args of each bmpproxy container.
+// kubernetesInvocations reads command and args of each bmpproxy
+// container, and the files its Pod's volumes provide: each key of a
+// ConfigMap the same manifest defines (in the Pod's namespace), and the
+// mount paths of Secrets.
 func kubernetesInvocations(t *testing.T) []invocation {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(deployRoot, "deploy/kubernetes/*.yaml"))
@@ -253,7 +363,34 @@ func kubernetesInvocations(t *testing.T) []invocation {
 			VolumeMounts  []struct {
 				Name      string
 				MountPath string `yaml:"mountPath"`
+				SubPath   string `yaml:"subPath"`
 			} `yaml:"volumeMounts"`
+		}
+		type document struct {
+			Kind     string
+			Metadata struct{ Name, Namespace string }
+			Data     map[string]string // a ConfigMap's
+			Spec     struct {
+				Template struct {
+					Spec struct {
+						SecurityContext struct {
+							FSGroup *int `yaml:"fsGroup"`
+						} `yaml:"securityContext"`
+						Volumes []struct {
+							Name   string
+							Secret *struct {
+								DefaultMode *int `yaml:"defaultMode"`
+							}
+							ConfigMap *struct {
+								Name  string
+								Items []struct{ Key, Path string }
+							} `yaml:"configMap"`
+						}
+						InitContainers []container `yaml:"initContainers"`
+						Containers     []container
+					}
+				}
+			}
 		}
 		// bmpproxyArgs returns c's arguments after the program, if c runs bmpproxy.
 		bmpproxyArgs := func(c container) ([]string, bool) {
@@ -269,29 +406,11 @@ func kubernetesInvocations(t *testing.T) []invocation {
 			}
 			return append(c.Command[1:], c.Args...), true
 		}
+		var docs []document
+		configMaps := map[[2]string]map[string]string{} // namespace and name → data
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		for {
-			var doc struct {
-				Kind     string
-				Metadata struct{ Name string }
-				Spec     struct {
-					Template struct {
-						Spec struct {
-							SecurityContext struct {
-								FSGroup *int `yaml:"fsGroup"`
-							} `yaml:"securityContext"`
-							Volumes []struct {
-								Name   string
-								Secret *struct {
-									DefaultMode *int `yaml:"defaultMode"`
-								}
-							}
-							InitContainers []container `yaml:"initContainers"`
-							Containers     []container
-						}
-					}
-				}
-			}
+			var doc document
 			err := dec.Decode(&doc)
 			if errors.Is(err, io.EOF) {
 				break
@@ -299,6 +418,12 @@ func kubernetesInvocations(t *testing.T) []invocation {
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
+			if doc.Kind == "ConfigMap" {
+				configMaps[[2]string{doc.Metadata.Namespace, doc.Metadata.Name}] = doc.Data
+			}
+			docs = append(docs, doc)
+		}
+		for _, doc := range docs {
 			pod := doc.Spec.Template.Spec
 			var before [][]string
 			for _, c := range pod.InitContainers {
@@ -312,22 +437,32 @@ func kubernetesInvocations(t *testing.T) []invocation {
 					continue
 				}
 				inv := invocation{where: rel(path) + " " + doc.Kind + "/" + doc.Metadata.Name + " container " + c.Name,
-					args: args, files: map[string]string{}, secrets: map[string]secretFile{}, before: before}
+					args: args, files: map[string]string{}, configMaps: map[string]configMapFile{},
+					secretMounts: map[string]secretFile{}, before: before}
 				for _, m := range c.VolumeMounts {
 					for _, v := range pod.Volumes {
-						if v.Name != m.Name || v.Secret == nil {
+						if v.Name != m.Name {
 							continue
 						}
-						f := secretFile{mode: 0o644} // the API's default
-						if v.Secret.DefaultMode != nil {
-							f.mode = os.FileMode(*v.Secret.DefaultMode)
+						if v.Secret != nil {
+							f := secretFile{mode: 0o644} // the API's default
+							if v.Secret.DefaultMode != nil {
+								f.mode = os.FileMode(*v.Secret.DefaultMode)
+							}
+							if g := pod.SecurityContext.FSGroup; g != nil {
+								f.mode, f.gid = f.mode|0o440, *g
+							}
+							inv.secretMounts[m.MountPath] = f
 						}
-						if g := pod.SecurityContext.FSGroup; g != nil {
-							f.mode, f.gid = f.mode|0o440, *g
-						}
-						for _, a := range args {
-							if strings.HasPrefix(a, strings.TrimSuffix(m.MountPath, "/")+"/") {
-								inv.secrets[a] = f
+						if cm := v.ConfigMap; cm != nil {
+							data, ok := configMaps[[2]string{doc.Metadata.Namespace, cm.Name}]
+							if !ok {
+								continue // not in this manifest: it provides nothing the test knows
+							}
+							for p, f := range configMapVolume(rel(path), cm.Name, data, cm.Items) {
+								if dst, ok := subPathMount(m.MountPath, m.SubPath, p); ok {
+									inv.configMaps[dst] = f
+								}
 							}
 						}
 					}
@@ -342,6 +477,75 @@ func kubernetesInvocations(t *testing.T) []invocation {
 	return out
 }
 
+// configMapVolume returns the files of a volume of ConfigMap name, from
+// manifest, with data, by their path in the volume: each key, or with
+// items only the keys they list, each at its item's path.
+func configMapVolume(manifest, name string, data map[string]string, items []struct{ Key, Path string }) map[string]configMapFile {
+	file := func(key string) configMapFile {
+		return configMapFile{manifest: manifest, name: "ConfigMap/" + name + " key " + key, data: data[key]}
+	}
+	out := map[string]configMapFile{}
+	if len(items) == 0 {
+		for k := range data {
+			out[k] = file(k)
+		}
+		return out
+	}
+	for _, it := range items {
+		if _, ok := data[it.Key]; ok {
+			out[it.Path] = file(it.Key)
+		}
+	}
+	return out
+}
+
+// subPathMount returns where the volume's file p appears in a container
+// that mounts the volume at mountPath: the whole volume, or with subPath
+// only that file or directory of it.
+func subPathMount(mountPath, subPath, p string) (string, bool) {
+	mountPath = strings.TrimSuffix(mountPath, "/")
+	switch sub := strings.Trim(subPath, "/"); {
+	case sub == "":
+		return mountPath + "/" + p, true
+	case p == sub:
+		return mountPath, true
+	case strings.HasPrefix(p, sub+"/"):
+		return mountPath + "/" + strings.TrimPrefix(p, sub+"/"), true
+	}
+	return "", false
+}
+
+// TestConfigMapMounts: a ConfigMap volume provides each key under its
+// mountPath, or with items each listed key at its path, and a subPath
+// mount only that file or directory of the volume, at mountPath.
+func TestConfigMapMounts(t *testing.T) {
+	data := map[string]string{"bmpproxy.yaml": "a", "extra.yaml": "b"}
+	type items = []struct{ Key, Path string }
+	for _, tt := range []struct {
+		name               string
+		items              items
+		mountPath, subPath string
+		want               map[string]string // path in the container → data
+	}{
+		{"every key", nil, "/etc/bmpproxy/", "", map[string]string{"/etc/bmpproxy/bmpproxy.yaml": "a", "/etc/bmpproxy/extra.yaml": "b"}},
+		{"items", items{{"bmpproxy.yaml", "conf/main.yaml"}}, "/etc/bmpproxy", "", map[string]string{"/etc/bmpproxy/conf/main.yaml": "a"}},
+		{"an item of a missing key", items{{"other.yaml", "other.yaml"}}, "/etc/bmpproxy", "", map[string]string{}},
+		{"a file's subPath", nil, "/etc/bmpproxy/bmpproxy.yaml", "bmpproxy.yaml", map[string]string{"/etc/bmpproxy/bmpproxy.yaml": "a"}},
+		{"a directory's subPath", items{{"bmpproxy.yaml", "conf/main.yaml"}, {"extra.yaml", "extra.yaml"}}, "/etc/bmpproxy", "conf",
+			map[string]string{"/etc/bmpproxy/main.yaml": "a"}},
+	} {
+		got := map[string]string{}
+		for p, f := range configMapVolume("deploy/kubernetes/x.yaml", "bmpproxy", data, tt.items) {
+			if dst, ok := subPathMount(tt.mountPath, tt.subPath, p); ok {
+				got[dst] = f.data
+			}
+		}
+		if !maps.Equal(got, tt.want) {
+			t.Errorf("%s: %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
 func rel(p string) string {
 	r, err := filepath.Rel(deployRoot, p)
 	if err != nil {
@@ -352,13 +556,18 @@ func rel(p string) string {
 
 // TestDeployedArguments runs the real binary with the exact arguments of
 // every shipped unit file, Dockerfile stage, compose service and
-// Kubernetes container (after its Pod's bmpproxy init containers), so that a renamed or removed flag fails here and
-// not for users. Only config file paths are mapped to the repository files
-// the deployment puts there, and a Secret's files to stand-ins with the
-// mode and group the kubelet gives them. Each runs in a network namespace of its own,
-// where the fixed ports are free; it must become ready (its admin /readyz,
-// asked through "bmpproxy healthcheck", the image's HEALTHCHECK) and stop
-// cleanly on SIGTERM.
+// Kubernetes container (after its Pod's bmpproxy init containers), so
+// that a renamed or removed flag fails here and not for users. Only
+// config file paths are mapped, to the repository files the deployment
+// puts there or to a ConfigMap's data from the manifest, and a Secret's
+// files (named in the arguments or in a ConfigMap's config) to stand-ins
+// with the mode and group the kubelet gives them. Each runs in a network
+// namespace of its own, where the fixed ports are free and no name
+// resolves; it must become ready (its admin /readyz, asked through
+// "bmpproxy healthcheck", the image's HEALTHCHECK) and stop cleanly on
+// SIGTERM. A pool whose target is a name must not keep it from that: it
+// warns that the name does not resolve, and with resync a router's
+// session, with no member to go to, is kept (checkUnresolvedPools).
 func TestDeployedArguments(t *testing.T) {
 	var all []invocation
 	all = append(all, systemdInvocations(t)...)
@@ -375,7 +584,7 @@ func TestDeployedArguments(t *testing.T) {
 	}
 	for _, inv := range all {
 		t.Run(strings.NewReplacer("/", "_", " ", "_").Replace(inv.where), func(t *testing.T) {
-			args := inv.resolve(t, func(rel string) string { return filepath.Join(deployRoot, rel) })
+			args := inv.resolve(t, repoFile)
 			runInNamespace(t, inv, args)
 		})
 	}
@@ -443,6 +652,7 @@ func runInNamespace(t *testing.T, inv invocation, args []string) {
 			t.Errorf("%s: health check bmpproxy %s: %v\n%s", inv.where, strings.Join(inv.health, " "), err, out)
 		}
 	}
+	checkUnresolvedPools(t, inv, ns, loadArgs(t, args), logs)
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-done:
@@ -453,6 +663,123 @@ func runInNamespace(t *testing.T, inv invocation, args []string) {
 		t.Errorf("%s: still running 30s after SIGTERM", inv.where)
 	}
 	t.Logf("%s: bmpproxy %s: ready, healthy, stopped", inv.where, strings.Join(inv.args, " "))
+}
+
+// checkUnresolvedPools checks, for each pool of cfg with a name target
+// (a Service's, which resolves nowhere in the namespace: it has only its
+// loopback), that bmpproxy, ready, warns that the name does not resolve,
+// and, with resync, keeps a router's session that has no member to go to,
+// its leg waiting to connect.
+func checkUnresolvedPools(t *testing.T, inv invocation, ns string, cfg *conf.Config, logs *lockedBuffer) {
+	t.Helper()
+	var last string // the last GET /routers, or why it failed
+	defer func() {
+		if t.Failed() {
+			t.Logf("%s: the last GET /routers: %s\nbmpproxy's log:\n%s", inv.where, last, logs.String())
+		}
+	}()
+	for _, l := range cfg.Listeners {
+		if l.Pool == nil {
+			continue
+		}
+		var names []string
+		for _, tg := range l.Pool.Targets {
+			if _, err := netip.ParseAddr(tg.Host); err != nil {
+				names = append(names, tg.String())
+			}
+		}
+		if len(names) == 0 {
+			continue
+		}
+		// A lookup that hangs ends at the resolve interval, its bound.
+		wait := l.Pool.ResolveInterval + binaryWait
+		for _, name := range names {
+			waitfor.Within(t, wait, fmt.Sprintf("%s: a warning that pool target %s of listener %q does not resolve", inv.where, name, l.Name), func() bool {
+				for _, line := range strings.Split(logs.String(), "\n") {
+					var m map[string]any
+					if json.Unmarshal([]byte(line), &m) == nil && m["level"] == "warn" &&
+						m["message"] == "pool target does not resolve; its members are kept" &&
+						m["listener"] == l.Name && m["target"] == name {
+						return true
+					}
+				}
+				return false
+			})
+		}
+		if !l.BMP || !l.Resync || len(l.Listen) == 0 {
+			continue
+		}
+		a := l.Listen[0]
+		host := a.Addr().String()
+		if a.Addr().IsUnspecified() {
+			host = "::1"
+			if a.Addr().Is4() {
+				host = "127.0.0.1"
+			}
+		}
+		sysName := "deployed-arguments-" + l.Name
+		var conn net.Conn
+		var err error
+		netns.Do(t, ns, func() { conn, err = net.DialTimeout("tcp", net.JoinHostPort(host, fmt.Sprint(a.Port())), binaryWait) })
+		if err != nil {
+			t.Fatalf("%s: a router cannot connect to listener %q: %v", inv.where, l.Name, err)
+		}
+		defer conn.Close()
+		if _, err := conn.Write(bmp.EncodeInitiation("bmpproxy deployed arguments test", sysName)); err != nil {
+			t.Fatal(err)
+		}
+		// GET /routers over a connection made in the namespace.
+		routers := func() ([]byte, error) {
+			var c net.Conn
+			var err error
+			netns.Do(t, ns, func() { c, err = net.DialTimeout("tcp", "127.0.0.1:9180", 5*time.Second) })
+			if err != nil {
+				return nil, err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:9180/routers", nil)
+			req.Close = true
+			if err := req.Write(c); err != nil {
+				return nil, err
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), req)
+			if err != nil {
+				return nil, err
+			}
+			defer resp.Body.Close()
+			return io.ReadAll(resp.Body)
+		}
+		waitfor.Within(t, binaryWait, fmt.Sprintf("%s: /routers to show router %s kept on listener %q, its leg waiting for a pool member", inv.where, sysName, l.Name), func() bool {
+			b, err := routers()
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			last = string(b)
+			var rr struct {
+				Routers []struct {
+					SysName string `json:"sys_name"`
+					State   string `json:"state"`
+					Legs    []struct {
+						State     string `json:"state"`
+						LastError string `json:"last_error"`
+					} `json:"legs"`
+				} `json:"routers"`
+			}
+			if json.Unmarshal(b, &rr) != nil {
+				return false
+			}
+			for _, r := range rr.Routers {
+				if r.SysName == sysName && r.State == "connected" && len(r.Legs) == 1 &&
+					r.Legs[0].State == "connecting" && strings.Contains(r.Legs[0].LastError, "no eligible member") {
+					return true
+				}
+			}
+			return false
+		})
+		t.Logf("%s: pool targets %s of listener %q do not resolve: warned, and router %s kept, waiting for a member", inv.where, strings.Join(names, ", "), l.Name, sysName)
+	}
 }
 
 // lockedBuffer collects a process's output while the test reads it.

@@ -171,6 +171,33 @@ func (c *Collector) WaitFor(t testing.TB, timeout time.Duration, sysName string)
 	return got
 }
 
+// LocalOnly reports whether rec is of a connection that carried a PROXY
+// v2 LOCAL header and nothing after it: a proxy's health check, such as
+// a bmpproxy pool's, which a collector that reads v2 takes for the
+// proxy's own connection and no router's.
+func LocalOnly(rec inspect.Record) bool {
+	return rec.Proxy == "v2" && rec.Command == "LOCAL" && rec.Bytes == 0 && rec.Error == ""
+}
+
+// WaitForLocalOnly waits up to timeout for n connections that LocalOnly
+// reports, to end, and returns every such record so far.
+func (c *Collector) WaitForLocalOnly(t testing.TB, timeout time.Duration, n int) []inspect.Record {
+	t.Helper()
+	var got []inspect.Record
+	waitfor.Within(t, timeout, fmt.Sprintf("the %s stand-in to see %d connections with only a PROXY v2 LOCAL header end", c.Kind, n), func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		got = got[:0]
+		for _, r := range c.recs {
+			if LocalOnly(r) {
+				got = append(got, r)
+			}
+		}
+		return len(got) >= n
+	})
+	return got
+}
+
 // Records returns every record so far, in the order the connections ended.
 func (c *Collector) Records() []inspect.Record {
 	c.mu.Lock()

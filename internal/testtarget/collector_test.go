@@ -59,6 +59,10 @@ func TestKindRecords(t *testing.T) {
 		{Pmacct, v2("TCP6", r6), r6, ""},
 		{Pmacct, v1("TCP6", r6), "127.0.0.1:51000", ""},
 		{Pmacct, none, peer, ""},
+		{Pmacct, local, peer, ""},
+		{HAProxy, local, peer, ""},
+		{ProxyV2, local, peer, ""},
+		{OpenBMP, local, "", "takes the v2 header's first byte (13)"},
 		{HAProxy, v1("TCP6", r6), r6, ""},
 		{HAProxy, none, "", "refuses a connection without a PROXY header"},
 		{ProxyV2, v2("TCP6", r6), r6, ""},
@@ -127,5 +131,59 @@ func TestCollector(t *testing.T) {
 	}
 	if n := len(c.Records()); n != 2 {
 		t.Errorf("%d records, want 2", n)
+	}
+}
+
+// TestCollectorLocalOnly: a connection with only a PROXY v2 LOCAL header
+// (a pool's health check) is no router's session: WaitFor passes over it
+// to the router's, WaitForLocalOnly finds it, and pmacct takes it for the
+// sender's own connection.
+func TestCollectorLocalOnly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCollector(t, Pmacct, ln)
+	local, err := (&proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}).Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(b []byte) net.Conn {
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write(b)
+		conn.(*net.TCPConn).CloseWrite()
+		return conn
+	}
+	check := send(local)
+	defer check.Close()
+	recs := c.WaitForLocalOnly(t, 10*time.Second, 1)
+	if len(recs) != 1 {
+		t.Fatalf("%d LOCAL-only records, want 1: %+v", len(recs), recs)
+	}
+	if seen, err := c.Kind.Records(recs[0]); err != nil || seen.Addr.String() != check.LocalAddr().String() || seen.From != "getpeername" {
+		t.Errorf("LOCAL only: %+v, %v, %v; want %s from getpeername", recs[0], seen, err, check.LocalAddr())
+	}
+
+	r6 := netip.MustParseAddrPort("[2001:db8::7]:51000")
+	var b bytes.Buffer
+	h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(r6), net.TCPAddrFromAddrPort(netip.MustParseAddrPort("[2001:db8::1]:5000")))
+	if _, err := h.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	b.Write(bmp.EncodeInitiation("test", "router"))
+	conn := send(b.Bytes())
+	defer conn.Close()
+	rec := c.WaitFor(t, 10*time.Second, "router")
+	if seen, err := c.Kind.Records(rec); err != nil || seen.Addr != r6 {
+		t.Errorf("router: %+v, %v, %v; want %s", rec, seen, err, r6)
+	}
+	if LocalOnly(rec) {
+		t.Errorf("router's session %+v is LocalOnly", rec)
+	}
+	if n := len(c.WaitForLocalOnly(t, 10*time.Second, 1)); n != 1 {
+		t.Errorf("%d LOCAL-only records after the router's, want 1", n)
 	}
 }
