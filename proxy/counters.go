@@ -239,7 +239,7 @@ func (s *Server) ListenerStats() []ListenerStats {
 		c.mu.Lock()
 		from, to, spliced, copied := c.bytes()
 		for _, l := range c.legs {
-			st := legStatsOf(ls, l.cfg.Target.String())
+			st := legStatsOf(ls, l.name())
 			st.BytesToCollector += l.sent.Total()
 			st.BytesDiscarded += l.discarded()
 			if l.state == legLive {

@@ -131,7 +131,7 @@ func (s *Server) connectLegs(ctx context.Context, c *conn, pre []byte) error {
 	connected := 0
 	for i, l := range c.legs {
 		l.cfg = cfgs[i] // a pool's pick
-		l.ctr = o.state.leg(l.cfg.Target.String())
+		l.ctr = o.state.leg(l.name())
 		if errs[i] != nil {
 			l.state, l.err = legDown, errs[i]
 			l.sinkDone, l.revDone = true, true
@@ -519,7 +519,7 @@ func (s *Server) logLeg(l *leg, err error) {
 	}
 	ev := c.logger(log).WithLevel(level).
 		Int("leg", l.index).
-		Str("target", l.cfg.Target.String()).
+		Str("target", l.name()).
 		Str("upstream", upstream).
 		Str("state", state.String()).
 		Int64("bytes_to_collector", l.sent.Total()).
@@ -602,7 +602,7 @@ type LegStatus struct {
 func (c *conn) legStatuses() []LegStatus {
 	var out []LegStatus
 	for _, l := range c.legs {
-		st := LegStatus{Target: l.cfg.Target.String(), Upstream: l.upstream, Primary: l.primary,
+		st := LegStatus{Target: l.name(), Upstream: l.upstream, Primary: l.primary,
 			State: l.state.String(), Bytes: l.sent.Total(), Replays: l.replays}
 		if !l.since.IsZero() {
 			since := l.since

@@ -96,7 +96,7 @@ func (c *conn) snapshotFanout(snap *Snapshot, sc *SnapshotConn) error {
 	sc.TargetFD = -1
 	for _, l := range c.legs {
 		sl := SnapshotLeg{
-			Target: l.cfg.Target.String(), ProxyProtocol: string(l.cfg.ProxyProtocol), Buffer: int64(l.cfg.Buffer),
+			Target: legTargetText(l.cfg.Target), ProxyProtocol: string(l.cfg.ProxyProtocol), Buffer: int64(l.cfg.Buffer),
 			TransparentMark: l.cfg.TransparentMark,
 			State:           uint8(l.state), Upstream: l.upstream, Since: l.since,
 			Sent:     [2]int64{l.sent.Spliced.Load(), l.sent.Copied.Load()},
@@ -258,15 +258,19 @@ func (s *Server) restoreFanout(snap *Snapshot, sc SnapshotConn, o *listenerOpts,
 	}
 	legs := make([]*leg, len(sf.Legs))
 	for i, sl := range sf.Legs {
-		t, err := conf.ParseTarget(sl.Target)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("%s: leg %d: %w", name, i, err)
+		var t conf.Target // "": a pool leg with no member yet
+		if sl.Target != "" {
+			var err error
+			if t, err = conf.ParseTarget(sl.Target); err != nil {
+				closeAll()
+				return nil, fmt.Errorf("%s: leg %d: %w", name, i, err)
+			}
 		}
-		l := &leg{c: c, index: i, primary: i == 0, ctr: o.state.leg(sl.Target),
+		l := &leg{c: c, index: i, primary: i == 0,
 			cfg:   conf.Leg{Target: t, ProxyProtocol: conf.ProxyProtocol(sl.ProxyProtocol), Buffer: conf.ByteSize(sl.Buffer), TransparentMark: sl.TransparentMark},
 			state: legState(sl.State), upstream: sl.Upstream, since: sl.Since,
 			sinkDone: sl.SinkDone, revDone: sl.RevDone, closed: sl.Closed, attempts: sl.Attempts, replays: sl.Replays}
+		l.ctr = o.state.leg(l.name())
 		if sl.Err != "" {
 			l.err = errors.New(sl.Err)
 		}
@@ -381,4 +385,13 @@ func (s *Server) restoreFanout(snap *Snapshot, sc SnapshotConn, o *listenerOpts,
 	}
 	s.track(c)
 	return c, nil
+}
+
+// legTargetText is a leg's target in a snapshot: "" for none (a pool leg
+// with no member yet).
+func legTargetText(t conf.Target) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.String()
 }

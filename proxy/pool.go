@@ -433,6 +433,19 @@ func (c *conn) pruneLegs() {
 	c.legs = kept
 }
 
+// noMember names the target of a pool leg not yet on a member, in logs,
+// /routers and metrics.
+const noMember = "none"
+
+// name is how logs, /routers and metrics name l's target: its target, or
+// noMember for a pool leg that has no member yet.
+func (l *leg) name() string {
+	if l.cfg.Target.IsZero() {
+		return noMember
+	}
+	return l.cfg.Target.String()
+}
+
 // member is the pool member l is dialed to.
 func (l *leg) member() netip.AddrPort { return legMember(l.cfg) }
 

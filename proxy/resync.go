@@ -165,7 +165,8 @@ func (s *Server) redial(l *leg) {
 	c.mu.Lock()
 	prev := l.cfg.Target
 	if cfg.Target != prev {
-		l.cfg, l.ctr = cfg, c.opts.state.leg(cfg.Target.String()) // a pool's pick
+		l.cfg = cfg // a pool's pick
+		l.ctr = c.opts.state.leg(l.name())
 	}
 	moving := l.replaces != nil
 	c.mu.Unlock()
@@ -200,7 +201,7 @@ func (s *Server) retryLater(l *leg, err error) {
 	c.mu.Unlock()
 	l.ctr.dialFailures.Add(1)
 	if attempts <= 1 || attempts%10 == 0 {
-		c.logger(&c.opts.log).Warn().Int("leg", l.index).Str("target", l.cfg.Target.String()).
+		c.logger(&c.opts.log).Warn().Int("leg", l.index).Str("target", l.name()).
 			Int("attempts", attempts).Err(err).Msg("leg not connected; retrying with backoff")
 	}
 }
@@ -362,7 +363,7 @@ func (s *Server) replayDone(l *leg, sock stream, start time.Time, routes int) {
 	upstream := l.upstream
 	c.mu.Unlock()
 	if done {
-		c.logger(&c.opts.log).Info().Int("leg", l.index).Str("target", l.cfg.Target.String()).Str("upstream", upstream).
+		c.logger(&c.opts.log).Info().Int("leg", l.index).Str("target", l.name()).Str("upstream", upstream).
 			Int("routes", routes).Stringer("replay", time.Since(start).Round(time.Microsecond)).
 			Msg("leg live: its collector was given the router's state and now gets the live stream")
 	}
