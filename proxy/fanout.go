@@ -258,6 +258,7 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 		l.ctr.cuts.Add(1)
 	}
 	parked := c.parkedKeysOf(sock)
+	member := l.member()
 	// A move's leg that fails: the move is off, and the router stays
 	// where it is (or, the old leg failing, the new one takes over).
 	takenOver := l.replacedBy != nil
@@ -275,7 +276,7 @@ func (s *Server) legFailed(l *leg, sock stream, err error) {
 	s.releaseLegFD(l)
 	s.logLeg(l, err)
 	if c.pool != nil {
-		c.pool.pool.LegFailed(l.member(), err)
+		c.pool.pool.LegFailed(member, err)
 	}
 	if c.resync != nil {
 		s.endReplay(l)

@@ -275,13 +275,18 @@ func (s *Server) placementLoop(ctx context.Context, lp *listenerPool) {
 // checkPlacement moves c if its member may no longer have it.
 func (s *Server) checkPlacement(c *conn) {
 	lp := c.pool
+	c.mu.Lock()
+	if c.dirs == nil {
+		// In setup, which picks afresh; c.fan is setup's until then.
+		c.mu.Unlock()
+		return
+	}
 	if c.fan == nil {
 		// Without resync: one target socket, whose member is fixed at
-		// setup (zero while in setup, which picks afresh anyway).
-		c.mu.Lock()
-		m, dialed := c.member, c.tc != nil
+		// setup.
+		m := c.member
 		c.mu.Unlock()
-		if !dialed || lp.pool.Eligible(m) {
+		if lp.pool.Eligible(m) {
 			return
 		}
 		why := s.moveReasonFor(lp, m)
@@ -290,7 +295,6 @@ func (s *Server) checkPlacement(c *conn) {
 			errMoved, m, s.memberState(lp, m)))
 		return
 	}
-	c.mu.Lock()
 	if c.aborted || c.finished || c.up().state == dirEnded {
 		c.mu.Unlock()
 		return
@@ -650,7 +654,7 @@ type memberKey struct {
 // currentMember is the pool member c's router is on, or zero: not a pool
 // connection, or not connected to one now. c.mu is held.
 func (c *conn) currentMember() netip.AddrPort {
-	if c.pool == nil {
+	if c.pool == nil || c.dirs == nil { // in setup: c.fan is setup's
 		return netip.AddrPort{}
 	}
 	if c.fan == nil {
