@@ -304,3 +304,81 @@ func TestPoolWithoutResync(t *testing.T) {
 		t.Error("Drain of a listener that has no pool: no error")
 	}
 }
+
+// TestPoolHandover: an upgrade hands a pool's router sessions over with
+// their members, and its drains: no leg reconnects, and the drained
+// member stays drained in the successor.
+func TestPoolHandover(t *testing.T) {
+	members := []*testtarget.Member{testtarget.NewMember(t, "127.0.0.1:0"), testtarget.NewMember(t, "127.0.0.1:0"), testtarget.NewMember(t, "127.0.0.1:0")}
+	var targets []string
+	addrs := make([]netip.AddrPort, len(members))
+	byAddr := map[netip.AddrPort]*testtarget.Member{}
+	for i, m := range members {
+		targets = append(targets, m.Addr())
+		addrs[i] = netip.MustParseAddrPort(m.Addr())
+		byAddr[addrs[i]] = m
+	}
+	cfg := poolListener(true, targets...)
+	cfg.ApplyDefaults()
+	cur := runServer(t, cfg, Options{IdleAfter: 20 * time.Millisecond})
+	routers := newTestRouters(t, 9)
+	for _, r := range routers {
+		r.connect(t, cur.addrs[0].String())
+		r.send(t, 0)
+	}
+	drained := picks(t, addrs, routers)[routers[0].addr]
+	if err := cur.Drain("", drained.String()); err != nil {
+		t.Fatal(err)
+	}
+	var rest []netip.AddrPort
+	for _, a := range addrs {
+		if a != drained {
+			rest = append(rest, a)
+		}
+	}
+	want := picks(t, rest, routers)
+	waitfor.Within(t, poolWait, "every router on its pick of the members not drained", func() bool {
+		for _, r := range routers {
+			if !holds(byAddr[want[r.addr]], r, 0) {
+				return false
+			}
+		}
+		return true
+	})
+	sessions := map[netip.Addr]int{}
+	for _, r := range routers {
+		sessions[r.addr] = byAddr[want[r.addr]].Count(r.addr)
+	}
+
+	var next *testServer
+	if err := cur.Upgrade(context.Background(), inProcess(t, cfg, &next, false)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cur.wait(t); err != ErrHandedOver {
+		t.Fatalf("predecessor Run = %v, want ErrHandedOver", err)
+	}
+	defer next.stop(t)
+	for _, ps := range next.Pools() {
+		for _, m := range ps.Members {
+			if m.Drained != (m.Addr == drained) {
+				t.Errorf("successor's member %s drained %t; want only %s drained", m.Addr, m.Drained, drained)
+			}
+		}
+	}
+	for _, r := range routers {
+		r.send(t, 1)
+	}
+	waitfor.Within(t, poolWait, "every router's whole stream on the same member, through the successor", func() bool {
+		for _, r := range routers {
+			if !holds(byAddr[want[r.addr]], r, 1) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, r := range routers {
+		if n := byAddr[want[r.addr]].Count(r.addr); n != sessions[r.addr] {
+			t.Errorf("router %s: %d sessions on its member after the upgrade, want %d: no leg reconnects", r.addr, n, sessions[r.addr])
+		}
+	}
+}
