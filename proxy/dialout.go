@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -123,23 +125,30 @@ func (s *Server) thawDialouts(ctx, connCtx context.Context) {
 // router within the connect timeout, and hands the connection to setup.
 // A failed dial, or a session shorter than dialoutMin, waits a backoff
 // that doubles from dialoutMin up to dialoutMax.
+//
+// The session it dialed is waited for as itself; one it did not (at its
+// start, or after a dial that made none) is looked up by the router's
+// address.
 func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan struct{}) {
 	var delay time.Duration
 	failures := 0
-	wait := func(ch <-chan struct{}) bool { // false: stopping
-		select {
-		case <-ch:
-			return true
-		case <-stop:
-		case <-ctx.Done():
-		}
-		return false
-	}
+	peer := peerOf(d.addr)
+	var own *conn // the session this loop dialed last, until it is waited for
 	for {
 		o := d.opts.Load()
-		if c := s.sessionOf(o.Name, d.addr); c != nil {
+		c := own
+		own = nil
+		if c == nil {
+			if c = s.sessionOf(o.Name, peer); c != nil {
+				// Handed over by a predecessor, or left open when a
+				// reload removed the router and this one adds it back.
+				s.opts.Logger.Info().Str("listener", o.Name).Stringer("router", d.addr).Uint64("conn", c.id).
+					Msg("router's session is open; dialing it again when it ends")
+			}
+		}
+		if c != nil {
 			started := c.start
-			if !wait(c.ended) {
+			if !waitSession(ctx, stop, c) {
 				return
 			}
 			if time.Since(started) >= dialoutMin {
@@ -161,8 +170,20 @@ func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan 
 		if err := s.reserveAccept(ctx, stop); err != nil {
 			return
 		}
+		if isClosed(stop) || ctx.Err() != nil {
+			// A select that had the session's end and stop both ready
+			// may have picked the end; and the fds may have been free.
+			s.budget.Release(acceptFDs)
+			return
+		}
 		o = d.opts.Load()
 		nc, err := s.dialRouter(ctx, stop, o, d.addr)
+		if err == nil && (isClosed(stop) || ctx.Err() != nil) {
+			// Connected as the loop was stopped: a reload that removed
+			// the router must not leave a new session to it.
+			nc.Close()
+			err = errStopped
+		}
 		if err != nil {
 			s.budget.Release(acceptFDs)
 			if ctx.Err() != nil || isClosed(stop) {
@@ -192,13 +213,30 @@ func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan 
 			s.refuse(o, nc, client, local, st, err)
 			continue
 		}
-		c := s.newConn(o, nc, client, local)
+		c = s.newConn(o, nc, client, local)
+		own = c
 		s.accepted(c)
 		s.track(c)
 		s.setups.Add(1)
 		s.workers.run(s, setupJob{ctx: connCtx, c: c, nc: nc})
 	}
 }
+
+// waitSession waits for c to end and reports true, or false once stop is
+// closed or ctx is done.
+func waitSession(ctx context.Context, stop <-chan struct{}, c *conn) bool {
+	select {
+	case <-c.ended:
+		return true
+	case <-stop:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// errStopped is a router's dial that connected after its loop was told
+// to stop.
+var errStopped = errors.New("dial loop stopped")
 
 // dialRouter connects to router a within o's connect timeout, or until
 // stop is closed or ctx is done.
@@ -231,17 +269,37 @@ func (s *Server) dialRouter(ctx context.Context, stop <-chan struct{}, o *listen
 	return nc, nil
 }
 
-// sessionOf returns the open connection of listener from router a, or
-// nil: a dialed session, or one a predecessor handed over.
-func (s *Server) sessionOf(listener string, a netip.AddrPort) *conn {
+// sessionOf returns the open connection of listener whose peer is peer,
+// or nil: a dialed session, or one a predecessor handed over.
+func (s *Server) sessionOf(listener string, peer netip.AddrPort) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.listener == listener && c.client == a {
+		if c.listener == listener && c.client == peer {
 			return c
 		}
 	}
 	return nil
+}
+
+// peerOf is the peer address that a socket connected to router a shows:
+// the kernel keeps a zone only for a link-local address, and Go names it
+// by its interface, where the configuration may give its index.
+func peerOf(a netip.AddrPort) netip.AddrPort {
+	ip := a.Addr()
+	z := ip.Zone()
+	switch {
+	case z == "":
+	case !ip.IsLinkLocalUnicast() && !ip.IsLinkLocalMulticast() && !ip.IsInterfaceLocalMulticast():
+		ip = ip.WithZone("")
+	default:
+		if n, err := strconv.Atoi(z); err == nil {
+			if ifi, err := net.InterfaceByIndex(n); err == nil {
+				ip = ip.WithZone(ifi.Name)
+			}
+		}
+	}
+	return netip.AddrPortFrom(ip, a.Port())
 }
 
 // isClosed reports whether ch is closed.

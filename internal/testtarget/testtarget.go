@@ -8,9 +8,9 @@ package testtarget
 import (
 	"bufio"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"testing"
@@ -126,7 +126,14 @@ func (tg *Target) CloseConns() {
 // is called, and then accepts on it: a collector that comes up late.
 func Later(t testing.TB) (addr string, listen func() net.Listener) {
 	t.Helper()
-	fd, addr := bound(t)
+	return LaterOn(t, netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+}
+
+// LaterOn is Later on ip, such as ::1: a free port of ip that refuses
+// connections until listen is called.
+func LaterOn(t testing.TB, ip netip.Addr) (addr string, listen func() net.Listener) {
+	t.Helper()
+	fd, addr := boundOn(t, ip)
 	return addr, func() net.Listener {
 		t.Helper()
 		if err := unix.Listen(fd, 128); err != nil {
@@ -192,19 +199,39 @@ func Silent(t testing.TB) string {
 // cleanup, and its address.
 func bound(t testing.TB) (fd int, addr string) {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	return boundOn(t, netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+}
+
+// boundOn is bound on ip, of either family.
+func boundOn(t testing.TB, ip netip.Addr) (fd int, addr string) {
+	t.Helper()
+	var family int
+	var sa unix.Sockaddr
+	if ip.Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Addr: ip.As4()}
+	} else {
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: ip.As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := unix.Bind(fd, sa); err != nil {
 		t.Fatal(err)
 	}
-	sa, err := unix.Getsockname(fd)
+	got, err := unix.Getsockname(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fd, fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	var port int
+	switch got := got.(type) {
+	case *unix.SockaddrInet4:
+		port = got.Port
+	case *unix.SockaddrInet6:
+		port = got.Port
+	}
+	return fd, netip.AddrPortFrom(ip, uint16(port)).String()
 }
 
 // Recv waits up to 10 s for a value from ch, such as a collector's

@@ -4,10 +4,13 @@
 # (pmacct's pmbmpd, HAProxy with accept-proxy, tshark's PROXY dissector);
 # then, through a second bmpproxy with fan-out and resync, two pmbmpd and
 # an inspect behind one listener, one pmbmpd killed and restarted while the
-# routers carry thousands of routes (the resync phase).
+# routers carry thousands of routes (the resync phase); and, if asked
+# for, FRR as a passive BMP station (bmp listener) that a bmpproxy dial
+# listener connects to over IPv6 and IPv4 (the dial phase).
 # Run as root: bash test/interop/run.sh. It installs what it needs from
 # Debian, creates everything it uses and removes it on exit, even on failure.
-# INTEROP_PHASES (default "proxy-protocol resync") picks the phases to run.
+# INTEROP_PHASES (default "proxy-protocol resync"; also: dial) picks the
+# phases to run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -21,9 +24,9 @@ fi
 PHASES=" ${INTEROP_PHASES:-proxy-protocol resync} "
 for p in $PHASES; do
 	case "$p" in
-	proxy-protocol | resync) ;;
+	proxy-protocol | resync | dial) ;;
 	*)
-		echo "interop: INTEROP_PHASES: unknown phase \"$p\" (phases: proxy-protocol resync)" >&2
+		echo "interop: INTEROP_PHASES: unknown phase \"$p\" (phases: proxy-protocol resync dial)" >&2
 		exit 1
 		;;
 	esac
@@ -171,6 +174,9 @@ PM=$(freeport) HA=$(freeport) INS_HA=$(freeport) INS_TS=$(freeport)
 # The resync phase: its own bmpproxy, listener and admin, in front of two
 # pmbmpd (A is killed and restarted, B never is) and an inspect.
 L_RS=$(freeport) ADMIN_RS=$(freeport) PM_A=$(freeport) PM_B=$(freeport) INS_RS=$(freeport)
+# The dial phase: FRR's BMP listeners (in $R1), and its own bmpproxy's
+# admin and inspect.
+DL6=$(freeport) DL4=$(freeport) ADMIN_DL=$(freeport) INS_DL=$(freeport)
 
 declare -A PID=() # the collectors and proxies the phases stop, by name
 
@@ -307,6 +313,18 @@ CONF
 start_proxy resync
 
 echo "== routers: FRR bgpd -M bmp in $R1, gobgpd in $R2; routes: $("$W/check" -stage plan)"
+# The dial phase's targets: FRR waits to be dialed. "show bmp" lists
+# targets by name, so "dialed" comes before the "resync" section that
+# the resync phase reads.
+FRR_DIAL="!"
+if [[ "$PHASES" == *" dial "* ]]; then
+	FRR_DIAL=" bmp targets dialed
+  bmp monitor ipv4 unicast pre-policy
+  bmp monitor ipv6 unicast pre-policy
+  bmp listener 2001:db8:1::2 port $DL6
+  bmp listener 198.51.100.2 port $DL4
+ exit"
+fi
 # FRR's BMP to the resync listener goes over IPv4, so that pmbmpd (which
 # parses only the AF_INET form of PROXY v2) records its real address.
 cat >"$W/frr.conf" <<CONF
@@ -350,6 +368,7 @@ $("$W/check" -stage plan -print frr-ipv6)
   bmp monitor ipv6 unicast pre-policy
   bmp connect 198.51.100.1 port $L_RS min-retry 1000 max-retry 2000
  exit
+$FRR_DIAL
 !
 CONF
 mkdir -p "$W/frr"
@@ -445,6 +464,26 @@ phase_resync() {
 	reap "${PID[resync]}"
 }
 
+phase_dial() {
+	echo "== dial: FRR waits to be dialed on [2001:db8:1::2]:$DL6 and 198.51.100.2:$DL4; bmpproxy (admin :$ADMIN_DL) dials both → inspect :$INS_DL"
+	start_inspect "$INS_DL" inspect-dial.json
+	wait_listen "$INS_DL"
+	cat >"$W/dial.yaml" <<CONF
+admin: "127.0.0.1:$ADMIN_DL"
+drain_timeout: 0s
+listeners:
+  - name: bmp-dial
+    dial: ["[2001:db8:1::2]:$DL6", "198.51.100.2:$DL4"]
+    bmp: true
+    target: "127.0.0.1:$INS_DL"
+CONF
+	start_proxy dial
+	"$W/check" -dir "$W" -admin "127.0.0.1:$ADMIN_DL" -stage dial \
+		-dial6 "[2001:db8:1::2]:$DL6" -dial4 "198.51.100.2:$DL4" -proxy-pid "${PID[dial]}"
+	reap "${PID[dial]}"
+}
+
 if [[ "$PHASES" == *" proxy-protocol "* ]]; then phase_proxy_protocol; fi
 if [[ "$PHASES" == *" resync "* ]]; then phase_resync; fi
+if [[ "$PHASES" == *" dial "* ]]; then phase_dial; fi
 echo "interop: pass"

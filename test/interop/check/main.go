@@ -44,6 +44,9 @@ type options struct {
 	rsPort         int    // the resync listener's port
 	pmA, pmB, insp string // its targets
 	proxyPID       int    // the resync bmpproxy, stopped at the end
+
+	// The dial phase: FRR's two listeners, as bmpproxy dials them.
+	dial6, dial4 string
 }
 
 func main() {
@@ -60,7 +63,9 @@ func main() {
 	flag.StringVar(&o.pmA, "pm-a", "", "the resync listener's first target: pmbmpd A, restarted")
 	flag.StringVar(&o.pmB, "pm-b", "", "its second: pmbmpd B, never restarted")
 	flag.StringVar(&o.insp, "inspect", "", "its third: bmpproxy inspect")
-	flag.IntVar(&o.proxyPID, "proxy-pid", 0, "the resync bmpproxy's process, stopped by -stage resync-back")
+	flag.IntVar(&o.proxyPID, "proxy-pid", 0, "the resync bmpproxy's process, stopped by -stage resync-back (or the dial one, by -stage dial)")
+	flag.StringVar(&o.dial6, "dial6", "", "with -stage dial: FRR's IPv6 BMP listener, [address]:port")
+	flag.StringVar(&o.dial4, "dial4", "", "with -stage dial: FRR's IPv4 BMP listener, address:port")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "check:", err)
@@ -84,6 +89,8 @@ func run(o options) error {
 		return loadGoBGP(o)
 	case "resync-loaded", "resync-down", "resync-back":
 		return runResync(o)
+	case "dial":
+		return runDial(o)
 	case "wait":
 		return waitAll(o)
 	case "restart":
