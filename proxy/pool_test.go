@@ -42,22 +42,22 @@ func (r *testResolver) lookup(ctx context.Context, host string) ([]netip.Addr, e
 	return append([]netip.Addr(nil), r.addrs...), nil
 }
 
-// testRouter is a router's BMP session from its own loopback address,
+// poolRouter is a router's BMP session from its own loopback address,
 // its stream in two parts with the state after each.
-type testRouter struct {
+type poolRouter struct {
 	addr   netip.Addr
 	conn   *net.TCPConn
 	parts  [][]byte
 	states []*bmpcheck.State
 }
 
-func newTestRouters(t *testing.T, n int) []*testRouter {
+func newPoolRouters(t *testing.T, n int) []*poolRouter {
 	t.Helper()
-	var rs []*testRouter
+	var rs []*poolRouter
 	for i := range n {
 		msgs := bmpcheck.Generate(bmpcheck.GenConfig{Seed: uint64(100 + i), Prefixes: 100, AttrSets: 4})
 		half := len(msgs) / 2
-		r := &testRouter{addr: netip.AddrFrom4([4]byte{127, 0, 1, byte(10 + i)})}
+		r := &poolRouter{addr: netip.AddrFrom4([4]byte{127, 0, 1, byte(10 + i)})}
 		var stream []byte
 		for _, p := range [][]bmpcheck.Message{msgs[:half], msgs[half:]} {
 			b := bmpcheck.Encode(p)
@@ -73,7 +73,7 @@ func newTestRouters(t *testing.T, n int) []*testRouter {
 	return rs
 }
 
-func (r *testRouter) connect(t *testing.T, addr string) {
+func (r *poolRouter) connect(t *testing.T, addr string) {
 	t.Helper()
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(r.addr, 0))}
 	nc, err := d.Dial("tcp", addr)
@@ -84,7 +84,7 @@ func (r *testRouter) connect(t *testing.T, addr string) {
 	t.Cleanup(func() { r.conn.Close() })
 }
 
-func (r *testRouter) send(t *testing.T, i int) {
+func (r *poolRouter) send(t *testing.T, i int) {
 	t.Helper()
 	if _, err := r.conn.Write(r.parts[i]); err != nil {
 		t.Fatalf("router %s: %v", r.addr, err)
@@ -92,7 +92,7 @@ func (r *testRouter) send(t *testing.T, i int) {
 }
 
 // holds reports whether m has r's session open, holding state i.
-func holds(m *testtarget.Member, r *testRouter, i int) bool {
+func holds(m *testtarget.Member, r *poolRouter, i int) bool {
 	b, open := m.Latest(r.addr)
 	if !open {
 		return false
@@ -102,7 +102,7 @@ func holds(m *testtarget.Member, r *testRouter, i int) bool {
 }
 
 // picks is package pool's pick over members for each router.
-func picks(t *testing.T, members []netip.AddrPort, routers []*testRouter) map[netip.Addr]netip.AddrPort {
+func picks(t *testing.T, members []netip.AddrPort, routers []*poolRouter) map[netip.Addr]netip.AddrPort {
 	t.Helper()
 	var targets []string
 	for _, m := range members {
@@ -158,7 +158,7 @@ func TestPoolFollowsName(t *testing.T) {
 	res.set(addrs[0].Addr(), addrs[1].Addr())
 	ts := startServer(t, poolListener(true, fmt.Sprintf("collectors.test:%d", port)), func(o *Options) { o.LookupNetIP = res.lookup })
 
-	routers := newTestRouters(t, 12)
+	routers := newPoolRouters(t, 12)
 	before := picks(t, addrs[:2], routers)
 	for _, r := range routers {
 		r.connect(t, ts.addrs[0].String())
@@ -228,7 +228,7 @@ func TestPoolWithoutResync(t *testing.T) {
 		byAddr[addrs[i]] = m
 	}
 	ts := startServer(t, poolListener(false, targets...), nil)
-	routers := newTestRouters(t, 12)
+	routers := newPoolRouters(t, 12)
 	want := picks(t, addrs, routers)
 	for _, r := range routers {
 		r.connect(t, ts.addrs[0].String())
@@ -252,7 +252,7 @@ func TestPoolWithoutResync(t *testing.T) {
 	})
 
 	drained := want[routers[0].addr]
-	var on []*testRouter
+	var on []*poolRouter
 	for _, r := range routers {
 		if want[r.addr] == drained {
 			on = append(on, r)
@@ -321,7 +321,7 @@ func TestPoolHandover(t *testing.T) {
 	cfg := poolListener(true, targets...)
 	cfg.ApplyDefaults()
 	cur := runServer(t, cfg, Options{IdleAfter: 20 * time.Millisecond})
-	routers := newTestRouters(t, 9)
+	routers := newPoolRouters(t, 9)
 	for _, r := range routers {
 		r.connect(t, cur.addrs[0].String())
 		r.send(t, 0)
