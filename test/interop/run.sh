@@ -9,7 +9,7 @@
 # listener connects to over IPv6 and IPv4 (the dial phase).
 # Run as root: bash test/interop/run.sh. It installs what it needs from
 # Debian, creates everything it uses and removes it on exit, even on failure.
-# INTEROP_PHASES (default "proxy-protocol resync"; also: dial) picks the
+# INTEROP_PHASES (default "proxy-protocol resync dial") picks the
 # phases to run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +21,7 @@ if [[ $(id -u) != 0 ]]; then
 	exit 1
 fi
 
-PHASES=" ${INTEROP_PHASES:-proxy-protocol resync} "
+PHASES=" ${INTEROP_PHASES:-proxy-protocol resync dial} "
 for p in $PHASES; do
 	case "$p" in
 	proxy-protocol | resync | dial) ;;
