@@ -555,10 +555,9 @@ func (s *Server) moveDone(l *leg) {
 	c := l.c
 	c.mu.Lock()
 	old, why, counts := l.replaces, l.move, l.moving
+	// l now has the router. old keeps replacedBy until it is ended, so
+	// that no placement check takes it for a stale leg meanwhile.
 	l.replaces, l.moving = nil, false
-	if old != nil {
-		old.replacedBy = nil
-	}
 	c.mu.Unlock()
 	if counts {
 		c.pool.moves[why].Add(1)
