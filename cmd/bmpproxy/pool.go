@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,12 +17,23 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// defaultAdmin is the admin address the pool subcommands ask unless told
+// otherwise: the one the shipped configurations use.
+const defaultAdmin = "127.0.0.1:9180"
+
+// poolOpts are the pool subcommands' flags.
+type poolOpts struct {
+	admin, listener, tokenFile string
+	timeout                    time.Duration
+}
+
 // poolCommand is "bmpproxy pool": it shows a running bmpproxy's pools, and
 // drains or undrains a member, through the admin listener.
 func poolCommand(stdout, stderr io.Writer) *cli.Command {
 	flags := func() []cli.Flag {
 		return []cli.Flag{
-			&cli.StringFlag{Name: "admin", Usage: "admin listener address of the running bmpproxy, host:port", Required: true},
+			&cli.StringFlag{Name: "admin", Value: defaultAdmin, EnvVars: []string{"BMPPROXY_ADMIN"},
+				Usage: "admin listener address of the running bmpproxy, host:port"},
 			&cli.StringFlag{Name: "listener", Usage: "the pool listener's name; unset: every pool that has the member"},
 			&cli.StringFlag{
 				Name:    "token-file",
@@ -37,26 +49,27 @@ func poolCommand(stdout, stderr io.Writer) *cli.Command {
 			usage = "let a drained pool member take routers again; the routers moved away stay where they are unless the pool rebalances"
 		}
 		return &cli.Command{
-			Name:         verb,
-			Usage:        usage,
-			UsageText:    "bmpproxy pool " + verb + " --admin HOST:PORT [--listener NAME] [--token-file FILE] MEMBER",
-			Description:  "MEMBER is the member's address and port, as 'bmpproxy pool status' lists it.",
+			Name:      verb,
+			Usage:     usage,
+			UsageText: "bmpproxy pool " + verb + " MEMBER [--admin HOST:PORT] [--listener NAME] [--token-file FILE]",
+			Description: "MEMBER is the member's address and port, as 'bmpproxy pool status' lists it. The flags may\n" +
+				"come before or after it.",
 			Flags:        flags(),
 			OnUsageError: onUsageError,
 			Action: func(c *cli.Context) error {
-				if c.NArg() != 1 {
-					return usagef("pool %s: give one MEMBER, its address and port (bmpproxy pool status lists them)", verb)
+				member, o, err := memberAndFlags(c)
+				if err == nil {
+					err = o.check()
 				}
-				member := c.Args().First()
-				if _, err := netip.ParseAddrPort(member); err != nil {
-					return usagef("pool %s: member %q: want ADDR:PORT, as 'bmpproxy pool status' lists it: %v", verb, member, err)
+				if err != nil {
+					return usagef("pool %s: %v", verb, err)
 				}
 				q := url.Values{"member": {member}}
-				if l := c.String("listener"); l != "" {
-					q.Set("listener", l)
+				if o.listener != "" {
+					q.Set("listener", o.listener)
 				}
 				var r admin.PoolResult
-				if err := adminCall(c, http.MethodPost, "/pool/"+verb, q, &r); err != nil {
+				if err := adminCall(o, http.MethodPost, "/pool/"+verb, q, &r); err != nil {
 					return fmt.Errorf("pool %s %s: %w", verb, member, err)
 				}
 				where := "every pool that has it"
@@ -75,20 +88,27 @@ func poolCommand(stdout, stderr io.Writer) *cli.Command {
 			{
 				Name:         "status",
 				Usage:        "list every pool member: health, drain, routers",
-				UsageText:    "bmpproxy pool status --admin HOST:PORT [--listener NAME]",
+				UsageText:    "bmpproxy pool status [--admin HOST:PORT] [--listener NAME]",
 				Flags:        flags(),
 				OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
+					if c.NArg() > 0 {
+						return usagef("pool status: takes no arguments, got %q", c.Args().Slice())
+					}
+					o := optsOf(c)
+					if err := o.check(); err != nil {
+						return usagef("pool status: %v", err)
+					}
 					var r struct {
 						Pools []proxy.PoolStatus `json:"pools"`
 					}
-					if err := adminCall(c, http.MethodGet, "/pool", nil, &r); err != nil {
+					if err := adminCall(o, http.MethodGet, "/pool", nil, &r); err != nil {
 						return fmt.Errorf("pool status: %w", err)
 					}
 					w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(w, "LISTENER\tMEMBER\tFROM\tHEALTH\tDRAINED\tROUTERS\tLAST ERROR")
 					for _, p := range r.Pools {
-						if l := c.String("listener"); l != "" && l != p.Listener {
+						if o.listener != "" && o.listener != p.Listener {
 							continue
 						}
 						for _, m := range p.Members {
@@ -108,16 +128,61 @@ func poolCommand(stdout, stderr io.Writer) *cli.Command {
 	}
 }
 
-// adminCall sends method path?q to the admin listener that c's --admin
-// names, with c's --token-file's token, and decodes a 200's JSON answer
-// into out; another status is an error with the answer's reason.
-func adminCall(c *cli.Context, method, path string, q url.Values, out any) error {
-	addr := c.String("admin")
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return usagef("--admin %q: want host:port with an IP address: %v", addr, err)
+// optsOf reads c's pool flags.
+func optsOf(c *cli.Context) poolOpts {
+	return poolOpts{admin: c.String("admin"), listener: c.String("listener"), tokenFile: c.String("token-file"), timeout: c.Duration("timeout")}
+}
+
+// memberAndFlags returns the one MEMBER of c's arguments and c's flags,
+// with the flags given after MEMBER applied over them: urfave/cli stops
+// reading flags at the first argument, and an operator writes the member
+// first as often as last.
+func memberAndFlags(c *cli.Context) (string, poolOpts, error) {
+	o := optsOf(c)
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return "", o, fmt.Errorf("give the MEMBER, its address and port (bmpproxy pool status lists them)")
 	}
-	u := "http://" + ap.String() + path
+	member, rest := args[0], args[1:]
+	fs := flag.NewFlagSet("pool", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.admin, "admin", o.admin, "")
+	fs.StringVar(&o.listener, "listener", o.listener, "")
+	fs.StringVar(&o.tokenFile, "token-file", o.tokenFile, "")
+	fs.DurationVar(&o.timeout, "timeout", o.timeout, "")
+	if err := fs.Parse(rest); err != nil {
+		return "", o, fmt.Errorf("after MEMBER: %v", err)
+	}
+	if fs.NArg() > 0 {
+		return "", o, fmt.Errorf("one MEMBER only, got %q and %q", member, fs.Args())
+	}
+	if _, err := netip.ParseAddrPort(member); err != nil {
+		return "", o, fmt.Errorf("member %q: want ADDR:PORT, as 'bmpproxy pool status' lists it: %v", member, err)
+	}
+	return member, o, nil
+}
+
+// check reports a flag that cannot work, before anything is asked.
+func (o poolOpts) check() error {
+	if _, err := netip.ParseAddrPort(o.admin); err != nil {
+		return fmt.Errorf("--admin %q: want host:port with an IP address: %v", o.admin, err)
+	}
+	if o.timeout <= 0 {
+		return fmt.Errorf("--timeout must be positive, got %s", o.timeout)
+	}
+	if o.tokenFile != "" {
+		if _, err := admin.ReadTokenFile(o.tokenFile); err != nil {
+			return fmt.Errorf("--token-file: %v", err)
+		}
+	}
+	return nil
+}
+
+// adminCall sends method path?q to the admin listener at o.admin (which
+// check accepted), with o.tokenFile's token, and decodes a 200's JSON
+// answer into out; another status is an error with the answer's reason.
+func adminCall(o poolOpts, method, path string, q url.Values, out any) error {
+	u := "http://" + netip.MustParseAddrPort(o.admin).String() + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -125,14 +190,14 @@ func adminCall(c *cli.Context, method, path string, q url.Values, out any) error
 	if err != nil {
 		return err
 	}
-	if f := c.String("token-file"); f != "" {
-		tok, err := admin.ReadTokenFile(f)
+	if o.tokenFile != "" {
+		tok, err := admin.ReadTokenFile(o.tokenFile)
 		if err != nil {
-			return usagef("--token-file: %v", err)
+			return fmt.Errorf("--token-file: %w", err)
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := directHTTPClient(c.Duration("timeout")).Do(req)
+	resp, err := directHTTPClient(o.timeout).Do(req)
 	if err != nil {
 		return err
 	}

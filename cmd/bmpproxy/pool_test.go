@@ -400,7 +400,7 @@ func TestPoolDrain(t *testing.T) {
 			t.Errorf("/pool: drained member %+v, want drained with no routers", m)
 		}
 	}
-	out, err = exec.Command(binPath(), "pool", "undrain", "--admin", adminAddr, members[drained].addr).CombinedOutput()
+	out, err = exec.Command(binPath(), "pool", "undrain", members[drained].addr, "--admin", adminAddr).CombinedOutput()
 	if err != nil {
 		t.Fatalf("bmpproxy pool undrain: %v\n%s", err, out)
 	}
