@@ -139,6 +139,11 @@ func (s *Server) setup(job setupJob) {
 		s.sessionStarted(c)
 	}
 	s.start(c)
+	if c.pool != nil {
+		// The pool may have changed since setup's pick, while the
+		// placement loop left c alone: look again.
+		s.checkPlacement(c)
+	}
 }
 
 // connect is the setup pipeline, a flat list of stages: read what the
