@@ -42,67 +42,23 @@ func (r *testResolver) lookup(ctx context.Context, host string) ([]netip.Addr, e
 	return append([]netip.Addr(nil), r.addrs...), nil
 }
 
-// poolRouter is a router's BMP session from its own loopback address,
-// its stream in two parts with the state after each.
-type poolRouter struct {
-	addr   netip.Addr
-	conn   *net.TCPConn
-	parts  [][]byte
-	states []*bmpcheck.State
-}
-
-func newPoolRouters(t *testing.T, n int) []*poolRouter {
-	t.Helper()
-	var rs []*poolRouter
-	for i := range n {
-		msgs := bmpcheck.Generate(bmpcheck.GenConfig{Seed: uint64(100 + i), Prefixes: 100, AttrSets: 4})
-		half := len(msgs) / 2
-		r := &poolRouter{addr: netip.AddrFrom4([4]byte{127, 0, 1, byte(10 + i)})}
-		var stream []byte
-		for _, p := range [][]bmpcheck.Message{msgs[:half], msgs[half:]} {
-			b := bmpcheck.Encode(p)
-			stream = append(stream, b...)
-			st, err := bmpcheck.Parse(stream)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.parts, r.states = append(r.parts, b), append(r.states, st)
-		}
-		rs = append(rs, r)
+// newMembers starts a pool member on each address, and returns them with
+// their addresses, in order, and by address.
+func newMembers(t *testing.T, at ...string) ([]*testtarget.Member, []netip.AddrPort, map[netip.AddrPort]*testtarget.Member) {
+	var members []*testtarget.Member
+	var addrs []netip.AddrPort
+	byAddr := map[netip.AddrPort]*testtarget.Member{}
+	for _, a := range at {
+		m := testtarget.NewMember(t, a)
+		ap := netip.MustParseAddrPort(m.Addr())
+		members, addrs = append(members, m), append(addrs, ap)
+		byAddr[ap] = m
 	}
-	return rs
-}
-
-func (r *poolRouter) connect(t *testing.T, addr string) {
-	t.Helper()
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(r.addr, 0))}
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.conn = nc.(*net.TCPConn)
-	t.Cleanup(func() { r.conn.Close() })
-}
-
-func (r *poolRouter) send(t *testing.T, i int) {
-	t.Helper()
-	if _, err := r.conn.Write(r.parts[i]); err != nil {
-		t.Fatalf("router %s: %v", r.addr, err)
-	}
-}
-
-// holds reports whether m has r's session open, holding state i.
-func holds(m *testtarget.Member, r *poolRouter, i int) bool {
-	b, open := m.Latest(r.addr)
-	if !open {
-		return false
-	}
-	got, err := bmpcheck.Parse(bmpcheck.Whole(b))
-	return err == nil && got.Equal(r.states[i])
+	return members, addrs, byAddr
 }
 
 // picks is package pool's pick over members for each router.
-func picks(t *testing.T, members []netip.AddrPort, routers []*poolRouter) map[netip.Addr]netip.AddrPort {
+func picks(t *testing.T, members []netip.AddrPort, routers []*testtarget.Router) map[netip.Addr]netip.AddrPort {
 	t.Helper()
 	var targets []string
 	for _, m := range members {
@@ -114,8 +70,8 @@ func picks(t *testing.T, members []netip.AddrPort, routers []*poolRouter) map[ne
 	}
 	out := map[netip.Addr]netip.AddrPort{}
 	for _, r := range routers {
-		m, _ := p.Pick(r.addr)
-		out[r.addr] = m.Addr
+		m, _ := p.Pick(r.Addr)
+		out[r.Addr] = m.Addr
 	}
 	return out
 }
@@ -145,28 +101,24 @@ func TestPoolFollowsName(t *testing.T) {
 	// Three members on one port, at 127.0.0.2, .3 and .4.
 	first := testtarget.NewMember(t, "127.0.0.2:0")
 	port := netip.MustParseAddrPort(first.Addr()).Port()
-	members := []*testtarget.Member{first,
-		testtarget.NewMember(t, fmt.Sprintf("127.0.0.3:%d", port)),
-		testtarget.NewMember(t, fmt.Sprintf("127.0.0.4:%d", port))}
-	addrs := make([]netip.AddrPort, len(members))
-	byAddr := map[netip.AddrPort]*testtarget.Member{}
-	for i, m := range members {
-		addrs[i] = netip.MustParseAddrPort(m.Addr())
-		byAddr[addrs[i]] = m
-	}
+	more, addrs, byAddr := newMembers(t, fmt.Sprintf("127.0.0.3:%d", port), fmt.Sprintf("127.0.0.4:%d", port))
+	members := append([]*testtarget.Member{first}, more...)
+	first0 := netip.MustParseAddrPort(first.Addr())
+	addrs = append([]netip.AddrPort{first0}, addrs...)
+	byAddr[first0] = first
 	res := &testResolver{name: "collectors.test"}
 	res.set(addrs[0].Addr(), addrs[1].Addr())
 	ts := startServer(t, poolListener(true, fmt.Sprintf("collectors.test:%d", port)), func(o *Options) { o.LookupNetIP = res.lookup })
 
-	routers := newPoolRouters(t, 12)
+	routers := testtarget.NewRouters(t, 12, netip.MustParseAddr("127.0.1.10"), 2, bmpcheck.GenConfig{Seed: 100, Prefixes: 100, AttrSets: 4})
 	before := picks(t, addrs[:2], routers)
 	for _, r := range routers {
-		r.connect(t, ts.addrs[0].String())
-		r.send(t, 0)
+		r.Connect(t, ts.addrs[0].String())
+		r.Send(t, 0)
 	}
 	waitfor.Within(t, poolWait, "each router on its pick of .2 and .3", func() bool {
 		for _, r := range routers {
-			if !holds(byAddr[before[r.addr]], r, 0) {
+			if !byAddr[before[r.Addr]].Holds(r.Addr, r.States[0]) {
 				return false
 			}
 		}
@@ -180,18 +132,18 @@ func TestPoolFollowsName(t *testing.T) {
 	})
 	after := picks(t, addrs[1:], routers)
 	for _, r := range routers {
-		r.send(t, 1)
+		r.Send(t, 1)
 	}
 	moved := 0
 	waitfor.Within(t, poolWait, "the routers of .2 on their pick of .3 and .4, replayed; the others where they were", func() bool {
 		moved = 0
 		for _, r := range routers {
-			want := before[r.addr]
+			want := before[r.Addr]
 			if want == addrs[0] {
-				want = after[r.addr]
+				want = after[r.Addr]
 				moved++
 			}
-			if !holds(byAddr[want], r, 1) {
+			if !byAddr[want].Holds(r.Addr, r.States[1]) {
 				return false
 			}
 		}
@@ -201,8 +153,8 @@ func TestPoolFollowsName(t *testing.T) {
 		t.Fatal("no router was on the member that left")
 	}
 	for _, r := range routers {
-		if before[r.addr] != addrs[0] && byAddr[before[r.addr]].Count(r.addr) != 1 {
-			t.Errorf("router %s, on a member that stayed: %d sessions there, want 1", r.addr, byAddr[before[r.addr]].Count(r.addr))
+		if before[r.Addr] != addrs[0] && byAddr[before[r.Addr]].Count(r.Addr) != 1 {
+			t.Errorf("router %s, on a member that stayed: %d sessions there, want 1", r.Addr, byAddr[before[r.Addr]].Count(r.Addr))
 		}
 	}
 	if n := len(ts.logs.closed()); n != 0 {
@@ -218,25 +170,21 @@ func TestPoolFollowsName(t *testing.T) {
 // (reason "moved"), and only theirs; each router, reconnecting, lands on
 // another member. A member gets health checks as PROXY v2 LOCAL headers.
 func TestPoolWithoutResync(t *testing.T) {
-	members := []*testtarget.Member{testtarget.NewMember(t, "127.0.0.1:0"), testtarget.NewMember(t, "127.0.0.1:0"), testtarget.NewMember(t, "127.0.0.1:0")}
+	members, addrs, byAddr := newMembers(t, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
 	var targets []string
-	addrs := make([]netip.AddrPort, len(members))
-	byAddr := map[netip.AddrPort]*testtarget.Member{}
-	for i, m := range members {
-		targets = append(targets, m.Addr())
-		addrs[i] = netip.MustParseAddrPort(m.Addr())
-		byAddr[addrs[i]] = m
+	for _, a := range addrs {
+		targets = append(targets, a.String())
 	}
 	ts := startServer(t, poolListener(false, targets...), nil)
-	routers := newPoolRouters(t, 12)
+	routers := testtarget.NewRouters(t, 12, netip.MustParseAddr("127.0.1.10"), 2, bmpcheck.GenConfig{Seed: 100, Prefixes: 100, AttrSets: 4})
 	want := picks(t, addrs, routers)
 	for _, r := range routers {
-		r.connect(t, ts.addrs[0].String())
-		r.send(t, 0)
+		r.Connect(t, ts.addrs[0].String())
+		r.Send(t, 0)
 	}
 	waitfor.Within(t, poolWait, "each router on its pick", func() bool {
 		for _, r := range routers {
-			if !holds(byAddr[want[r.addr]], r, 0) {
+			if !byAddr[want[r.Addr]].Holds(r.Addr, r.States[0]) {
 				return false
 			}
 		}
@@ -251,10 +199,10 @@ func TestPoolWithoutResync(t *testing.T) {
 		return true
 	})
 
-	drained := want[routers[0].addr]
-	var on []*poolRouter
+	drained := want[routers[0].Addr]
+	var on []*testtarget.Router
 	for _, r := range routers {
-		if want[r.addr] == drained {
+		if want[r.Addr] == drained {
 			on = append(on, r)
 		}
 	}
@@ -268,9 +216,9 @@ func TestPoolWithoutResync(t *testing.T) {
 		}
 	}
 	for _, r := range on {
-		r.conn.SetReadDeadline(time.Now().Add(poolWait))
-		if _, err := r.conn.Read(make([]byte, 1)); err == nil {
-			t.Errorf("router %s on the drained member: read a byte, want its session closed", r.addr)
+		r.Conn.SetReadDeadline(time.Now().Add(poolWait))
+		if _, err := r.Conn.Read(make([]byte, 1)); err == nil {
+			t.Errorf("router %s on the drained member: read a byte, want its session closed", r.Addr)
 		}
 	}
 	rest := addrs[:0:0]
@@ -281,20 +229,20 @@ func TestPoolWithoutResync(t *testing.T) {
 	}
 	again := picks(t, rest, routers)
 	for _, r := range on {
-		r.connect(t, ts.addrs[0].String())
-		r.send(t, 0)
+		r.Connect(t, ts.addrs[0].String())
+		r.Send(t, 0)
 	}
 	waitfor.Within(t, poolWait, "the drained member's routers, reconnected, on their next pick", func() bool {
 		for _, r := range on {
-			if !holds(byAddr[again[r.addr]], r, 0) {
+			if !byAddr[again[r.Addr]].Holds(r.Addr, r.States[0]) {
 				return false
 			}
 		}
 		return true
 	})
 	for _, r := range routers {
-		if want[r.addr] != drained && byAddr[want[r.addr]].Count(r.addr) != 1 {
-			t.Errorf("router %s: %d sessions on its member, want its first only", r.addr, byAddr[want[r.addr]].Count(r.addr))
+		if want[r.Addr] != drained && byAddr[want[r.Addr]].Count(r.Addr) != 1 {
+			t.Errorf("router %s: %d sessions on its member, want its first only", r.Addr, byAddr[want[r.Addr]].Count(r.Addr))
 		}
 	}
 	if err := ts.Drain("routers", "198.51.100.1:5000"); err == nil {
@@ -309,24 +257,20 @@ func TestPoolWithoutResync(t *testing.T) {
 // their members, and its drains: no leg reconnects, and the drained
 // member stays drained in the successor.
 func TestPoolHandover(t *testing.T) {
-	members := []*testtarget.Member{testtarget.NewMember(t, "127.0.0.1:0"), testtarget.NewMember(t, "127.0.0.1:0"), testtarget.NewMember(t, "127.0.0.1:0")}
+	_, addrs, byAddr := newMembers(t, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
 	var targets []string
-	addrs := make([]netip.AddrPort, len(members))
-	byAddr := map[netip.AddrPort]*testtarget.Member{}
-	for i, m := range members {
-		targets = append(targets, m.Addr())
-		addrs[i] = netip.MustParseAddrPort(m.Addr())
-		byAddr[addrs[i]] = m
+	for _, a := range addrs {
+		targets = append(targets, a.String())
 	}
 	cfg := poolListener(true, targets...)
 	cfg.ApplyDefaults()
 	cur := runServer(t, cfg, Options{IdleAfter: 20 * time.Millisecond})
-	routers := newPoolRouters(t, 9)
+	routers := testtarget.NewRouters(t, 9, netip.MustParseAddr("127.0.1.10"), 2, bmpcheck.GenConfig{Seed: 100, Prefixes: 100, AttrSets: 4})
 	for _, r := range routers {
-		r.connect(t, cur.addrs[0].String())
-		r.send(t, 0)
+		r.Connect(t, cur.addrs[0].String())
+		r.Send(t, 0)
 	}
-	drained := picks(t, addrs, routers)[routers[0].addr]
+	drained := picks(t, addrs, routers)[routers[0].Addr]
 	if err := cur.Drain("", drained.String()); err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +283,7 @@ func TestPoolHandover(t *testing.T) {
 	want := picks(t, rest, routers)
 	waitfor.Within(t, poolWait, "every router on its pick of the members not drained", func() bool {
 		for _, r := range routers {
-			if !holds(byAddr[want[r.addr]], r, 0) {
+			if !byAddr[want[r.Addr]].Holds(r.Addr, r.States[0]) {
 				return false
 			}
 		}
@@ -347,7 +291,7 @@ func TestPoolHandover(t *testing.T) {
 	})
 	sessions := map[netip.Addr]int{}
 	for _, r := range routers {
-		sessions[r.addr] = byAddr[want[r.addr]].Count(r.addr)
+		sessions[r.Addr] = byAddr[want[r.Addr]].Count(r.Addr)
 	}
 
 	var next *testServer
@@ -366,19 +310,19 @@ func TestPoolHandover(t *testing.T) {
 		}
 	}
 	for _, r := range routers {
-		r.send(t, 1)
+		r.Send(t, 1)
 	}
 	waitfor.Within(t, poolWait, "every router's whole stream on the same member, through the successor", func() bool {
 		for _, r := range routers {
-			if !holds(byAddr[want[r.addr]], r, 1) {
+			if !byAddr[want[r.Addr]].Holds(r.Addr, r.States[1]) {
 				return false
 			}
 		}
 		return true
 	})
 	for _, r := range routers {
-		if n := byAddr[want[r.addr]].Count(r.addr); n != sessions[r.addr] {
-			t.Errorf("router %s: %d sessions on its member after the upgrade, want %d: no leg reconnects", r.addr, n, sessions[r.addr])
+		if n := byAddr[want[r.Addr]].Count(r.Addr); n != sessions[r.Addr] {
+			t.Errorf("router %s: %d sessions on its member after the upgrade, want %d: no leg reconnects", r.Addr, n, sessions[r.Addr])
 		}
 	}
 }

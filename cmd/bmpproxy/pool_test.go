@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/bmpproxy/bmpproxy/internal/bmpcheck"
 	"github.com/bmpproxy/bmpproxy/internal/testtarget"
@@ -36,81 +34,6 @@ func (c *poolCollector) start()                      { c.Start() }
 func (c *poolCollector) open() []netip.Addr          { return c.Open() }
 func (c *poolCollector) count(router netip.Addr) int { return c.Count(router) }
 
-// holds reports whether router's latest session here is open and parses
-// to want.
-func (c *poolCollector) holds(router netip.Addr, want *bmpcheck.State) bool {
-	b, open := c.Latest(router)
-	if !open {
-		return false
-	}
-	got, err := bmpcheck.Parse(bmpcheck.Whole(b))
-	return err == nil && got.Equal(want)
-}
-
-// poolRouter is a test router: one BMP session from its own loopback
-// address, its stream in three parts with the state after each.
-type poolRouter struct {
-	addr   netip.Addr
-	conn   *net.TCPConn
-	parts  [][]byte
-	states []*bmpcheck.State
-}
-
-// newPoolRouters makes n routers, 127.0.0.10 onward, each with a stream
-// of its own.
-func newPoolRouters(t *testing.T, n int) []*poolRouter {
-	t.Helper()
-	var rs []*poolRouter
-	for i := range n {
-		msgs := bmpcheck.Generate(bmpcheck.GenConfig{Seed: uint64(i + 1), Prefixes: 200, AttrSets: 8})
-		third := len(msgs) / 3
-		r := &poolRouter{addr: netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)})}
-		var stream []byte
-		for _, p := range [][]bmpcheck.Message{msgs[:third], msgs[third : 2*third], msgs[2*third:]} {
-			b := bmpcheck.Encode(p)
-			stream = append(stream, b...)
-			st, err := bmpcheck.Parse(stream)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.parts, r.states = append(r.parts, b), append(r.states, st)
-		}
-		rs = append(rs, r)
-	}
-	return rs
-}
-
-// connect dials the proxy at addr from r's address.
-func (r *poolRouter) connect(t *testing.T, addr string) {
-	t.Helper()
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(r.addr, 0)), Timeout: 5 * time.Second}
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("router %s: %v", r.addr, err)
-	}
-	r.conn = nc.(*net.TCPConn)
-	t.Cleanup(func() { r.conn.Close() })
-}
-
-// send writes part i of r's stream.
-func (r *poolRouter) send(t *testing.T, i int) {
-	t.Helper()
-	if _, err := r.conn.Write(r.parts[i]); err != nil {
-		t.Fatalf("router %s: part %d: %v", r.addr, i, err)
-	}
-}
-
-// alive reports whether r's session is still open: nothing to read, and
-// no EOF, within a short poll.
-func (r *poolRouter) alive() bool {
-	r.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-	var b [1]byte
-	_, err := r.conn.Read(b[:])
-	r.conn.SetReadDeadline(time.Time{})
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
-}
-
 // placement is, for each router, the member holding its open session.
 func placement(members []*poolCollector) map[netip.Addr]int {
 	out := map[netip.Addr]int{}
@@ -127,7 +50,7 @@ func placement(members []*poolCollector) map[netip.Addr]int {
 }
 
 // expectedPlacement is package pool's pick for each router over members.
-func expectedPlacement(t *testing.T, members []*poolCollector, routers []*poolRouter, skip ...int) map[netip.Addr]int {
+func expectedPlacement(t *testing.T, members []*poolCollector, routers []*testtarget.Router, skip ...int) map[netip.Addr]int {
 	t.Helper()
 	var targets []string
 	index := map[netip.AddrPort]int{}
@@ -144,11 +67,11 @@ func expectedPlacement(t *testing.T, members []*poolCollector, routers []*poolRo
 	}
 	out := map[netip.Addr]int{}
 	for _, r := range routers {
-		m, ok := p.Pick(r.addr)
+		m, ok := p.Pick(r.Addr)
 		if !ok {
-			t.Fatalf("no pick for %s", r.addr)
+			t.Fatalf("no pick for %s", r.Addr)
 		}
-		out[r.addr] = index[m.Addr]
+		out[r.Addr] = index[m.Addr]
 	}
 	return out
 }
@@ -212,13 +135,13 @@ func memberHealthy(t *testing.T, admin, addr string) bool {
 
 // waitPlaced waits until every router's open session is on exactly the
 // member want says, holding state i of its stream.
-func waitPlaced(t *testing.T, what string, members []*poolCollector, routers []*poolRouter, want map[netip.Addr]int, i int) {
+func waitPlaced(t *testing.T, what string, members []*poolCollector, routers []*testtarget.Router, want map[netip.Addr]int, i int) {
 	t.Helper()
 	waitfor.Within(t, binaryWait, what, func() bool {
 		got := placement(members)
 		for _, r := range routers {
-			m, ok := got[r.addr]
-			if !ok || m != want[r.addr] || !members[m].holds(r.addr, r.states[i]) {
+			m, ok := got[r.Addr]
+			if !ok || m != want[r.Addr] || !members[m].Holds(r.Addr, r.States[i]) {
 				return false
 			}
 		}
@@ -232,7 +155,7 @@ func waitPlaced(t *testing.T, what string, members []*poolCollector, routers []*
 // restart of bmpproxy and on a second bmpproxy with the same pool.
 func TestPoolPlacement(t *testing.T) {
 	members := []*poolCollector{newPoolCollector(t), newPoolCollector(t), newPoolCollector(t)}
-	routers := newPoolRouters(t, 30)
+	routers := testtarget.NewRouters(t, 30, netip.MustParseAddr("127.0.0.10"), 3, bmpcheck.GenConfig{Seed: 1, Prefixes: 200, AttrSets: 8})
 	want := expectedPlacement(t, members, routers)
 	used := map[int]int{}
 	for _, m := range want {
@@ -246,12 +169,12 @@ func TestPoolPlacement(t *testing.T) {
 		p := start(t, 1, "--config", path)
 		addr := listenerAddrs(p)["routers"]
 		for _, r := range routers {
-			r.connect(t, addr)
-			r.send(t, 0)
+			r.Connect(t, addr)
+			r.Send(t, 0)
 		}
 		waitPlaced(t, what+": each router on its pick", members, routers, want, 0)
 		for _, r := range routers {
-			r.conn.Close()
+			r.Conn.Close()
 		}
 		waitfor.Within(t, binaryWait, what+": every session closed", func() bool { return len(placement(members)) == 0 })
 		p.stop(t, syscall.SIGTERM, binaryWait)
@@ -264,8 +187,8 @@ func TestPoolPlacement(t *testing.T) {
 	run("beside a second instance")
 	addr := listenerAddrs(other)["routers"]
 	for _, r := range routers {
-		r.connect(t, addr)
-		r.send(t, 0)
+		r.Connect(t, addr)
+		r.Send(t, 0)
 	}
 	waitPlaced(t, "the second instance: each router on the same pick", members, routers, want, 0)
 }
@@ -279,42 +202,42 @@ func TestPoolFailover(t *testing.T) {
 	for _, rebalance := range []bool{false, true} {
 		t.Run(fmt.Sprintf("rebalance=%t", rebalance), func(t *testing.T) {
 			members := []*poolCollector{newPoolCollector(t), newPoolCollector(t), newPoolCollector(t)}
-			routers := newPoolRouters(t, 30)
+			routers := testtarget.NewRouters(t, 30, netip.MustParseAddr("127.0.0.10"), 3, bmpcheck.GenConfig{Seed: 1, Prefixes: 200, AttrSets: 8})
 			want := expectedPlacement(t, members, routers)
 			p := start(t, 1, "--config", poolConfig(t, members, true, rebalance))
 			admin := "http://" + p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
 			addr := listenerAddrs(p)["routers"]
 			for _, r := range routers {
-				r.connect(t, addr)
-				r.send(t, 0)
+				r.Connect(t, addr)
+				r.Send(t, 0)
 			}
 			waitPlaced(t, "each router on its pick", members, routers, want, 0)
 
-			dead := want[routers[0].addr]
+			dead := want[routers[0].Addr]
 			members[dead].stop()
 			after := expectedPlacement(t, members, routers, dead)
 			for _, r := range routers {
-				if want[r.addr] != dead && after[r.addr] != want[r.addr] {
-					t.Fatalf("the pool's placement moves %s off a live member", r.addr)
+				if want[r.Addr] != dead && after[r.Addr] != want[r.Addr] {
+					t.Fatalf("the pool's placement moves %s off a live member", r.Addr)
 				}
 			}
 			for _, r := range routers {
-				r.send(t, 1)
+				r.Send(t, 1)
 			}
 			waitPlaced(t, "the dead member's routers on their next pick, replayed", members, routers, after, 1)
 			moved := 0
 			for _, r := range routers {
-				if !r.alive() {
-					t.Errorf("router %s: its session was closed", r.addr)
+				if !r.Alive() {
+					t.Errorf("router %s: its session was closed", r.Addr)
 				}
 				switch {
-				case want[r.addr] == dead:
+				case want[r.Addr] == dead:
 					moved++
-					if n := members[after[r.addr]].count(r.addr); n != 1 {
-						t.Errorf("router %s: %d sessions on its new member, want 1", r.addr, n)
+					if n := members[after[r.Addr]].count(r.Addr); n != 1 {
+						t.Errorf("router %s: %d sessions on its new member, want 1", r.Addr, n)
 					}
-				case members[want[r.addr]].count(r.addr) != 1:
-					t.Errorf("router %s on a live member: %d sessions there, want the first one only", r.addr, members[want[r.addr]].count(r.addr))
+				case members[want[r.Addr]].count(r.Addr) != 1:
+					t.Errorf("router %s on a live member: %d sessions there, want the first one only", r.Addr, members[want[r.Addr]].count(r.Addr))
 				}
 			}
 			if moved == 0 {
@@ -331,16 +254,16 @@ func TestPoolFailover(t *testing.T) {
 				final = want
 			}
 			for _, r := range routers {
-				r.send(t, 2)
+				r.Send(t, 2)
 			}
 			waitPlaced(t, "the routers where they belong once it is back", members, routers, final, 2)
 			for _, r := range routers {
-				if !r.alive() {
-					t.Errorf("router %s: its session was closed", r.addr)
+				if !r.Alive() {
+					t.Errorf("router %s: its session was closed", r.Addr)
 				}
-				back := rebalance && want[r.addr] == dead
-				if n := members[dead].count(r.addr); back && n != 2 || !back && want[r.addr] == dead && n != 1 {
-					t.Errorf("router %s: %d sessions on the member that came back (rebalance %t)", r.addr, n, rebalance)
+				back := rebalance && want[r.Addr] == dead
+				if n := members[dead].count(r.Addr); back && n != 2 || !back && want[r.Addr] == dead && n != 1 {
+					t.Errorf("router %s: %d sessions on the member that came back (rebalance %t)", r.Addr, n, rebalance)
 				}
 			}
 			ps := getPool(t, admin).Pools[0]
@@ -359,25 +282,25 @@ func TestPoolFailover(t *testing.T) {
 // undrain lets it take new routers again.
 func TestPoolDrain(t *testing.T) {
 	members := []*poolCollector{newPoolCollector(t), newPoolCollector(t), newPoolCollector(t)}
-	routers := newPoolRouters(t, 30)
+	routers := testtarget.NewRouters(t, 30, netip.MustParseAddr("127.0.0.10"), 3, bmpcheck.GenConfig{Seed: 1, Prefixes: 200, AttrSets: 8})
 	want := expectedPlacement(t, members, routers)
 	p := start(t, 1, "--config", poolConfig(t, members, true, false))
 	adminAddr := p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
 	addr := listenerAddrs(p)["routers"]
 	for _, r := range routers {
-		r.connect(t, addr)
-		r.send(t, 0)
+		r.Connect(t, addr)
+		r.Send(t, 0)
 	}
 	waitPlaced(t, "each router on its pick", members, routers, want, 0)
 
-	drained := want[routers[0].addr]
+	drained := want[routers[0].Addr]
 	// Under load: every router sends while the drain runs.
 	var wg sync.WaitGroup
 	for _, r := range routers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.conn.Write(r.parts[1])
+			r.Conn.Write(r.Parts[1])
 		}()
 	}
 	out, err := exec.Command(binPath(), "pool", "drain", "--admin", adminAddr, members[drained].addr).CombinedOutput()
@@ -391,8 +314,8 @@ func TestPoolDrain(t *testing.T) {
 		t.Errorf("the drained member still has routers %v", got)
 	}
 	for _, r := range routers {
-		if !r.alive() {
-			t.Errorf("router %s: its session was closed", r.addr)
+		if !r.Alive() {
+			t.Errorf("router %s: its session was closed", r.Addr)
 		}
 	}
 	for _, m := range getPool(t, "http://"+adminAddr).Pools[0].Members {
@@ -407,10 +330,10 @@ func TestPoolDrain(t *testing.T) {
 	// Undrained, it takes new routers again: a reconnecting router that
 	// hashes to it lands there.
 	r := routers[0]
-	r.conn.Close()
-	r.connect(t, addr)
-	r.send(t, 0)
+	r.Conn.Close()
+	r.Connect(t, addr)
+	r.Send(t, 0)
 	waitfor.Within(t, binaryWait, "a new session of a router that hashes to it on the undrained member", func() bool {
-		return members[drained].holds(r.addr, r.states[0])
+		return members[drained].Holds(r.Addr, r.States[0])
 	})
 }
