@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/internal/dnsname"
 	"github.com/bmpproxy/bmpproxy/netsetup"
 )
 
@@ -182,30 +183,10 @@ func ParseTarget(s string) (Target, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return Target{Host: a.Unmap().String(), Port: p}, nil
 	}
-	if !isHostname(host) {
+	if !dnsname.Valid(host) {
 		return Target{}, fmt.Errorf("invalid host %q in %q", host, s)
 	}
 	return Target{Host: host, Port: p}, nil
-}
-
-// isHostname reports whether h is a plausible DNS name: labels of letters,
-// digits, '-' and '_' separated by dots.
-func isHostname(h string) bool {
-	if len(h) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for _, r := range label {
-			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // String returns the target in host:port form, suitable for dialing.

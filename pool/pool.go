@@ -65,6 +65,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/internal/dnsname"
 	"github.com/rs/zerolog"
 )
 
@@ -640,31 +641,11 @@ func parseTarget(str string) (target, error) {
 		ap := netip.AddrPortFrom(a.Unmap(), uint16(n))
 		return target{str: ap.String(), key: ap.String(), port: ap.Port(), addr: ap.Addr()}, nil
 	}
-	if !isHostname(host) {
+	if !dnsname.Valid(host) {
 		return target{}, fmt.Errorf("invalid host %q", host)
 	}
 	str = net.JoinHostPort(host, strconv.FormatUint(n, 10))
 	return target{str: str, key: strings.ToLower(str), host: host, port: uint16(n)}, nil
-}
-
-// isHostname reports whether h is a plausible DNS name: labels of letters,
-// digits, '-' and '_' separated by dots, with an optional final dot.
-func isHostname(h string) bool {
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for _, r := range label {
-			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // dialProbe is the default Probe: a TCP connection, closed at once.
