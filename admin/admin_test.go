@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmpproxy/bmpproxy/pool"
 	"github.com/bmpproxy/bmpproxy/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -319,7 +320,7 @@ func TestMetricsDescribed(t *testing.T) {
 		Legs:    []proxy.LegStats{{Target: "collector:5000", Up: 1}},
 	}}, targets: []proxy.TargetStatus{{Listener: "bmp", Target: "collector:5000", Resolves: true}},
 		pools: []proxy.PoolStatus{{Listener: "routers", Moves: map[string]uint64{proxy.MoveFailover: 1},
-			Members: []proxy.MemberStatus{{Addr: netip.MustParseAddrPort("198.51.100.12:5000"), Healthy: true, Routers: 2}}}}}
+			Members: []proxy.MemberStatus{{MemberStatus: pool.MemberStatus{Addr: netip.MustParseAddrPort("198.51.100.12:5000"), Healthy: true}, Routers: 2}}}}}
 	c := newCollector(p)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)

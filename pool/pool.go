@@ -113,14 +113,19 @@ type Config struct {
 
 // MemberStatus is what is known of one member.
 type MemberStatus struct {
-	Addr             netip.AddrPort
-	From             string
-	Healthy, Drained bool
-	Since            time.Time // of the current health state
-	LastError        string    // why it is down, if it is
+	Addr      netip.AddrPort `json:"member"`
+	From      string         `json:"from"` // the target it was resolved from
+	Healthy   bool           `json:"healthy"`
+	Drained   bool           `json:"drained"`
+	Since     time.Time      `json:"since"`                // of the current health state
+	LastError string         `json:"last_error,omitempty"` // why it is down, if it is
 
 	// Counts since the member became known.
-	Probes, ProbeFailures, DialFailures, LegFailures, HealthChanges uint64
+	Probes        uint64 `json:"probes"`
+	ProbeFailures uint64 `json:"probe_failures"`
+	DialFailures  uint64 `json:"dial_failures"`
+	LegFailures   uint64 `json:"leg_failures"`
+	HealthChanges uint64 `json:"health_changes"`
 }
 
 // Pool is a set of members with their health, made by New. It is safe

@@ -9,7 +9,6 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/bmpproxy/bmpproxy/conf"
 	"github.com/bmpproxy/bmpproxy/pool"
@@ -289,10 +288,10 @@ func (s *Server) checkPlacement(c *conn) {
 		if lp.pool.Eligible(m) {
 			return
 		}
-		why := s.moveReasonFor(lp, m)
-		lp.moves[why].Add(1)
+		st, known := memberStatus(lp, m)
+		lp.moves[moveReasonOf(st)].Add(1)
 		c.fail(stageMoved, fmt.Errorf("%w: member %s is %s; without resync a collector cannot join a session halfway, so the router reconnects and is placed again",
-			errMoved, m, s.memberState(lp, m)))
+			errMoved, m, stateText(st, known)))
 		return
 	}
 	if c.aborted || c.finished || c.up().state == dirEnded {
@@ -316,7 +315,8 @@ func (s *Server) checkPlacement(c *conn) {
 	var why moveReason
 	switch {
 	case !lp.pool.Eligible(m):
-		why = s.moveReasonFor(lp, m)
+		st, _ := memberStatus(lp, m)
+		why = moveReasonOf(st)
 	case lp.rebalance.Load() && ok && want.Addr != m:
 		why = moveRebalance
 	default:
@@ -371,30 +371,37 @@ func (c *conn) staleLegs(cur *leg) []*leg {
 	return out
 }
 
-// moveReasonFor is why a router leaves member m, which is not eligible.
-func (s *Server) moveReasonFor(lp *listenerPool, m netip.AddrPort) moveReason {
+// memberStatus is what lp's pool shows of member m: zero, with known
+// false, if the pool no longer has it.
+func memberStatus(lp *listenerPool, m netip.AddrPort) (st pool.MemberStatus, known bool) {
 	for _, st := range lp.pool.Members() {
-		if st.Addr == m && st.Drained {
-			return moveDrain
+		if st.Addr == m {
+			return st, true
 		}
+	}
+	return pool.MemberStatus{}, false
+}
+
+// moveReasonOf is why a router leaves a member that is not eligible, as
+// st, its status, says.
+func moveReasonOf(st pool.MemberStatus) moveReason {
+	if st.Drained {
+		return moveDrain
 	}
 	return moveFailover
 }
 
-// memberState describes member m of lp in a few words.
-func (s *Server) memberState(lp *listenerPool, m netip.AddrPort) string {
-	for _, st := range lp.pool.Members() {
-		if st.Addr == m {
-			switch {
-			case st.Drained:
-				return "drained"
-			case !st.Healthy:
-				return "down"
-			}
-			return "up"
-		}
+// stateText describes a member, from its status, in a few words.
+func stateText(st pool.MemberStatus, known bool) string {
+	switch {
+	case !known:
+		return "no longer in the pool"
+	case st.Drained:
+		return "drained"
+	case !st.Healthy:
+		return "down"
 	}
-	return "no longer in the pool"
+	return "up"
 }
 
 // memberLeg is the leg of c's router session that its member has: the
@@ -604,18 +611,8 @@ type PoolStatus struct {
 
 // MemberStatus is one member of a pool, with the router sessions it has.
 type MemberStatus struct {
-	Addr          netip.AddrPort `json:"member"`
-	From          string         `json:"from"` // the target it was resolved from
-	Healthy       bool           `json:"healthy"`
-	Drained       bool           `json:"drained"`
-	Since         time.Time      `json:"since"` // of its health state
-	LastError     string         `json:"last_error,omitempty"`
-	Routers       int            `json:"routers"`
-	Probes        uint64         `json:"probes"`
-	ProbeFailures uint64         `json:"probe_failures"`
-	DialFailures  uint64         `json:"dial_failures"`
-	LegFailures   uint64         `json:"leg_failures"`
-	HealthChanges uint64         `json:"health_changes"`
+	pool.MemberStatus
+	Routers int `json:"routers"`
 }
 
 // Pools describes every pool listener's pool, by listener name.
@@ -635,9 +632,7 @@ func (s *Server) Pools() []PoolStatus {
 			ps.Moves[r.String()] = lp.moves[r].Load()
 		}
 		for _, m := range lp.pool.Members() {
-			ps.Members = append(ps.Members, MemberStatus{Addr: m.Addr, From: m.From, Healthy: m.Healthy, Drained: m.Drained,
-				Since: m.Since, LastError: m.LastError, Routers: routers[memberKey{lp, m.Addr}], Probes: m.Probes,
-				ProbeFailures: m.ProbeFailures, DialFailures: m.DialFailures, LegFailures: m.LegFailures, HealthChanges: m.HealthChanges})
+			ps.Members = append(ps.Members, MemberStatus{MemberStatus: m, Routers: routers[memberKey{lp, m.Addr}]})
 		}
 		out = append(out, ps)
 	}
