@@ -183,15 +183,16 @@ func (s *Server) connect(ctx context.Context, c *conn, nc net.Conn) error {
 		s.dialed(c)
 		return nil
 	}
+	// The header, before any dial: a pool's pick has the pool's mode.
 	primary := c.primaryCfg()
-	if _, err := proxyHeader(primary.ProxyProtocol, c.client, c.local); err != nil {
-		return stageHeader.fail(err) // before any dial
+	hdr, err := proxyHeader(primary.ProxyProtocol, c.client, c.local)
+	if err != nil {
+		return stageHeader.fail(err)
 	}
 	tc, primary, err := s.dialLeg(ctx, c, primary, netip.AddrPort{})
 	if err != nil {
 		return stageDial.fail(err)
 	}
-	hdr, _ := proxyHeader(primary.ProxyProtocol, c.client, c.local) // as above: the mode is the same
 	if c.pool != nil {
 		c.target = primary.Target.String()
 		c.mu.Lock()
