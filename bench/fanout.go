@@ -16,36 +16,40 @@ import (
 // which discard without copying, so that the load core, which runs the
 // client and every sink, pays for one copy however many legs there are.
 
+// bmpproxyToSinks is the row of bmpproxy with the first k fan-out sinks
+// (env.fanSinks) as its targets, no resync, the router paced at rate
+// bits/s (0: as fast as bmpproxy takes it).
+func bmpproxyToSinks(k int, rate float64) *peer {
+	name := "bmpproxy, 1 target"
+	if k > 1 {
+		name = fmt.Sprintf("bmpproxy, %d targets", k)
+	}
+	if rate > 0 {
+		name += fmt.Sprintf(", router at %g Gbit/s", rate/1e9)
+	}
+	return &peer{
+		name: name, header: headerV2,
+		start: func(e *env) (*running, error) {
+			if len(e.fanSinks) < k {
+				return nil, fmt.Errorf("%d fan-out sinks, %d needed", len(e.fanSinks), k)
+			}
+			args := []string{"--listen", "127.0.0.1:%PORT%", "--log-level", "warn"}
+			for _, s := range e.fanSinks[:k] {
+				args = append(args, "--target", s)
+			}
+			r, err := launch(e, fmt.Sprintf("bmpproxy-fanout%d", k), nil, false, e.bmpproxy, args...)
+			if err == nil {
+				r.sinks, r.rate = e.fanSinks[:k], rate
+			}
+			return r, err
+		},
+	}
+}
+
 // fanoutPeers are the rows of a fan-out workload: bmpproxy with one
 // target and with n, no resync, each with the router sending as fast as
 // bmpproxy takes it, and paced at rate bits/s (0: no paced rows).
 func fanoutPeers(n int, rate float64) []*peer {
-	mk := func(k int, rate float64) *peer {
-		name := "bmpproxy, 1 target"
-		if k > 1 {
-			name = fmt.Sprintf("bmpproxy, %d targets", k)
-		}
-		if rate > 0 {
-			name += fmt.Sprintf(", router at %g Gbit/s", rate/1e9)
-		}
-		return &peer{
-			name: name, header: headerV2,
-			start: func(e *env) (*running, error) {
-				if len(e.fanSinks) < k {
-					return nil, fmt.Errorf("%d fan-out sinks, %d needed", len(e.fanSinks), k)
-				}
-				args := []string{"--listen", "127.0.0.1:%PORT%", "--log-level", "warn"}
-				for _, s := range e.fanSinks[:k] {
-					args = append(args, "--target", s)
-				}
-				r, err := launch(e, fmt.Sprintf("bmpproxy-fanout%d", k), nil, false, e.bmpproxy, args...)
-				if err == nil {
-					r.sinks, r.rate = e.fanSinks[:k], rate
-				}
-				return r, err
-			},
-		}
-	}
 	floor := func(k int) *peer {
 		name := "tee floor, 1 target"
 		if k > 1 {
@@ -69,9 +73,9 @@ func fanoutPeers(n int, rate float64) []*peer {
 			},
 		}
 	}
-	ps := []*peer{mk(1, 0), mk(n, 0), floor(1), floor(n)}
+	ps := []*peer{bmpproxyToSinks(1, 0), bmpproxyToSinks(n, 0), floor(1), floor(n)}
 	if rate > 0 {
-		ps = append(ps, mk(1, rate), mk(n, rate))
+		ps = append(ps, bmpproxyToSinks(1, rate), bmpproxyToSinks(n, rate))
 	}
 	return ps
 }

@@ -11,20 +11,11 @@ import (
 // The pool picks a member once per router session, at its dial, and
 // probes every member each health interval; the bytes then move as with
 // one target. The members are the fan-out sinks (env.fanSinks), so both
-// rows send to the same kind of collector.
+// rows send to the same kind of collector: the one-target row is the
+// fan-out workloads' (bmpproxyToSinks).
 
 // poolPeers are the rows of the pool workload.
 func poolPeers() []*peer {
-	one := &peer{
-		name: "bmpproxy, 1 target", header: headerV2,
-		start: func(e *env) (*running, error) {
-			if len(e.fanSinks) < 1 {
-				return nil, fmt.Errorf("no sink for the target")
-			}
-			return launch(e, "bmpproxy-pool-baseline", nil, false, e.bmpproxy,
-				"--listen", "127.0.0.1:%PORT%", "--log-level", "warn", "--target", e.fanSinks[0])
-		},
-	}
 	pooled := &peer{
 		name: "bmpproxy, pool of 3", header: headerV2,
 		start: func(e *env) (*running, error) {
@@ -48,5 +39,5 @@ listeners:
 			return launchWithConfig(e, "bmpproxy-pool", cfg, conf, e.bmpproxy, "--config", cfg)
 		},
 	}
-	return []*peer{one, pooled}
+	return []*peer{bmpproxyToSinks(1, 0), pooled}
 }
