@@ -129,11 +129,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, t := range c.p.Targets() {
-		v := 0.0
-		if t.Resolves {
-			v = 1
-		}
-		gauge(c.targetResolves, v, t.Listener, t.Target)
+		gauge(c.targetResolves, bool01(t.Resolves), t.Listener, t.Target)
 	}
 	st := c.p.Stats()
 	gauge(c.pipesInUse, float64(st.Splice.PipesInUse))
