@@ -125,6 +125,23 @@ func getRouters(t *testing.T, admin string) resyncRouters {
 	return rr
 }
 
+// resyncConfig is a config with an admin listener and one BMP listener,
+// "routers", with resync and a leg to each of a and b, a the primary.
+func resyncConfig(t *testing.T, a, b *bmpCollector) string {
+	t.Helper()
+	return writeConfig(t, t.TempDir(), fmt.Sprintf(`
+admin: "127.0.0.1:0"
+listeners:
+  - name: routers
+    listen: "127.0.0.1:0"
+    bmp: true
+    resync: true
+    targets:
+      - target: %q
+      - target: %q
+`, a.addr, b.addr))
+}
+
 // TestResyncCollectorRestart runs the binary with two collectors and
 // resync: one collector restarts mid-session, and is down while the
 // router sends on. Once back it holds exactly the state of the whole
@@ -146,17 +163,7 @@ func TestResyncCollectorRestart(t *testing.T) {
 	want := states[2]
 
 	a, b := newBMPCollector(t), newBMPCollector(t)
-	path := writeConfig(t, t.TempDir(), fmt.Sprintf(`
-admin: "127.0.0.1:0"
-listeners:
-  - name: routers
-    listen: "127.0.0.1:0"
-    bmp: true
-    resync: true
-    targets:
-      - target: %q
-      - target: %q
-`, a.addr, b.addr))
+	path := resyncConfig(t, a, b)
 	p := start(t, 1, "--config", path)
 	admin := "http://" + p.waitLog(t, "admin listening", 1)[0]["addr"].(string)
 	router := dialT(t, "tcp", listenerAddrs(p)["routers"])

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"os/exec"
 	"syscall"
@@ -28,17 +27,7 @@ func TestResyncUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := newBMPCollector(t), newBMPCollector(t)
-	path := writeConfig(t, t.TempDir(), fmt.Sprintf(`
-admin: "127.0.0.1:0"
-listeners:
-  - name: routers
-    listen: "127.0.0.1:0"
-    bmp: true
-    resync: true
-    targets:
-      - target: %q
-      - target: %q
-`, a.addr, b.addr))
+	path := resyncConfig(t, a, b)
 	cmd := exec.Command(binPath(), "--config", path)
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // cleanup kills the successor too
