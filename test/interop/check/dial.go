@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -78,16 +77,7 @@ func runDial(o options) error {
 	}
 	var recs []dialRecord
 	waitFor(15*time.Second, "inspect's records", func() bool {
-		recs = recs[:0]
-		raw, _ := os.ReadFile(o.path("inspect-dial.json"))
-		d := json.NewDecoder(bytes.NewReader(raw))
-		for {
-			var r dialRecord
-			if d.Decode(&r) != nil {
-				break
-			}
-			recs = append(recs, r)
-		}
+		recs = readRecords[dialRecord](o.path("inspect-dial.json"))
 		return len(recs) >= len(routers)
 	})
 	closed := map[string]int{}

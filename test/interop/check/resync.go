@@ -436,16 +436,7 @@ type inspectRecord struct {
 func checkStopped(o options, t *table, b *bmpState) {
 	var recs []inspectRecord
 	waitFor(15*time.Second, "inspect's records", func() bool {
-		recs = recs[:0]
-		raw, _ := os.ReadFile(o.path("inspect-resync.json"))
-		d := json.NewDecoder(bytes.NewReader(raw))
-		for {
-			var r inspectRecord
-			if d.Decode(&r) != nil {
-				break
-			}
-			recs = append(recs, r)
-		}
+		recs = readRecords[inspectRecord](o.path("inspect-resync.json"))
 		return len(recs) >= len(resyncRouters())
 	})
 	legBytes := map[string][]int64{} // by router: B's and inspect's legs
@@ -690,4 +681,20 @@ func resyncMetrics(o options) metrics {
 // get is the value of bmpproxy_name for the resync listener and target.
 func (m metrics) get(name, target string) float64 {
 	return m[fmt.Sprintf("bmpproxy_%s{listener=%q,target=%q}", name, resyncListener, target)]
+}
+
+// readRecords reads what bmpproxy inspect --json wrote to path so far:
+// one JSON object per connection, up to the first that does not decode
+// (a line still being written).
+func readRecords[T any](path string) []T {
+	raw, _ := os.ReadFile(path)
+	d := json.NewDecoder(bytes.NewReader(raw))
+	var recs []T
+	for {
+		var r T
+		if d.Decode(&r) != nil {
+			return recs
+		}
+		recs = append(recs, r)
+	}
 }
