@@ -134,6 +134,7 @@ func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan 
 	failures := 0
 	peer := peerOf(d.addr)
 	var own *conn // the session this loop dialed last, until it is waited for
+	stopping := func() bool { return isClosed(stop) || ctx.Err() != nil }
 	for {
 		o := d.opts.Load()
 		c := own
@@ -170,7 +171,7 @@ func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan 
 		if err := s.reserveAccept(ctx, stop); err != nil {
 			return
 		}
-		if isClosed(stop) || ctx.Err() != nil {
+		if stopping() {
 			// A select that had the session's end and stop both ready
 			// may have picked the end; and the fds may have been free.
 			s.budget.Release(acceptFDs)
@@ -178,7 +179,7 @@ func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan 
 		}
 		o = d.opts.Load()
 		nc, err := s.dialRouter(ctx, stop, o, d.addr)
-		if err == nil && (isClosed(stop) || ctx.Err() != nil) {
+		if err == nil && stopping() {
 			// Connected as the loop was stopped: a reload that removed
 			// the router must not leave a new session to it.
 			nc.Close()
@@ -186,7 +187,7 @@ func (s *Server) dialLoop(ctx, connCtx context.Context, d *dialout, stop <-chan 
 		}
 		if err != nil {
 			s.budget.Release(acceptFDs)
-			if ctx.Err() != nil || isClosed(stop) {
+			if stopping() {
 				return
 			}
 			failures++
